@@ -1,0 +1,356 @@
+"""Our only door to Consul: a thin async client over py-consul's aiohttp transport.
+
+Why not py-consul's high-level API: it reads ``CONSUL_HTTP_TOKEN`` from the environment over an
+explicit token, some calls (``agent.service_definition``) send no token at all, and
+``agent.connect.authorize`` uses PUT where Consul accepts only POST. We keep its transport
+(aiohttp session, TLS client certificates, CA bundle, timeouts) and own the paths, the headers
+and the error mapping here, so there is exactly one place where a token is put on the wire.
+
+Rules this module keeps:
+
+- a token only ever travels in the ``X-Consul-Token`` header, never in a URL, a log line or an
+  exception message (error bodies are scrubbed of every secret this client knows);
+- every failure is one exception type, :class:`ConsulError`, naming the call and the status;
+- "already gone" (404 on a delete) is an answer, not an error: deletes return False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import consul.aio
+
+log = logging.getLogger(__name__)
+
+# Consul's documented blocking-query default is 5 minutes; we never wait that long from a hub.
+_BLOCKING_MARGIN = 5.0
+_DETAIL_MAX = 300
+
+
+class ConsulError(Exception):
+    """A Consul call failed: which call (method and path), the HTTP status (None when Consul
+    was unreachable or too slow) and what Consul said, with secrets removed."""
+
+    def __init__(self, call: str, status: int | None, detail: str):
+        self.call = call
+        self.status = status
+        self.detail = detail
+        shown = status if status is not None else "no answer"
+        super().__init__(f"Consul call {call} failed ({shown}): {detail}")
+
+    @property
+    def retryable(self) -> bool:
+        """Transport failures and server errors may pass; 4xx answers will not change."""
+        return self.status is None or self.status >= 500 or self.status == 429
+
+
+@dataclass(frozen=True)
+class ConsulResponse:
+    status: int
+    headers: Mapping[str, str]  # aiohttp's case-insensitive multidict
+    body: Any
+    text: str = ""
+
+    @property
+    def index(self) -> int:
+        return int(self.headers.get("X-Consul-Index", "0") or 0)
+
+
+def _redact(text: str, secrets: Iterable[str | None]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+def parse_address(address: str) -> tuple[str, str, int]:
+    """``http(s)://host:port`` or ``host:port`` (as CONSUL_HTTP_ADDR) -> scheme, host, port."""
+    if "//" not in address:
+        address = "http://" + address
+    parsed = urllib.parse.urlsplit(address)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"Consul address {address!r} is not http(s)://host:port")
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 8500)
+    except ValueError as e:
+        raise ValueError(f"Consul address {address!r} has an invalid port") from e
+    if parsed.username or parsed.password or parsed.query:
+        # A token smuggled into the address would end up in logs; refuse it outright.
+        raise ValueError("Consul address must not carry credentials or a query string")
+    return parsed.scheme, parsed.hostname, port
+
+
+class ConsulClient:
+    """Async access to the Consul agent API for one hub (or janitor) identity.
+
+    ``token`` is the caller's own token (the hub's): it needs ``acl:write`` to mint server
+    tokens, ``service:write`` on the managed services and ``intentions:write`` on the
+    destinations. Calls made for one server pass that server's token instead.
+
+    The aiohttp session is created lazily inside the running loop, as py-consul requires.
+    """
+
+    def __init__(
+        self,
+        address: str = "http://127.0.0.1:8500",
+        token: str | None = None,
+        *,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        datacenter: str | None = None,
+        request_timeout: float = 10.0,
+    ):
+        self.scheme, self.host, self.port = parse_address(address)
+        self._token = token or None
+        self._verify: bool | str = ca_file or True
+        self._cert = (client_cert, client_key) if client_cert and client_key else client_cert
+        self.datacenter = datacenter
+        self.request_timeout = request_timeout
+        self._http: consul.aio.HTTPClient | None = None
+        # Every secret this client has seen, so error texts can be scrubbed of all of them.
+        self._secrets: set[str] = {token} if token else set()
+        # Counters for benchmarks and tests: how many calls of each kind went out.
+        self.calls: dict[str, int] = {}
+
+    @property
+    def address(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def remember_secret(self, secret: str | None) -> None:
+        if secret:
+            self._secrets.add(secret)
+
+    def _transport(self) -> consul.aio.HTTPClient:
+        if self._http is None:
+            self._http = consul.aio.HTTPClient(
+                self.host, self.port, self.scheme, verify=self._verify, cert=self._cert
+            )
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def __aenter__(self) -> ConsulClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the one request path -------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        token: str | None = None,
+        timeout: float | None = None,
+        ok: Iterable[int] = (200,),
+    ) -> ConsulResponse:
+        """One HTTP call; raises ConsulError unless the status is in ``ok``."""
+        call = f"{method} {path}"
+        self.calls[call.split("?")[0]] = self.calls.get(call.split("?")[0], 0) + 1
+        token = token or self._token
+        self.remember_secret(token)
+        headers = {"X-Consul-Token": token} if token else {}
+        query = dict(params or {})
+        if self.datacenter and path.startswith(("/v1/catalog", "/v1/health", "/v1/config", "/v1/acl")):
+            query.setdefault("dc", self.datacenter)
+        data = json.dumps(body) if body is not None else ""
+        http = self._transport()
+        uri = http.uri(path, list(query.items()) or None)
+        deadline = timeout or self.request_timeout
+        log.debug("Consul %s %s", method, path)
+        try:
+            response = await asyncio.wait_for(
+                http._request(lambda r: r, method, uri, headers=headers, data=data), deadline
+            )
+        except (asyncio.TimeoutError, TimeoutError) as e:
+            raise ConsulError(call, None, f"no answer within {deadline:g}s") from e
+        except (aiohttp.ClientError, OSError, consul.Timeout) as e:
+            raise ConsulError(call, None, _redact(f"{type(e).__name__}: {e}", self._secrets)) from e
+        status, text = response.code, response.body or ""
+        if status not in ok:
+            detail = _redact(text.strip()[:_DETAIL_MAX], self._secrets) or "(empty body)"
+            raise ConsulError(call, status, detail)
+        try:
+            parsed = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            parsed = text
+        return ConsulResponse(status, response.headers, parsed, text)
+
+    async def retrying(self, what, *, budget: float = 15.0, first_delay: float = 0.2, max_delay: float = 3.0):
+        """Await ``what()`` until it succeeds, a non-retryable ConsulError, or ``budget`` seconds.
+
+        Jittered exponential backoff (as JupyterHub's ``exponential_backoff``) so a hub with many
+        spawners does not hammer a recovering Consul in lockstep.
+        """
+        deadline = time.monotonic() + budget
+        delay = first_delay
+        while True:
+            try:
+                return await what()
+            except ConsulError as e:
+                remaining = deadline - time.monotonic()
+                if not e.retryable or remaining <= 0:
+                    raise
+                pause = min(random.uniform(0, delay), remaining)
+                log.debug("Retrying after %s (%.2fs)", e, pause)
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, max_delay)
+
+    # -- agent ----------------------------------------------------------------------------------
+
+    async def agent_self(self) -> dict:
+        return (await self.request("GET", "/v1/agent/self")).body
+
+    async def register_service(self, definition: dict, *, token: str | None = None) -> None:
+        """Register (or replace, same ID) a service on the local agent, checks included.
+
+        ``replace-existing-checks`` makes re-registration idempotent: Consul drops checks that
+        the new definition no longer has instead of keeping stale ones.
+        """
+        await self.request(
+            "PUT", "/v1/agent/service/register", params={"replace-existing-checks": "true"},
+            body=definition, token=token,
+        )
+
+    async def deregister_service(self, service_id: str, *, token: str | None = None) -> bool:
+        """Deregister a service (its sidecar goes with it); False when it was already gone."""
+        path = f"/v1/agent/service/deregister/{urllib.parse.quote(service_id, safe='')}"
+        response = await self.request("PUT", path, token=token, ok=(200, 404))
+        return response.status == 200
+
+    async def agent_service(self, service_id: str, *, token: str | None = None) -> dict | None:
+        path = f"/v1/agent/service/{urllib.parse.quote(service_id, safe='')}"
+        response = await self.request("GET", path, token=token, ok=(200, 404))
+        return response.body if response.status == 200 else None
+
+    async def agent_services(self, *, filter_expr: str | None = None) -> dict[str, dict]:
+        params = {"filter": filter_expr} if filter_expr else None
+        return (await self.request("GET", "/v1/agent/services", params=params)).body or {}
+
+    async def agent_checks(self, *, filter_expr: str | None = None) -> dict[str, dict]:
+        params = {"filter": filter_expr} if filter_expr else None
+        return (await self.request("GET", "/v1/agent/checks", params=params)).body or {}
+
+    async def pass_ttl(self, check_id: str, note: str = "", *, token: str | None = None) -> None:
+        path = f"/v1/agent/check/pass/{urllib.parse.quote(check_id, safe='')}"
+        await self.request("PUT", path, params={"note": note} if note else None, token=token)
+
+    async def health_service(
+        self, name: str, *, passing: bool = False, index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[dict]]:
+        """Instances of a service with their checks; a blocking query when ``index`` is given."""
+        params: dict[str, Any] = {}
+        if passing:
+            params["passing"] = "1"
+        timeout = None
+        if index is not None:
+            params["index"] = index
+            if wait is not None:
+                params["wait"] = f"{max(1, int(wait))}s"
+                timeout = wait + _BLOCKING_MARGIN
+        path = f"/v1/health/service/{urllib.parse.quote(name, safe='')}"
+        response = await self.request("GET", path, params=params, timeout=timeout)
+        return response.index, response.body or []
+
+    async def catalog_services(self) -> dict[str, list[str]]:
+        return (await self.request("GET", "/v1/catalog/services")).body or {}
+
+    # -- ACL tokens -----------------------------------------------------------------------------
+
+    async def create_service_token(self, service_name: str, description: str, ttl_seconds: int) -> dict:
+        """Mint a token whose only grant is the service identity of ``service_name``.
+
+        A service identity gives write on that service and its sidecar and read on services and
+        nodes (docs: security/acl/acl-roles#service-identities): exactly what a sidecar needs.
+        """
+        body = {
+            "Description": description,
+            "ServiceIdentities": [{"ServiceName": service_name}],
+            "ExpirationTTL": f"{int(ttl_seconds)}s",
+        }
+        token = (await self.request("PUT", "/v1/acl/token", body=body)).body
+        self.remember_secret(token.get("SecretID"))
+        return token
+
+    async def _token_call(self, method: str, accessor_id: str) -> ConsulResponse | None:
+        """A call on one token; None when the token does not exist (any more)."""
+        path = f"/v1/acl/token/{urllib.parse.quote(accessor_id, safe='')}"
+        try:
+            return await self.request(method, path, ok=(200,))
+        except ConsulError as e:
+            # Consul answers 404 for an unknown accessor, and 403 "ACL not found" where the
+            # lookup itself fails; a plain "Permission denied" is a real error and is raised.
+            if e.status == 404 or (e.status == 403 and "acl not found" in e.detail.lower()):
+                return None
+            raise
+
+    async def read_token(self, accessor_id: str) -> dict | None:
+        response = await self._token_call("GET", accessor_id)
+        if response is None:
+            return None
+        self.remember_secret(response.body.get("SecretID"))
+        return response.body
+
+    async def delete_token(self, accessor_id: str) -> bool:
+        """Delete a token; False when it was already gone (expired or deleted)."""
+        response = await self._token_call("DELETE", accessor_id)
+        return response is not None and response.body is not False
+
+    async def list_tokens(self) -> list[dict]:
+        tokens = (await self.request("GET", "/v1/acl/tokens")).body or []
+        for token in tokens:
+            self.remember_secret(token.get("SecretID"))
+        return tokens
+
+    # -- config entries -------------------------------------------------------------------------
+
+    async def get_config(self, kind: str, name: str) -> dict | None:
+        path = f"/v1/config/{kind}/{urllib.parse.quote(name, safe='')}"
+        response = await self.request("GET", path, ok=(200, 404))
+        return response.body if response.status == 200 else None
+
+    async def list_config(self, kind: str) -> list[dict]:
+        return (await self.request("GET", f"/v1/config/{kind}")).body or []
+
+    async def set_config(self, entry: dict, *, cas: int | None = None) -> bool:
+        """Write a config entry; with ``cas`` only if its ModifyIndex still matches (0: create
+        only). Consul answers ``true``/``false``; False means someone else wrote first."""
+        params = {"cas": cas} if cas is not None else None
+        response = await self.request("PUT", "/v1/config", params=params, body=entry)
+        return response.body is True
+
+    async def delete_config(self, kind: str, name: str, *, cas: int | None = None) -> bool:
+        path = f"/v1/config/{kind}/{urllib.parse.quote(name, safe='')}"
+        params = {"cas": cas} if cas is not None else None
+        response = await self.request("DELETE", path, params=params, ok=(200, 404))
+        if response.status == 404:
+            return False
+        body = response.body
+        # With cas Consul answers {"Deleted": bool} (newer) or a bare bool; without, an empty object.
+        if isinstance(body, dict) and "Deleted" in body:
+            return bool(body["Deleted"])
+        return body is not False
+
+    # -- Connect --------------------------------------------------------------------------------
+
+    async def authorize(self, target: str, client_cert_uri: str, client_cert_serial: str = "") -> dict:
+        """POST /v1/agent/connect/authorize (POST only, unlike py-consul's PUT)."""
+        body = {"Target": target, "ClientCertURI": client_cert_uri, "ClientCertSerial": client_cert_serial}
+        return (await self.request("POST", "/v1/agent/connect/authorize", body=body)).body

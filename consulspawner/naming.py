@@ -1,0 +1,105 @@
+"""Hub user and server names -> Consul service names (pure, no I/O).
+
+A Consul service name that is also a DNS label (``[a-z0-9-]``, at most 63 characters) is what
+Consul's DNS interface, ACL service identities and SPIFFE IDs all accept. Hub user names are
+free text (JupyterHub allows capitals, dots, ``@``, unicode, emoji...), so names are made the
+way kubespawner makes its slugs:
+
+- a user name that is already a *safe slug* (lower-case letters and digits in runs joined by
+  single dashes) and fits is kept as is: ``alice`` -> ``jupyter-alice``;
+- anything else (and every named server) becomes ``<readable>--<hash>``: the name lower-cased,
+  runs of other characters replaced by one ``-``, trimmed and truncated, then ``--`` and a hash
+  of the *original* (user, server) pair.
+
+Why this never collides: a kept name never contains ``--`` and a hashed one always does, so the
+two forms cannot meet; kept names are the user name itself; hashed names differ unless both
+their readable parts and 40 bits of SHA-256 of distinct inputs agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+DEFAULT_TEMPLATE = "jupyter-{slug}"
+MAX_NAME_LENGTH = 63  # one DNS label
+_HASH_LENGTH = 10
+_SAFE_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_UNSAFE_RUN = re.compile(r"[^a-z0-9]+")
+_TEMPLATE_TEXT = re.compile(r"^[a-z0-9-]*$")
+# Room left for a readable part must be worth having; a template longer than this is a mistake.
+_MIN_SLUG_ROOM = 16
+
+
+class NameTemplateError(ValueError):
+    """The configured name template cannot produce valid, collision-free names."""
+
+
+def _digest(user_name: str, server_name: str) -> str:
+    # Length-prefixing the user name makes the pair's encoding unique whatever characters it holds.
+    encoded = f"{len(user_name)}:{user_name}{server_name}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(encoded).hexdigest()[:_HASH_LENGTH]
+
+
+def _readable(text: str) -> str:
+    return _UNSAFE_RUN.sub("-", text.lower()).strip("-")
+
+
+def slug(user_name: str, server_name: str = "", max_length: int = MAX_NAME_LENGTH) -> str:
+    """The collision-free part of a service name for one server, at most ``max_length`` long."""
+    if not user_name:
+        raise ValueError("a hub user name is never empty")
+    if max_length < _MIN_SLUG_ROOM:
+        raise ValueError(f"max_length {max_length} leaves no room for a readable slug")
+    if not server_name and _SAFE_SLUG.match(user_name) and len(user_name) <= max_length:
+        return user_name
+    suffix = "--" + _digest(user_name, server_name)
+    readable = _readable(user_name)
+    if server_name:
+        readable = f"{readable}-{_readable(server_name)}".strip("-")
+    # Truncation may leave a trailing dash; strip again so "--" stays the only double dash.
+    readable = readable[: max_length - len(suffix)].strip("-")
+    # An all-symbol name (say "..." or an emoji) leaves nothing readable: the hash alone is unique.
+    return f"{readable}{suffix}" if readable else f"x{suffix}"
+
+
+def check_template(template: str) -> None:
+    """Refuse a name template that could produce invalid names.
+
+    The template holds ``{slug}`` exactly once and otherwise only lower-case letters, digits and
+    dashes, not at either end. The fixed text is the same for every server, so the rendered
+    name is exactly as collision-free as the slug.
+    """
+    if template.count("{slug}") != 1:
+        raise NameTemplateError(f"name template {template!r} must contain '{{slug}}' exactly once")
+    fixed = template.replace("{slug}", "")
+    if not _TEMPLATE_TEXT.match(fixed) or template.startswith("-") or template.endswith("-"):
+        raise NameTemplateError(
+            f"name template {template!r}: outside '{{slug}}' only a-z, 0-9 and inner '-' are allowed"
+        )
+    if MAX_NAME_LENGTH - len(fixed) < _MIN_SLUG_ROOM:
+        raise NameTemplateError(f"name template {template!r} is too long to leave room for the user's name")
+
+
+def service_name(user_name: str, server_name: str = "", template: str = DEFAULT_TEMPLATE) -> str:
+    """The Consul service name of one hub user's server (a DNS label, stable, injective)."""
+    check_template(template)
+    room = MAX_NAME_LENGTH - (len(template) - len("{slug}"))
+    return template.replace("{slug}", slug(user_name, server_name, room))
+
+
+def service_id(user_name: str, server_name: str = "", template: str = DEFAULT_TEMPLATE) -> str:
+    """The Consul service ID of one hub user's server.
+
+    Every server is its own service (its own identity for intentions and its own ACL service
+    identity), so the ID is the name; the function exists so callers say which one they mean.
+    """
+    return service_name(user_name, server_name, template)
+
+
+def sidecar_id(parent_service_id: str) -> str:
+    """The ID Consul gives a ``Connect.SidecarService`` of ``parent_service_id``.
+
+    Fixed by Consul (docs: connect/proxies/deploy-sidecar-services): ``<parent-id>-sidecar-proxy``.
+    """
+    return f"{parent_service_id}-sidecar-proxy"
