@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import ownership
@@ -69,6 +70,7 @@ class _Change:
     source: str
     entry: dict | None  # None: revoke
     future: asyncio.Future
+    only_if: Callable[[dict], bool] | None = None  # revoke only while this holds for the source
 
 
 @dataclass
@@ -102,18 +104,22 @@ class IntentionWriter:
             raise ValueError("a granted source must carry an ownership marker in its Description")
         await self._submit(destination, entry["Name"], entry)
 
-    async def revoke(self, destination: str, source: str) -> None:
-        """Remove our source ``source`` from ``destination``; nothing to do if it is gone."""
-        await self._submit(destination, source, None)
+    async def revoke(self, destination: str, source: str, only_if: Callable[[dict], bool] | None = None) -> None:
+        """Remove our source ``source`` from ``destination``; nothing to do if it is gone.
+
+        ``only_if`` is checked against the source as read in the same CAS cycle that deletes
+        it, so a janitor never removes a grant the hub extended after the janitor looked.
+        """
+        await self._submit(destination, source, None, only_if)
 
     async def read_sources(self, destination: str) -> list[dict]:
         entry = await self.consul.get_config(KIND, destination)
         return list((entry or {}).get("Sources") or [])
 
-    async def _submit(self, destination: str, source: str, entry: dict | None) -> None:
+    async def _submit(self, destination: str, source: str, entry: dict | None, only_if=None) -> None:
         future = asyncio.get_running_loop().create_future()
         queue = self._queues.setdefault(destination, _Queue())
-        queue.changes.append(_Change(source, entry, future))
+        queue.changes.append(_Change(source, entry, future, only_if))
         if queue.flusher is None or queue.flusher.done():
             queue.flusher = asyncio.create_task(self._flush(destination, queue))
         await future
@@ -142,8 +148,10 @@ class IntentionWriter:
         """Apply a batch in one CAS write, re-reading on conflict. Returns refused changes."""
         # Later changes to the same source win: a grant then a revoke in one batch is a revoke.
         wanted: dict[str, dict | None] = {}
+        conditions: dict[str, Callable[[dict], bool] | None] = {}
         for change in batch:
             wanted[change.source] = change.entry
+            conditions[change.source] = change.only_if
         for attempt in range(1, self.max_attempts + 1):
             current = await self.consul.retrying(lambda: self.consul.get_config(KIND, destination))
             sources = list((current or {}).get("Sources") or [])
@@ -159,7 +167,8 @@ class IntentionWriter:
                     )
                     continue
                 if entry is None:
-                    if existing is not None:
+                    condition = conditions[name]
+                    if existing is not None and (condition is None or condition(existing)):
                         sources[index] = None
                         changed.add(name)
                 elif existing is None:

@@ -153,6 +153,22 @@ class ServerMesh:
         if self.state.granted and remaining < self.plan.settings.intention_ttl / 2:
             await self.grant()
 
+    # -- checks for poll and reconciliation -----------------------------------------------------
+
+    async def registered_in_consul(self) -> bool:
+        return await self.consul.agent_service(self.plan.service_id) is not None
+
+    async def token_exists(self) -> bool:
+        return bool(self.state.token_accessor) and await self.consul.read_token(self.state.token_accessor) is not None
+
+    def token_due(self, margin: float) -> bool:
+        """Whether the token expires within ``margin`` seconds (Consul cannot extend a token)."""
+        return bool(self.state.token_accessor) and self.state.token_expires_at - self.clock() <= margin
+
+    async def delete_token_by_accessor(self, accessor: str) -> None:
+        if await self._retry(lambda: self.consul.delete_token(accessor)):
+            log.info("Deleted Consul token %s (user %r)", accessor, self.user)
+
     # -- teardown -------------------------------------------------------------------------------
 
     async def revoke(self) -> None:

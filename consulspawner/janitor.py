@@ -1,0 +1,241 @@
+"""consulspawner-janitor: removes what a dead or confused hub left in Consul, from Consul alone.
+
+It needs neither the hub nor its database: everything consulspawner writes carries an ownership
+marker (service ``Meta``, token and intention ``Description``; see ``ownership``), and every pass
+decides from those and from what Consul reports:
+
+- an owned intention source is deleted once its expiry has passed, or once its source service
+  has had no registered instance for ``--grace`` seconds;
+- an owned ACL token is deleted once its service has had no registered instance for ``--grace``
+  seconds (tokens are minted just before their service is registered, hence the grace);
+- an owned service is deregistered once its check has been seen critical for ``--critical-limit``
+  seconds (the agent's own reaper does this through ``DeregisterCriticalServiceAfter``; this is
+  for agents where it is off).
+
+"Seen missing/critical for N seconds" is measured across passes of one janitor process, so
+``--once`` acts only on hard evidence (expired intentions). Nothing without our marker is ever
+touched, and a lookup that fails keeps rather than deletes. Run it against the same Consul agent
+as the hub: services are registered on that agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import ownership
+from .consul import ConsulClient, ConsulError
+from .intentions import KIND, IntentionWriter
+
+log = logging.getLogger("consulspawner.janitor")
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """One thing a pass removes (or, in a dry run, would remove)."""
+
+    kind: str  # "intention", "token" or "service"
+    target: str  # "source -> destination", accessor ID, or service ID
+    user: str
+    hub: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.kind} {self.target} (hub {self.hub!r}, user {self.user!r}): {self.reason}"
+
+
+class Janitor:
+    """One pass at a time of expiry and orphan cleanup. ``hub_instance`` limits it to one hub's
+    objects (None: every consulspawner hub's)."""
+
+    def __init__(
+        self,
+        consul: ConsulClient,
+        *,
+        hub_instance: str | None = None,
+        grace: float = 120.0,
+        critical_limit: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.consul = consul
+        self.hub_instance = hub_instance
+        self.grace = grace
+        self.critical_limit = critical_limit
+        self.clock = clock
+        # First time a service name was seen without an instance / a service ID seen critical.
+        self._missing_since: dict[str, float] = {}
+        self._critical_since: dict[str, float] = {}
+        self._writers: dict[str, IntentionWriter] = {}
+
+    def _mine(self, owner: ownership.Owner | None) -> bool:
+        return owner is not None and (self.hub_instance is None or owner.hub == self.hub_instance)
+
+    def _writer(self, hub: str) -> IntentionWriter:
+        if hub not in self._writers:
+            self._writers[hub] = IntentionWriter(self.consul, hub)
+        return self._writers[hub]
+
+    def _missing_long_enough(self, service: str, present: set[str], now: float) -> bool:
+        if service in present:
+            self._missing_since.pop(service, None)
+            return False
+        first = self._missing_since.setdefault(service, now)
+        return now - first >= self.grace
+
+    async def survey(self) -> list[Deletion]:
+        """What this pass would delete; reads only."""
+        now = self.clock()
+        services = await self.consul.agent_services()
+        checks = await self.consul.agent_checks()
+        # A service counts as present if any agent in the catalog still has it.
+        present = set(services) | set(await self.consul.catalog_services())
+        deletions: list[Deletion] = []
+
+        for entry in await self.consul.list_config(KIND):
+            for source in entry.get("Sources") or []:
+                owner = ownership.parse(source.get("Description"))
+                if not self._mine(owner):
+                    continue
+                target = f"{source['Name']} -> {entry['Name']}"
+                if owner.expires_at is not None and owner.expires_at <= now:
+                    deletions.append(Deletion("intention", target, owner.user, owner.hub, "expired"))
+                elif self._missing_long_enough(source["Name"], present, now):
+                    deletions.append(Deletion("intention", target, owner.user, owner.hub,
+                                              f"no instance of {source['Name']} for {self.grace:g}s"))
+
+        for token in await self.consul.list_tokens():
+            owner = ownership.parse(token.get("Description"))
+            if self._mine(owner) and self._missing_long_enough(owner.service, present, now):
+                deletions.append(Deletion("token", token["AccessorID"], owner.user, owner.hub,
+                                          f"service {owner.service} gone for {self.grace:g}s"))
+
+        critical_now = set()
+        for service_id, service in services.items():
+            if not ownership.is_managed_service(service) or service.get("Kind") == "connect-proxy":
+                continue
+            meta = service.get("Meta") or {}
+            hub = meta.get(ownership.META_HUB, "")
+            if self.hub_instance is not None and hub != self.hub_instance:
+                continue
+            own_checks = [c for c in checks.values() if c.get("ServiceID") == service_id]
+            if own_checks and all(c.get("Status") == "critical" for c in own_checks):
+                critical_now.add(service_id)
+                first = self._critical_since.setdefault(service_id, now)
+                if now - first >= self.critical_limit:
+                    deletions.append(Deletion("service", service_id, meta.get(ownership.META_USER, ""), hub,
+                                              f"critical for {self.critical_limit:g}s"))
+        for service_id in set(self._critical_since) - critical_now:
+            del self._critical_since[service_id]
+        return deletions
+
+    async def apply(self, deletions: list[Deletion]) -> list[Deletion]:
+        """Delete what ``survey`` found; returns what was really deleted. Errors are logged and
+        collected so one failure does not stop the rest."""
+        done = []
+        now = self.clock()
+        for deletion in deletions:
+            try:
+                if deletion.kind == "intention":
+                    source, destination = deletion.target.split(" -> ")
+                    expired_only = deletion.reason == "expired"
+
+                    def still_due(current, expired_only=expired_only):
+                        owner = ownership.parse(current.get("Description"))
+                        if owner is None:
+                            return False
+                        return not expired_only or (owner.expires_at is not None and owner.expires_at <= now)
+
+                    await self._writer(deletion.hub).revoke(destination, source, only_if=still_due)
+                elif deletion.kind == "token":
+                    await self.consul.delete_token(deletion.target)
+                elif deletion.kind == "service":
+                    await self.consul.deregister_service(deletion.target)
+            except (ConsulError, Exception) as e:
+                log.warning("Could not delete %s: %s", deletion.line(), e)
+                continue
+            log.info("Deleted %s", deletion.line())
+            done.append(deletion)
+        return done
+
+    async def run_pass(self, dry_run: bool = False) -> list[Deletion]:
+        deletions = await self.survey()
+        if dry_run:
+            for deletion in deletions:
+                print(f"would delete {deletion.line()}", flush=True)
+            return deletions
+        return await self.apply(deletions)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="consulspawner-janitor",
+        description="Remove expired and orphaned consulspawner objects (intentions, ACL tokens, services) "
+        "from Consul. The Consul token comes from $CONSUL_HTTP_TOKEN or --token-file, never the command line.",
+    )
+    parser.add_argument("--consul-address", default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"),
+                        help="Consul agent address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)")
+    parser.add_argument("--token-file", help="file holding the janitor's Consul token")
+    parser.add_argument("--ca-file", default=os.environ.get("CONSUL_CACERT"), help="CA bundle for HTTPS")
+    parser.add_argument("--hub-instance", help="only clean objects of this hub (default: every consulspawner hub)")
+    parser.add_argument("--once", action="store_true", help="run one pass and exit")
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between passes (default 30)")
+    parser.add_argument("--grace", type=float, default=120.0,
+                        help="seconds a service must stay missing before its intentions and token go (default 120)")
+    parser.add_argument("--critical-limit", type=float, default=300.0,
+                        help="seconds a service's check may stay critical before it is deregistered (default 300)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    if args.interval <= 0 or args.grace < 0 or args.critical_limit < 0:
+        parser.error("--interval must be positive, --grace and --critical-limit not negative")
+    return args
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        with open(args.token_file) as f:
+            return f.read().strip() or None
+    return os.environ.get("CONSUL_HTTP_TOKEN") or None
+
+
+async def run(args: argparse.Namespace, token: str | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with ConsulClient(args.consul_address, token, ca_file=args.ca_file) as consul:
+        janitor = Janitor(consul, hub_instance=args.hub_instance, grace=args.grace,
+                          critical_limit=args.critical_limit)
+        while True:
+            try:
+                deletions = await janitor.run_pass(dry_run=args.dry_run)
+                log.debug("Pass done: %d deletion(s)", len(deletions))
+            except ConsulError as e:
+                log.warning("Pass failed, nothing deleted: %s", e)
+                if args.once:
+                    return 1
+            if args.once or stop.is_set():
+                return 0
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=args.interval)
+                return 0
+            except asyncio.TimeoutError:
+                pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(asyncio.run(run(args, read_token(args))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's test command, for a fresh machine: installs what the tests need (the package
+# with its test extras, configurable-http-proxy, Docker), builds the local images, runs ruff
+# and the whole pytest suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== installing the package and its test dependencies" >&2
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+if ! command -v configurable-http-proxy >/dev/null 2>&1; then
+    echo "== installing configurable-http-proxy (npm)" >&2
+    npm install --global --silent configurable-http-proxy >&2
+fi
+
+echo "== Docker daemon" >&2
+bash scripts/ensure-docker.sh
+
+echo "== local images (cached by content hash)" >&2
+images=$(bash docker/build-images.sh)
+while IFS= read -r line; do
+    case "$line" in CONSULSPAWNER_*=*) export "${line?}" ;; esac
+done <<<"$images"
+
+echo "== ruff" >&2
+ruff check .
+
+echo "== pytest" >&2
+exec python3 -m pytest "$@"
