@@ -72,6 +72,14 @@ def _redact(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
+def _segment(value: str) -> str:
+    """One path segment. py-consul's transport percent-encodes the path itself, so we only
+    refuse what would change the path's shape; our IDs are DNS labels and UUIDs anyway."""
+    if not value or "/" in value or value in (".", ".."):
+        raise ValueError(f"{value!r} cannot be a Consul path segment")
+    return value
+
+
 def parse_address(address: str) -> tuple[str, str, int]:
     """``http(s)://host:port`` or ``host:port`` (as CONSUL_HTTP_ADDR) -> scheme, host, port."""
     if "//" not in address:
@@ -231,12 +239,12 @@ class ConsulClient:
 
     async def deregister_service(self, service_id: str, *, token: str | None = None) -> bool:
         """Deregister a service (its sidecar goes with it); False when it was already gone."""
-        path = f"/v1/agent/service/deregister/{urllib.parse.quote(service_id, safe='')}"
+        path = f"/v1/agent/service/deregister/{_segment(service_id)}"
         response = await self.request("PUT", path, token=token, ok=(200, 404))
         return response.status == 200
 
     async def agent_service(self, service_id: str, *, token: str | None = None) -> dict | None:
-        path = f"/v1/agent/service/{urllib.parse.quote(service_id, safe='')}"
+        path = f"/v1/agent/service/{_segment(service_id)}"
         response = await self.request("GET", path, token=token, ok=(200, 404))
         return response.body if response.status == 200 else None
 
@@ -249,7 +257,7 @@ class ConsulClient:
         return (await self.request("GET", "/v1/agent/checks", params=params)).body or {}
 
     async def pass_ttl(self, check_id: str, note: str = "", *, token: str | None = None) -> None:
-        path = f"/v1/agent/check/pass/{urllib.parse.quote(check_id, safe='')}"
+        path = f"/v1/agent/check/pass/{_segment(check_id)}"
         await self.request("PUT", path, params={"note": note} if note else None, token=token)
 
     async def health_service(
@@ -265,7 +273,7 @@ class ConsulClient:
             if wait is not None:
                 params["wait"] = f"{max(1, int(wait))}s"
                 timeout = wait + _BLOCKING_MARGIN
-        path = f"/v1/health/service/{urllib.parse.quote(name, safe='')}"
+        path = f"/v1/health/service/{_segment(name)}"
         response = await self.request("GET", path, params=params, timeout=timeout)
         return response.index, response.body or []
 
@@ -291,7 +299,7 @@ class ConsulClient:
 
     async def _token_call(self, method: str, accessor_id: str) -> ConsulResponse | None:
         """A call on one token; None when the token does not exist (any more)."""
-        path = f"/v1/acl/token/{urllib.parse.quote(accessor_id, safe='')}"
+        path = f"/v1/acl/token/{_segment(accessor_id)}"
         try:
             return await self.request(method, path, ok=(200,))
         except ConsulError as e:
@@ -322,7 +330,7 @@ class ConsulClient:
     # -- config entries -------------------------------------------------------------------------
 
     async def get_config(self, kind: str, name: str) -> dict | None:
-        path = f"/v1/config/{kind}/{urllib.parse.quote(name, safe='')}"
+        path = f"/v1/config/{kind}/{_segment(name)}"
         response = await self.request("GET", path, ok=(200, 404))
         return response.body if response.status == 200 else None
 
@@ -337,7 +345,7 @@ class ConsulClient:
         return response.body is True
 
     async def delete_config(self, kind: str, name: str, *, cas: int | None = None) -> bool:
-        path = f"/v1/config/{kind}/{urllib.parse.quote(name, safe='')}"
+        path = f"/v1/config/{kind}/{_segment(name)}"
         params = {"cas": cas} if cas is not None else None
         response = await self.request("DELETE", path, params=params, ok=(200, 404))
         if response.status == 404:

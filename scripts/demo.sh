@@ -29,7 +29,7 @@ export CONSUL_HTTP_TOKEN
 export CONSUL_HTTP_ADDR="http://$gateway:$consul_port"
 export CONSULSPAWNER_SIDECAR_CONSUL_ADDR=$CONSUL_HTTP_ADDR
 export CONSULSPAWNER_NETWORK=$network CONSULSPAWNER_HUB_IP=$gateway CONSULSPAWNER_JANITOR=1
-export CONSULSPAWNER_SIDECAR_COMMAND='["python3", "/opt/devsidecar/devsidecar.py", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]'
+export CONSULSPAWNER_SIDECAR_COMMAND='["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]'
 
 python3 -m consulspawner.testing.fakeconsul --host "$gateway" --port "$consul_port" \
     --acl-master-token "$CONSUL_HTTP_TOKEN" >"$workdir/consul.log" 2>&1 &

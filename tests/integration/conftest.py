@@ -1,0 +1,191 @@
+"""Fixtures for tests on the real Docker daemon: images, a test network, a fake Consul agent
+reachable from containers, spawners built as a hub builds them, and cleanup by name prefix.
+
+scripts/test.sh sets Docker and the images up; run through it. A missing piece is an error with
+the reason, never a skip: these tests are the core path.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+from unittest import mock
+
+import docker
+import pytest
+from jupyterhub.objects import Hub
+from traitlets.config import Config
+
+from consulspawner import ConsulSpawner, ownership
+from consulspawner.consul import ConsulClient
+from consulspawner.intentions import KIND
+from consulspawner.testing.fakeconsul import FakeConsul
+
+from ..conftest import MASTER_TOKEN
+
+NETWORK = "consulspawner-test"
+NAME_PREFIX = "cstest"
+DEVSIDECAR_COMMAND = ["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
+# The notebook server itself is not under test here (the end-to-end hub test runs the real
+# jupyterhub-singleuser); a plain HTTP server on the port keeps these tests independent of a hub.
+NOTEBOOK_COMMAND = ["python3", "-m", "http.server", "8888"]
+
+
+def _image(variable):
+    image = os.environ.get(variable)
+    if not image:
+        pytest.fail(f"${variable} is not set: run the tests through scripts/test.sh, which builds the images")
+    return image
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        client = docker.from_env(version="auto")
+        client.ping()
+    except Exception as e:
+        pytest.fail(f"no Docker daemon answers ({e}); scripts/test.sh starts one (scripts/ensure-docker.sh)")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def images(docker_client):
+    found = {"notebook": _image("CONSULSPAWNER_NOTEBOOK_IMAGE"), "sidecar": _image("CONSULSPAWNER_SIDECAR_IMAGE")}
+    for image in found.values():
+        docker_client.images.get(image)  # raises ImageNotFound with the name
+    return found
+
+
+@pytest.fixture(scope="session")
+def test_network(docker_client):
+    """A user-defined bridge; its gateway is the host address containers reach Consul on."""
+    for stale in docker_client.networks.list(names=[NETWORK]):
+        for container in stale.attrs.get("Containers") or {}:
+            docker_client.containers.get(container).remove(force=True)
+        stale.remove()
+    network = docker_client.networks.create(NETWORK, driver="bridge")
+    network.reload()
+    gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    yield {"name": NETWORK, "gateway": gateway}
+    _remove_test_containers(docker_client)
+    network.remove()
+
+
+def _remove_test_containers(client):
+    for container in client.containers.list(all=True, filters={"name": f"jupyter-{NAME_PREFIX}"}):
+        container.remove(force=True)
+
+
+@pytest.fixture
+def mesh_consul(test_network):
+    """A fake agent with ACLs on, reachable from the host and from the test containers."""
+    fake = FakeConsul(acl_master_token=MASTER_TOKEN, host=test_network["gateway"], check_interval_override=0.5)
+    with fake.start():
+        yield fake
+
+
+@pytest.fixture
+async def admin(mesh_consul):
+    client = ConsulClient(mesh_consul.url, MASTER_TOKEN)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def user_name():
+    return f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_spawner(images, test_network, mesh_consul, docker_client, request):
+    made = []
+
+    def make(name, **overrides):
+        config = Config()
+        settings = dict(
+            image=images["notebook"],
+            cmd=NOTEBOOK_COMMAND,
+            network_name=test_network["name"],
+            use_internal_ip=True,
+            remove=True,
+            pull_policy="never",
+            consul_address=mesh_consul.url,
+            consul_token=MASTER_TOKEN,
+            sidecar_image=images["sidecar"],
+            sidecar_command=DEVSIDECAR_COMMAND,
+            sidecar_ready_timeout=60,
+            consul_retry_budget=5,
+        )
+        settings.update(overrides)
+        for key, value in settings.items():
+            setattr(config.ConsulSpawner, key, value)
+        user = mock.Mock(spec=["name", "url", "escaped_name", "id", "settings"])
+        user.name, user.url, user.escaped_name, user.id, user.settings = name, f"/user/{name}/", name, 1, {}
+        spawner = ConsulSpawner(
+            user=user, hub=Hub(), config=config, api_token=uuid.uuid4().hex,
+            oauth_client_id=f"jupyterhub-user-{name}",
+        )
+        made.append(spawner)
+        return spawner
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for container in docker_client.containers.list(all=True, filters={"name": f"jupyter-{NAME_PREFIX}"}):
+        if failed:
+            print(f"\n--- logs of {container.name} ---\n{container.logs(tail=60).decode(errors='replace')}")
+        container.remove(force=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+async def hub_stop(spawner):
+    """What JupyterHub's User.stop does: stop() only if poll() says running, then the hook."""
+    status = await spawner.poll()
+    if status is None:
+        await spawner.stop()
+    await spawner.run_post_stop_hook()
+    spawner.clear_state()
+
+
+async def wait_for(condition, timeout=60.0, interval=0.2, message="condition"):
+    """Poll ``condition`` (sync or async) until truthy; generous deadline, never a fixed sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def container_exec(docker_client, container, *command):
+    result = docker_client.containers.get(container).exec_run(list(command))
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+def inspect_json(container):
+    return json.dumps(subprocess.run(["docker", "inspect", container], capture_output=True, text=True).stdout)
+
+
+async def mesh_objects(admin, service_name):
+    """Everything in Consul that belongs to one server."""
+    services = sorted(s for s in await admin.agent_services() if s.startswith(service_name))
+    tokens = [t["AccessorID"] for t in await admin.list_tokens()
+              if (owner := ownership.parse(t.get("Description"))) and owner.service == service_name]
+    entry = await admin.get_config(KIND, "trino-coordinator")
+    sources = [s["Name"] for s in (entry or {}).get("Sources", []) if s["Name"] == service_name]
+    return {"services": services, "tokens": tokens, "sources": sources}
+
+
+NOTHING = {"services": [], "tokens": [], "sources": []}

@@ -1,0 +1,139 @@
+"""ConsulSpawner on the real Docker daemon against the fake Consul agent (ACLs on).
+
+Start, stop, the shared network namespace, the token kept from the notebook, rollback of every
+start step, the crash path and poll.
+"""
+
+import json
+
+import pytest
+
+from .conftest import NOTHING, container_exec, hub_stop, mesh_objects, wait_for
+
+DEST = "trino-coordinator"
+
+
+async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
+    spawner = make_spawner(user_name)
+    ip, port = await spawner.start()
+    name = f"jupyter-{user_name}"
+    assert port == 8888 and ip
+
+    objects = await mesh_objects(admin, name)
+    assert objects == {"services": [name, f"{name}-sidecar-proxy"], "tokens": objects["tokens"], "sources": [name]}
+    [accessor] = objects["tokens"]
+    token = await admin.read_token(accessor)
+    assert token["ServiceIdentities"] == [{"ServiceName": name}]
+    service = (await admin.agent_services())[name]
+    assert service["Meta"]["hub-user"] == user_name and service["Address"] == ip
+
+    # The sidecar shares the notebook's network namespace: its upstream listener answers on the
+    # notebook's 127.0.0.1.
+    sidecar = docker_client.containers.get(spawner.sidecar_container_id)
+    assert sidecar.attrs["HostConfig"]["NetworkMode"] == f"container:{spawner.container_id}"
+    code, out = container_exec(
+        docker_client, spawner.container_id, "python3", "-c",
+        "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:28080/').read().decode())",
+    )
+    assert code == 0, out
+    assert json.loads(out.strip().splitlines()[-1])["upstream"] == DEST
+
+    # The notebook gets what the trino client needs and never the token.
+    secret = token["SecretID"]
+    notebook = docker_client.containers.get(spawner.container_id)
+    env = dict(line.split("=", 1) for line in notebook.attrs["Config"]["Env"])
+    assert (env["TRINO_HOST"], env["TRINO_PORT"], env["TRINO_USER"]) == ("127.0.0.1", "28080", user_name)
+    assert secret not in json.dumps(notebook.attrs)
+    assert secret not in json.dumps(sidecar.attrs), "the token must not be in the sidecar's config either"
+    code, out = container_exec(docker_client, spawner.container_id, "sh", "-c",
+                               f"grep -rs {secret} /proc/1/environ /consul /etc /root /tmp; true")
+    assert secret not in out
+    code, out = container_exec(docker_client, spawner.sidecar_container_id, "cat", "/consul/token")
+    assert code == 0 and out == secret
+    assert secret not in json.dumps(spawner.get_state())
+
+    messages = [e["message"] for e in spawner._progress_events]
+    assert any("token" in m for m in messages) and any("Granting" in m for m in messages)
+
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, name) == NOTHING
+    assert not docker_client.containers.list(all=True, filters={"name": name})
+
+
+async def test_poll_refreshes_the_check_and_reports_a_dead_sidecar(make_spawner, admin, mesh_consul,
+                                                                    docker_client, user_name):
+    spawner = make_spawner(user_name, check_ttl=60)
+    await spawner.start()
+    check_id = f"jupyter-{user_name}:alive"
+    for _ in range(3):  # 150 s of fake time: past the TTL unless poll refreshes it
+        mesh_consul.advance(50)
+        assert await spawner.poll() is None
+    assert (await admin.agent_checks())[check_id]["Status"] == "passing"
+
+    docker_client.containers.get(spawner.sidecar_container_id).kill()
+    assert "sidecar" in await spawner.poll()
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_crash_path_removes_everything(make_spawner, admin, docker_client, user_name):
+    """The notebook container killed from outside: JupyterHub's poll finds it dead and skips
+    stop(); the post-stop hook must still revoke, remove the sidecar, deregister and delete."""
+    spawner = make_spawner(user_name)
+    await spawner.start()
+    sidecar_id = spawner.sidecar_container_id
+    docker_client.containers.get(spawner.container_id).kill()
+    await wait_for(lambda: spawner.poll(), message="poll to notice the dead notebook")
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+    assert not docker_client.containers.list(all=True, filters={"id": sidecar_id})
+
+
+async def test_restarted_hub_can_stop_from_state(make_spawner, admin, user_name):
+    first = make_spawner(user_name)
+    await first.start()
+    state = json.loads(json.dumps(first.get_state()))  # as the hub database stores it
+    assert state["consul"]["token_accessor"] and state["sidecar_container_id"]
+
+    second = make_spawner(user_name)
+    second.load_state(state)
+    assert await second.poll() is None
+    await hub_stop(second)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "failed_call"),
+    [
+        ("PUT", r"^/v1/acl/token$", "PUT /v1/acl/token"),
+        ("PUT", r"^/v1/agent/service/register$", "PUT /v1/agent/service/register"),
+        ("PUT", r"^/v1/config$", "PUT /v1/config"),
+    ],
+)
+async def test_a_failing_consul_step_rolls_everything_back(make_spawner, admin, mesh_consul, docker_client,
+                                                           user_name, method, path, failed_call):
+    spawner = make_spawner(user_name)
+    # 403 is not retried, so the step really fails.
+    mesh_consul.fail(method, path, status=403, times=1, body="Permission denied: injected")
+    with pytest.raises(RuntimeError, match=failed_call.replace("/", "/")) as raised:
+        await spawner.start()
+    assert "403" in str(raised.value)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+    assert not docker_client.containers.list(all=True, filters={"name": f"jupyter-{user_name}"})
+    assert spawner.get_state().get("consul") is None
+
+
+async def test_a_sidecar_that_exits_at_once_fails_the_spawn_fast(make_spawner, admin, docker_client, user_name):
+    spawner = make_spawner(user_name, sidecar_command=["sh", "-c", "exit 3"], sidecar_ready_timeout=120)
+    with pytest.raises(RuntimeError, match="stopped before it became ready"):
+        await spawner.start()
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+    assert not docker_client.containers.list(all=True, filters={"name": f"jupyter-{user_name}"})
+
+
+async def test_a_sidecar_that_never_listens_times_out_and_rolls_back(make_spawner, admin, docker_client, user_name):
+    spawner = make_spawner(user_name, sidecar_command=["sleep", "600"], sidecar_ready_timeout=4)
+    with pytest.raises(RuntimeError, match="not ready after 4s"):
+        await spawner.start()
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+    assert not docker_client.containers.list(all=True, filters={"name": f"jupyter-{user_name}"})

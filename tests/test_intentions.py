@@ -1,0 +1,149 @@
+"""The intention writer against the fake agent: coalescing, CAS, ownership, L4 and L7."""
+
+import asyncio
+import copy
+import json
+
+import pytest
+
+from consulspawner import ownership
+from consulspawner.consul import ConsulClient, ConsulError
+from consulspawner.intentions import KIND, L4, L7, IntentionConflict, IntentionWriter, source_entry
+
+DEST = "trino-coordinator"
+ORCHESTRATOR = {
+    "Name": "orchestrator",
+    "Action": "allow",
+    "Description": "orchestrator may query trino (written by ops, not by us)",
+}
+
+
+def entry_for(source, hub="hub-a", mode=L4, trino_user=None):
+    owner = ownership.Owner(hub=hub, user=source.removeprefix("jupyter-"), server="", service=source, expires_at=10**10)
+    return source_entry(source, owner, mode, trino_user)
+
+
+async def seed_foreign(client: ConsulClient, destination=DEST, extra_sources=()):
+    entry = {"Kind": KIND, "Name": destination, "Meta": {"owner": "ops"}, "Sources": [ORCHESTRATOR, *extra_sources]}
+    assert await client.set_config(entry, cas=0)
+    stored = await client.get_config(KIND, destination)
+    return copy.deepcopy(stored["Sources"][0]), stored["Meta"]
+
+
+def names(entry):
+    return sorted(s["Name"] for s in (entry or {}).get("Sources", []))
+
+
+async def test_200_grants_and_100_revokes_coalesce_and_keep_foreign_sources(fake_consul, consul_client):
+    foreign_before, meta_before = await seed_foreign(consul_client)
+    writer = IntentionWriter(consul_client, "hub-a")
+    # A second hub on its own client writes the same entry at the same time: real CAS races.
+    other_client = ConsulClient(fake_consul.url)
+    other = IntentionWriter(other_client, "hub-b")
+    sources = [f"jupyter-user{i}" for i in range(200)]
+
+    async def grant_then_maybe_revoke(i, source):
+        await writer.grant(DEST, entry_for(source))
+        if i < 100:
+            await writer.revoke(DEST, source)
+
+    writes_before = fake_consul.count("PUT", r"^/v1/config$")
+    await asyncio.gather(
+        *(grant_then_maybe_revoke(i, s) for i, s in enumerate(sources)),
+        *(other.grant(DEST, entry_for(f"jupyter-b{i}", hub="hub-b")) for i in range(20)),
+    )
+    await other_client.close()
+    config_writes = fake_consul.count("PUT", r"^/v1/config$") - writes_before
+    print(f"\n300 changes by hub-a + 20 by hub-b: {writer.writes} writes by hub-a, "
+          f"{other.writes} by hub-b, {config_writes} config writes served, {writer.conflicts} CAS conflicts")
+
+    entry = await consul_client.get_config(KIND, DEST)
+    expected = sorted(["orchestrator", *sources[100:], *(f"jupyter-b{i}" for i in range(20))])
+    assert names(entry) == expected
+    orchestrator = next(s for s in entry["Sources"] if s["Name"] == "orchestrator")
+    assert json.dumps(orchestrator, sort_keys=True) == json.dumps(foreign_before, sort_keys=True)
+    assert entry["Meta"] == meta_before
+    # Coalescing: 300 changes must not cost anywhere near 300 writes.
+    assert writer.writes < 60, writer.writes
+
+
+async def test_revoking_the_last_owned_source_keeps_foreign_ones(consul_client):
+    await seed_foreign(consul_client)
+    writer = IntentionWriter(consul_client, "hub-a")
+    await writer.grant(DEST, entry_for("jupyter-alice"))
+    await writer.revoke(DEST, "jupyter-alice")
+    assert names(await consul_client.get_config(KIND, DEST)) == ["orchestrator"]
+
+
+async def test_entry_is_deleted_when_its_last_source_was_ours(consul_client):
+    writer = IntentionWriter(consul_client, "hub-a")
+    await writer.grant(DEST, entry_for("jupyter-alice"))
+    assert names(await consul_client.get_config(KIND, DEST)) == ["jupyter-alice"]
+    await writer.revoke(DEST, "jupyter-alice")
+    assert await consul_client.get_config(KIND, DEST) is None
+    # Revoking what is already gone is a no-op, not an error, and costs no write.
+    writes = writer.writes
+    await writer.revoke(DEST, "jupyter-alice")
+    assert writer.writes == writes
+
+
+async def test_a_grant_never_replaces_a_foreign_source_of_the_same_name(consul_client):
+    foreign_before, _ = await seed_foreign(consul_client)
+    writer = IntentionWriter(consul_client, "hub-a")
+    with pytest.raises(IntentionConflict, match="not written by this hub"):
+        await writer.grant(DEST, entry_for("orchestrator"))
+    with pytest.raises(IntentionConflict):
+        await writer.revoke(DEST, "orchestrator")
+    entry = await consul_client.get_config(KIND, DEST)
+    assert entry["Sources"] == [foreign_before]
+
+
+async def test_another_hubs_source_is_not_ours(consul_client):
+    writer_a = IntentionWriter(consul_client, "hub-a")
+    writer_b = IntentionWriter(consul_client, "hub-b")
+    await writer_b.grant(DEST, entry_for("jupyter-x", hub="hub-b"))
+    with pytest.raises(IntentionConflict):
+        await writer_a.revoke(DEST, "jupyter-x")
+    assert names(await consul_client.get_config(KIND, DEST)) == ["jupyter-x"]
+
+
+async def test_regrant_with_new_expiry_replaces_in_place(consul_client):
+    writer = IntentionWriter(consul_client, "hub-a")
+    owner = ownership.Owner(hub="hub-a", user="alice", server="", service="jupyter-alice")
+    await writer.grant(DEST, source_entry("jupyter-alice", owner.with_expiry(100)))
+    await writer.grant(DEST, source_entry("jupyter-alice", owner.with_expiry(200)))
+    [source] = (await consul_client.get_config(KIND, DEST))["Sources"]
+    assert ownership.parse(source["Description"]).expires_at == 200
+
+
+async def test_l7_grant_binds_the_trino_user_and_counts_as_deny_for_l4(consul_client):
+    assert await consul_client.set_config(
+        {"Kind": "service-defaults", "Name": DEST, "Protocol": "http"}
+    )
+    writer = IntentionWriter(consul_client, "hub-a")
+    await writer.grant(DEST, entry_for("jupyter-carol", mode=L7, trino_user="carol"))
+    [source] = (await consul_client.get_config(KIND, DEST))["Sources"]
+    assert source["Permissions"][0]["HTTP"]["Header"] == [{"Name": "X-Trino-User", "Exact": "carol"}]
+    assert "Action" not in source
+    roots = (await consul_client.request("GET", "/v1/agent/connect/ca/roots")).body
+    uri = f"spiffe://{roots['TrustDomain']}/ns/default/dc/dc1/svc/jupyter-carol"
+    decision = await consul_client.authorize(DEST, uri)
+    assert decision["Authorized"] is False
+
+
+async def test_l7_without_http_protocol_is_refused_and_changes_nothing(consul_client):
+    await seed_foreign(consul_client)
+    writer = IntentionWriter(consul_client, "hub-a")
+    with pytest.raises(ConsulError, match=r"(?i)protocol"):
+        await writer.grant(DEST, entry_for("jupyter-carol", mode=L7, trino_user="carol"))
+    assert names(await consul_client.get_config(KIND, DEST)) == ["orchestrator"]
+
+
+async def test_a_failed_write_fails_every_waiting_caller(fake_consul, consul_client):
+    writer = IntentionWriter(consul_client, "hub-a")
+    fake_consul.fail("GET", r"^/v1/config/service-intentions/", status=403, times=1)
+    with pytest.raises(Exception, match="403"):
+        await asyncio.gather(writer.grant(DEST, entry_for("jupyter-a")), writer.grant(DEST, entry_for("jupyter-b")))
+    # The next change goes through: a failure does not wedge the queue.
+    await writer.grant(DEST, entry_for("jupyter-c"))
+    assert names(await consul_client.get_config(KIND, DEST)) == ["jupyter-c"]
