@@ -1,0 +1,727 @@
+"""The fake agent's HTTP server (aiohttp) and the :class:`FakeConsul` handle tests use.
+
+Routing mirrors Consul's ``net/http`` mux (``agent/http_register.go``): exact patterns and
+prefix patterns ending in ``/``, longest match wins; a known path with a method it does not
+declare answers 405 ``method X not allowed`` with an ``Allow`` header, an unknown ``/v1/`` path
+404 ``Invalid URL path: not a recognized HTTP API endpoint`` (``agent/http.go`` ``wrap`` and
+``Index``). Errors are plain text bodies; successes are JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .acl import ConsulError
+from .godur import DurationError, parse_duration
+from .state import CRITICAL, State
+
+# agent/structs: defaultQueryTime 5m, maxQueryTime 10m; a random wait/16 is added as jitter.
+DEFAULT_WAIT = 300.0
+MAX_WAIT = 600.0
+
+
+class _Fault:
+    def __init__(self, method: str, pattern: str, status: int, times: int, body: str, hang: bool, seconds):
+        self.method = (method or "*").upper()
+        self.regex = re.compile(pattern)
+        self.status = status
+        self.remaining = times
+        self.body = body
+        self.hang = hang
+        self.seconds = seconds
+        self.released = threading.Event()
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.remaining > 0 and self.method in ("*", method) and bool(self.regex.search(path))
+
+
+def _json_response(obj, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(obj).encode(), status=status, content_type="application/json", headers=headers or {}
+    )
+
+
+def _text_response(text: str, status: int, headers: dict | None = None) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/plain", headers=headers or {})
+
+
+def _token(request: web.Request) -> str:
+    """agent/http.go parseTokenInternal: ?token=, then X-Consul-Token, then Authorization: Bearer."""
+    if request.query.get("token"):
+        return request.query["token"]
+    if request.headers.get("X-Consul-Token"):
+        return request.headers["X-Consul-Token"]
+    auth = request.headers.get("Authorization", "")
+    parts = auth.split(" ")
+    if len(parts) > 1 and parts[0].lower() == "bearer":
+        return " ".join(parts[1:]).strip().split(" ")[0]
+    return ""
+
+
+class _App:
+    """Request dispatch for one running server; state lives in :class:`State` and outlives it."""
+
+    def __init__(self, fake: FakeConsul):
+        self.fake = fake
+        self.state: State = fake.state
+        routes: list[tuple[str, list[str], Callable]] = [
+            ("/v1/agent/self", ["GET"], self.agent_self),
+            ("/v1/agent/services", ["GET"], self.agent_services),
+            ("/v1/agent/service/", ["GET"], self.agent_service),
+            ("/v1/agent/checks", ["GET"], self.agent_checks),
+            ("/v1/agent/check/pass/", ["PUT"], self.check_pass),
+            ("/v1/agent/check/warn/", ["PUT"], self.check_warn),
+            ("/v1/agent/check/fail/", ["PUT"], self.check_fail),
+            ("/v1/agent/service/register", ["PUT"], self.service_register),
+            ("/v1/agent/service/deregister/", ["PUT"], self.service_deregister),
+            ("/v1/agent/connect/authorize", ["POST"], self.connect_authorize),
+            ("/v1/agent/connect/ca/roots", ["GET"], self.ca_roots),
+            ("/v1/agent/connect/ca/leaf/", ["GET"], self.ca_leaf),
+            ("/v1/connect/ca/roots", ["GET"], self.ca_roots),
+            ("/v1/catalog/services", ["GET"], self.catalog_services),
+            ("/v1/catalog/service/", ["GET"], self.catalog_service),
+            ("/v1/health/service/", ["GET"], self.health_service),
+            ("/v1/health/connect/", ["GET"], self.health_connect),
+            ("/v1/health/checks/", ["GET"], self.health_checks),
+            ("/v1/config", ["PUT"], self.config_apply),
+            ("/v1/config/", ["GET", "DELETE"], self.config),
+            ("/v1/connect/intentions", ["GET", "POST"], self.intentions),
+            ("/v1/connect/intentions/match", ["GET"], self.intentions_match),
+            ("/v1/connect/intentions/check", ["GET"], self.intentions_check),
+            ("/v1/connect/intentions/exact", ["GET", "PUT", "DELETE"], self.intentions_exact),
+            ("/v1/acl/token", ["PUT"], self.acl_token_create),
+            ("/v1/acl/token/self", ["GET"], self.acl_token_self),
+            ("/v1/acl/token/", ["GET", "PUT", "DELETE"], self.acl_token_crud),
+            ("/v1/acl/tokens", ["GET"], self.acl_tokens),
+            ("/v1/status/leader", ["GET"], self.status_leader),
+            ("/v1/status/peers", ["GET"], self.status_peers),
+            ("/_fake/advance", ["POST"], self.fake_advance),
+            ("/_fake/fault", ["POST", "DELETE"], self.fake_fault),
+            ("/_fake/state", ["GET"], self.fake_state),
+        ]
+        self.exact = {p: (m, h) for p, m, h in routes if not p.endswith("/")}
+        self.prefixes = sorted(((p, m, h) for p, m, h in routes if p.endswith("/")), key=lambda r: -len(r[0]))
+
+    # ------------------------------------------------------------------ dispatch
+    def route(self, path: str):
+        if path in self.exact:
+            methods, handler = self.exact[path]
+            return path, methods, handler
+        for prefix, methods, handler in self.prefixes:
+            if path.startswith(prefix):
+                return prefix, methods, handler
+        return None
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        method = request.method
+        fake = self.fake
+        is_knob = path.startswith("/_fake/")
+        if not is_knob:
+            fake._record_attempt(method, path)
+            fault = fake._take_fault(method, path)
+            if fault is not None:
+                if fault.hang:
+                    await self._hang(request, fault)
+                else:
+                    return _text_response(fault.body, fault.status)
+        headers = {"X-Consul-Default-ACL-Policy": "deny" if self.state.acl_enabled else "allow"}
+        found = self.route(path)
+        if found is None:
+            if path == "/":
+                return _text_response(
+                    "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent "
+                    "configuration and restart.",
+                    200,
+                )
+            if "/v1/" in path:
+                return _text_response("Invalid URL path: not a recognized HTTP API endpoint\n", 404)
+            return _text_response(
+                "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n", 404
+            )
+        pattern, methods, handler = found
+        if method == "OPTIONS":
+            return web.Response(status=200, headers={"Allow": ",".join(["OPTIONS", *methods])})
+        if method not in methods:
+            return _text_response(
+                f"method {method} not allowed", 405, {"Allow": ",".join(["OPTIONS", *methods]), **headers}
+            )
+        if is_knob and self.state.acl_enabled:
+            authz = self._authz_or_error(request)
+            if isinstance(authz, web.Response):
+                return authz
+            if not authz.management:
+                return _text_response("Permission denied", 403)
+        try:
+            resp = await handler(request, path[len(pattern) :] if pattern.endswith("/") else "")
+        except ConsulError as err:
+            return _text_response(err.text, err.status, {**headers, **err.headers})
+        if not is_knob:
+            fake._record_served(method, path)
+        for key, value in headers.items():
+            resp.headers.setdefault(key, value)
+        return resp
+
+    def _authz_or_error(self, request):
+        try:
+            return self.state.resolve(_token(request))
+        except ConsulError as err:
+            return _text_response(err.text, err.status)
+
+    async def _hang(self, request: web.Request, fault: _Fault) -> None:
+        deadline = None if fault.seconds is None else time.monotonic() + fault.seconds
+        while not fault.released.is_set() and not self.fake._stopping.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.02)
+        if self.fake._stopping.is_set():
+            # "Consul went away": drop the connection without an answer.
+            if request.transport is not None:
+                request.transport.close()
+            raise asyncio.CancelledError
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    async def _body(request: web.Request, what: str = "Request decode failed"):
+        raw = await request.read()
+        if not raw.strip():
+            raise ConsulError(400, f"{what}: EOF")
+        try:
+            return json.loads(raw)
+        except ValueError as err:
+            raise ConsulError(400, f"{what}: {err}") from None
+
+    @staticmethod
+    def _wait_params(request: web.Request) -> tuple[int, float]:
+        """agent/http.go parseWait: ?index and ?wait ("Invalid wait time" / "Invalid index")."""
+        wait = DEFAULT_WAIT
+        if request.query.get("wait"):
+            try:
+                wait = parse_duration(request.query["wait"])
+            except DurationError:
+                raise ConsulError(400, "Invalid wait time") from None
+            if wait <= 0:
+                wait = DEFAULT_WAIT
+        index = 0
+        if request.query.get("index"):
+            try:
+                index = int(request.query["index"])
+                if index < 0:
+                    raise ValueError
+            except ValueError:
+                raise ConsulError(400, "Invalid index") from None
+        wait = min(wait, MAX_WAIT)
+        return index, wait + random.uniform(0, wait / 16)
+
+    async def _block(self, request: web.Request, produce: Callable[[], tuple[int, object]]) -> tuple[int, object]:
+        """An index-based blocking query: answer when the index passes ?index or ?wait runs out."""
+        min_index, wait = self._wait_params(request)
+        return await self._block_until(lambda r: min_index == 0 or r[0] > min_index, produce, wait)
+
+    async def _block_until(self, done, produce, wait: float):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            event = asyncio.Event()
+            waiter = (loop, event)
+            self.state.add_waiter(waiter)
+            try:
+                result = produce()
+                remaining = deadline - loop.time()
+                if done(result) or remaining <= 0 or self.fake._stopping.is_set():
+                    return result
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+            finally:
+                self.state.remove_waiter(waiter)
+
+    @staticmethod
+    def _meta_headers(index: int) -> dict:
+        # setMeta: index, last contact, known leader.
+        return {"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+
+    # ------------------------------------------------------------------ agent
+    async def agent_self(self, request, _rest):
+        return _json_response(self.state.agent_self(_token(request)))
+
+    async def agent_services(self, request, _rest):
+        return _json_response(self.state.agent_services(_token(request)))
+
+    async def agent_service(self, request, sid):
+        """Hash-based blocking (agent.LocalBlockingQuery): block while ContentHash == ?hash."""
+        token = _token(request)
+        _, wait = self._wait_params(request)
+        want = request.query.get("hash", "")
+        content_hash, view = await self._block_until(
+            lambda r: not want or r[0] != want, lambda: self.state.agent_service(sid, token), wait
+        )
+        return _json_response(view, headers={"X-Consul-ContentHash": content_hash})
+
+    async def agent_checks(self, request, _rest):
+        return _json_response(self.state.agent_checks(_token(request)))
+
+    async def _check_update(self, request, cid, status):
+        self.state.check_update(cid, status, request.query.get("note", ""), _token(request))
+        return web.Response(status=200)
+
+    async def check_pass(self, request, cid):
+        return await self._check_update(request, cid, "passing")
+
+    async def check_warn(self, request, cid):
+        return await self._check_update(request, cid, "warning")
+
+    async def check_fail(self, request, cid):
+        return await self._check_update(request, cid, CRITICAL)
+
+    async def service_register(self, request, _rest):
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise ConsulError(
+                400, "Request decode failed: json: cannot unmarshal into Go value of type structs.ServiceDefinition"
+            )
+        values = request.query.getall("replace-existing-checks", [])
+        # AgentRegisterService: present and "" or "true" means replace.
+        replace = bool(values) and request.query.get("replace-existing-checks") in ("", "true")
+        self.state.register_service(body, _token(request), replace)
+        self.fake._kick_checks()
+        return web.Response(status=200)
+
+    async def service_deregister(self, request, sid):
+        self.state.deregister_service(sid, _token(request))
+        return web.Response(status=200)
+
+    async def connect_authorize(self, request, _rest):
+        body = await self._body(request)
+        return _json_response(self.state.authorize(body, _token(request)), headers={"X-Cache": "MISS"})
+
+    async def ca_roots(self, request, _rest):
+        index, body = await self._block(request, self.state.ca_roots)
+        return _json_response(body, headers=self._meta_headers(index))
+
+    async def ca_leaf(self, request, service):
+        token = _token(request)
+        min_index, wait = self._wait_params(request)
+        index, body = await self._block_until(
+            lambda r: min_index == 0 or r[0] > min_index,
+            lambda: self.state.leaf(service, token, revalidate=min_index == 0),
+            wait,
+        )
+        return _json_response(body, headers={"X-Consul-Index": str(index), "X-Cache": "MISS"})
+
+    # ------------------------------------------------------------------ catalog / health
+    async def catalog_services(self, request, _rest):
+        token = _token(request)
+        index, body = await self._block(request, lambda: self.state.catalog_services(token))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    async def catalog_service(self, request, name):
+        token = _token(request)
+        tags = request.query.getall("tag", [])
+        index, body = await self._block(request, lambda: self.state.catalog_service(name, token, tags))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    async def _health(self, request, name, connect):
+        token = _token(request)
+        tags = request.query.getall("tag", [])
+        passing = "passing" in request.query and request.query.get("passing", "").lower() not in ("0", "false")
+        index, body = await self._block(
+            request, lambda: self.state.health_service(name, token, passing, tags, connect=connect)
+        )
+        return _json_response(body, headers=self._meta_headers(index))
+
+    async def health_service(self, request, name):
+        return await self._health(request, name, False)
+
+    async def health_connect(self, request, name):
+        return await self._health(request, name, True)
+
+    async def health_checks(self, request, name):
+        token = _token(request)
+        index, body = await self._block(request, lambda: self.state.health_checks(name, token))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    # ------------------------------------------------------------------ config entries
+    @staticmethod
+    def _cas(request) -> int | None:
+        if "cas" not in request.query or request.query["cas"] == "":
+            return None
+        try:
+            return int(request.query["cas"])
+        except ValueError:
+            raise ConsulError(500, f'strconv.ParseUint: parsing "{request.query["cas"]}": invalid syntax') from None
+
+    async def config_apply(self, request, _rest):
+        body = await self._body(request, "Request decoding failed")
+        return _json_response(self.state.config_apply(body, self._cas(request), _token(request)))
+
+    async def config(self, request, rest):
+        parts = rest.split("/", 1)
+        token = _token(request)
+        if request.method == "DELETE":
+            if len(parts) != 2:
+                raise ConsulError(404, "Must provide both a kind and name to delete")
+            return _json_response(self.state.config_delete(parts[0], parts[1], self._cas(request), token))
+        if len(parts) == 2:
+            index, body = await self._block(request, lambda: self.state.config_get(parts[0], parts[1], token))
+        elif parts[0]:
+            index, body = await self._block(request, lambda: self.state.config_list(parts[0], token))
+        else:
+            raise ConsulError(404, "Must provide either a kind or both kind and name")
+        return _json_response(body, headers=self._meta_headers(index))
+
+    # ------------------------------------------------------------------ intentions
+    async def intentions(self, request, _rest):
+        if request.method == "POST":
+            # The legacy ID-based create is deprecated and not modelled by the fake.
+            raise ConsulError(500, "legacy intention create is not supported by this fake agent")
+        token = _token(request)
+        index, body = await self._block(request, lambda: self.state.intention_list(token))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    async def intentions_match(self, request, _rest):
+        token = _token(request)
+        by = request.query.get("by")
+        names = request.query.getall("name", [])
+        index, body = await self._block(request, lambda: self.state.intention_match(by, names, token))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    async def intentions_check(self, request, _rest):
+        body = self.state.intention_check(
+            request.query.get("source"), request.query.get("destination"), _token(request)
+        )
+        return _json_response(body)
+
+    async def intentions_exact(self, request, _rest):
+        token = _token(request)
+        src, dst = request.query.get("source"), request.query.get("destination")
+        if request.method == "PUT":
+            body = await self._body(request)
+            return _json_response(self.state.intention_put_exact(src, dst, body, token))
+        if request.method == "DELETE":
+            return _json_response(self.state.intention_delete_exact(src, dst, token))
+        index, body = await self._block(request, lambda: self.state.intention_get_exact(src, dst, token))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    # ------------------------------------------------------------------ ACL
+    async def acl_token_create(self, request, _rest):
+        if not self.state.acl_enabled:
+            raise ConsulError(401, "ACL support disabled")
+        body = await self._body(request, "Token decoding failed")
+        if not isinstance(body, dict):
+            raise ConsulError(
+                400, "Token decoding failed: json: cannot unmarshal into Go value of type structs.ACLToken"
+            )
+        return _json_response(self.state.acl_token_create(body, _token(request)))
+
+    async def acl_token_self(self, request, _rest):
+        index, body = self.state.acl_token_self(_token(request))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    async def acl_token_crud(self, request, accessor):
+        if not self.state.acl_enabled:
+            raise ConsulError(401, "ACL support disabled")
+        token = _token(request)
+        if not accessor and request.method != "PUT":
+            raise ConsulError(400, "Missing token AccessorID")
+        if request.method == "GET":
+            index, body = self.state.acl_token_read(accessor, token)
+            return _json_response(body, headers=self._meta_headers(index))
+        if request.method == "DELETE":
+            return _json_response(self.state.acl_token_delete(accessor, token))
+        body = await self._body(request, "Token decoding failed")
+        return _json_response(self.state.acl_token_create(body, token, accessor_in_url=accessor))
+
+    async def acl_tokens(self, request, _rest):
+        token = _token(request)
+        if not self.state.acl_enabled:
+            raise ConsulError(401, "ACL support disabled")
+        index, body = await self._block(request, lambda: self.state.acl_token_list(token))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    # ------------------------------------------------------------------ status
+    async def status_leader(self, request, _rest):
+        return _json_response("127.0.0.1:8300")
+
+    async def status_peers(self, request, _rest):
+        return _json_response(["127.0.0.1:8300"])
+
+    # ------------------------------------------------------------------ /_fake knobs
+    async def fake_advance(self, request, _rest):
+        try:
+            seconds = float(request.query.get("seconds", "0"))
+        except ValueError:
+            raise ConsulError(400, "seconds must be a number") from None
+        self.fake.advance(seconds)
+        return _json_response({"Index": self.state.index, "Now": self.state.now()})
+
+    async def fake_fault(self, request, _rest):
+        """POST: JSON {Method, PathRegex, Status, Times, Body, Hang}; Hang true (until cleared) or seconds.
+
+        DELETE clears all faults (and releases hung requests).
+        """
+        if request.method == "DELETE":
+            self.fake.clear_faults()
+            return _json_response(True)
+        body = await self._body(request)
+        if not isinstance(body, dict) or not body.get("PathRegex"):
+            raise ConsulError(400, "fault needs a JSON object with PathRegex")
+        hang = body.get("Hang")
+        if hang is not None and hang is not False:
+            seconds = None if hang is True else float(hang)
+            self.fake.hang(
+                body.get("Method") or "*", body["PathRegex"], times=int(body.get("Times", 1)), seconds=seconds
+            )
+        else:
+            self.fake.fail(
+                body.get("Method") or "*",
+                body["PathRegex"],
+                status=int(body.get("Status", 500)),
+                times=int(body.get("Times", 1)),
+                body=str(body.get("Body", "injected fault")),
+            )
+        return _json_response(True)
+
+    async def fake_state(self, request, _rest):
+        snap = self.fake.snapshot()
+        snap["config_entries"] = {f"{k[0]}/{k[1]}": v for k, v in snap["config_entries"].items()}
+        return _json_response(snap)
+
+
+class FakeConsul:
+    """A fake Consul agent serving Consul's HTTP API from a background thread.
+
+    State (services, checks, config entries, tokens, CA) survives ``stop()``/``restart()`` so
+    tests can simulate an agent outage; ``advance()`` moves the fake clock that TTL checks,
+    token expiry and critical-service reaping run on.
+    """
+
+    def __init__(
+        self,
+        acl_master_token: str | None = None,
+        datacenter: str = "dc1",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        reap_interval: float = 0.5,
+        check_interval_override: float | None = None,
+        default_intention_allow: bool | None = None,
+    ):
+        self.host = host
+        self.port = port
+        self.reap_interval = reap_interval
+        self.state = State(
+            datacenter=datacenter,
+            acl_master_token=acl_master_token,
+            default_intention_allow=default_intention_allow,
+            check_interval_override=check_interval_override,
+        )
+        self._faults: list[_Fault] = []
+        self._faults_lock = threading.Lock()
+        self._requests: list[tuple[str, str]] = []
+        self._attempts: list[tuple[str, str]] = []
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FakeConsul:
+        """Serve in a background thread; returns once the socket is listening."""
+        if self._closed:
+            raise RuntimeError("FakeConsul was closed")
+        if self._thread is not None:
+            return self
+        self._stopping.clear()
+        ready = threading.Event()
+        errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._serve, args=(ready, errors), name="fakeconsul", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            self._thread.join()
+            self._thread = None
+            raise errors[0]
+        return self
+
+    def _serve(self, ready: threading.Event, errors: list) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._startup())
+        except BaseException as err:
+            errors.append(err)
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._shutdown())
+            loop.close()
+
+    async def _startup(self) -> None:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        dispatcher = _App(self)
+        app.router.add_route("*", "/{tail:.*}", dispatcher.dispatch)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:
+            sock = site._server.sockets[0]
+            self.port = sock.getsockname()[1]
+        self._pass_task = asyncio.ensure_future(self._pass_loop())
+        self._tcp_tasks: set = set()
+
+    async def _shutdown(self) -> None:
+        self._pass_task.cancel()
+        for task in list(self._tcp_tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _pass_loop(self) -> None:
+        while True:
+            self._run_due(self.state.run_pass())
+            await asyncio.sleep(self.reap_interval)
+
+    def _run_due(self, due) -> None:
+        for cid, addr, timeout in due:
+            task = asyncio.ensure_future(self._tcp_check(cid, addr, timeout))
+            self._tcp_tasks.add(task)
+            task.add_done_callback(self._tcp_tasks.discard)
+
+    def _kick_checks(self) -> None:
+        """Run newly due TCP checks now rather than at the next pass (must be on the loop)."""
+        self._run_due(self.state.run_pass())
+
+    async def _tcp_check(self, cid: str, addr: str, timeout: float) -> None:
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        try:
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+        except (OSError, asyncio.TimeoutError, ValueError) as err:
+            reason = "i/o timeout" if isinstance(err, asyncio.TimeoutError) else "connect: connection refused"
+            self.state.set_tcp_result(cid, False, f"dial tcp {addr}: {reason}")
+            return
+        writer.close()
+        self.state.set_tcp_result(cid, True, f"TCP connect {addr}: Success")
+
+    def stop(self) -> None:
+        """Stop serving (connections refused from now on) but keep all state."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        self._stopping.set()
+        self.state.notify()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        self._thread = None
+        self._loop = None
+
+    def restart(self) -> FakeConsul:
+        """Serve again on the same host:port with the state kept."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop for good."""
+        self.stop()
+        self._closed = True
+
+    def __enter__(self) -> FakeConsul:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ clock
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock forward and run a check/reaper pass at once."""
+        due = self.state.advance(seconds)
+        loop = self._loop
+        if due and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._run_due, due)
+            except RuntimeError:
+                pass
+
+    # ------------------------------------------------------------------ faults
+    def fail(
+        self, method: str, path_regex: str, status: int = 500, times: int = 1, body: str = "injected fault"
+    ) -> None:
+        """Answer the next ``times`` matching requests with ``status`` and ``body``."""
+        with self._faults_lock:
+            self._faults.append(_Fault(method, path_regex, status, times, body, False, None))
+
+    def hang(self, method: str, path_regex: str, times: int = 1, seconds: float | None = None) -> None:
+        """Hold the next ``times`` matching requests for ``seconds`` (None: until cleared/stopped)."""
+        with self._faults_lock:
+            self._faults.append(_Fault(method, path_regex, 0, times, "", True, seconds))
+
+    def clear_faults(self) -> None:
+        with self._faults_lock:
+            for fault in self._faults:
+                fault.released.set()
+            self._faults.clear()
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._faults_lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    # ------------------------------------------------------------------ observation
+    def _record_attempt(self, method: str, path: str) -> None:
+        with self._faults_lock:
+            self._attempts.append((method, path))
+
+    def _record_served(self, method: str, path: str) -> None:
+        with self._faults_lock:
+            self._requests.append((method, path))
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of requests answered by a real handler, in order (faulted ones excluded)."""
+        with self._faults_lock:
+            return list(self._requests)
+
+    @property
+    def attempts(self) -> list[tuple[str, str]]:
+        """(method, path) of every request received, including faulted and hung ones."""
+        with self._faults_lock:
+            return list(self._attempts)
+
+    def count(self, method: str, path_regex: str) -> int:
+        """How many served requests match ``method`` ("*" for any) and ``path_regex``."""
+        regex = re.compile(path_regex)
+        method = (method or "*").upper()
+        return sum(1 for m, p in self.requests if method in ("*", m) and regex.search(p))
+
+    def snapshot(self) -> dict:
+        """A deep copy of the state (see State.snapshot for the shape)."""
+        return copy.deepcopy(self.state.snapshot())
