@@ -267,7 +267,7 @@ class ConsulSpawner(DockerSpawner):
         container before it starts; the notebook container never sees it.
 
             c.ConsulSpawner.sidecar_command = [
-                "python3", "/devsidecar.py", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
+                "devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
         """,
     ).tag(config=True)
 

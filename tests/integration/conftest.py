@@ -189,3 +189,10 @@ async def mesh_objects(admin, service_name):
 
 
 NOTHING = {"services": [], "tokens": [], "sources": []}
+
+
+async def containers_gone(docker_client, name, timeout=30):
+    """Wait until no container matches ``name``: with ``remove=True`` Docker removes a stopped
+    container asynchronously (auto_remove), so it may linger a moment after stop returns."""
+    await wait_for(lambda: not docker_client.containers.list(all=True, filters={"name": name}),
+                   timeout=timeout, message=f"containers named {name} to be removed")

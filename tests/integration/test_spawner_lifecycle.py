@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from .conftest import NOTHING, container_exec, hub_stop, mesh_objects, wait_for
+from .conftest import NOTHING, container_exec, containers_gone, hub_stop, mesh_objects, wait_for
 
 DEST = "trino-coordinator"
 
@@ -57,7 +57,7 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
 
     await hub_stop(spawner)
     assert await mesh_objects(admin, name) == NOTHING
-    assert not docker_client.containers.list(all=True, filters={"name": name})
+    await containers_gone(docker_client, name)
 
 
 async def test_poll_refreshes_the_check_and_reports_a_dead_sidecar(make_spawner, admin, mesh_consul,
@@ -119,7 +119,7 @@ async def test_a_failing_consul_step_rolls_everything_back(make_spawner, admin, 
         await spawner.start()
     assert "403" in str(raised.value)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
-    assert not docker_client.containers.list(all=True, filters={"name": f"jupyter-{user_name}"})
+    await containers_gone(docker_client, f"jupyter-{user_name}")
     assert spawner.get_state().get("consul") is None
 
 
@@ -128,7 +128,7 @@ async def test_a_sidecar_that_exits_at_once_fails_the_spawn_fast(make_spawner, a
     with pytest.raises(RuntimeError, match="stopped before it became ready"):
         await spawner.start()
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
-    assert not docker_client.containers.list(all=True, filters={"name": f"jupyter-{user_name}"})
+    await containers_gone(docker_client, f"jupyter-{user_name}")
 
 
 async def test_a_sidecar_that_never_listens_times_out_and_rolls_back(make_spawner, admin, docker_client, user_name):
@@ -136,4 +136,4 @@ async def test_a_sidecar_that_never_listens_times_out_and_rolls_back(make_spawne
     with pytest.raises(RuntimeError, match="not ready after 4s"):
         await spawner.start()
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
-    assert not docker_client.containers.list(all=True, filters={"name": f"jupyter-{user_name}"})
+    await containers_gone(docker_client, f"jupyter-{user_name}")

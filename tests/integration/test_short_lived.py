@@ -1,0 +1,154 @@
+"""Short-lived by construction, on real containers: token rotation, Consul faults at start and
+stop (every call failing once), Consul down or slow, and Consul restarted with state kept."""
+
+import json
+import time
+
+import pytest
+
+from .conftest import NOTHING, container_exec, containers_gone, hub_stop, mesh_objects, wait_for
+
+UPSTREAM_PROBE = ("python3", "-c",
+                  "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:28080/', timeout=5).read())")
+
+
+async def upstream_answers(docker_client, spawner):
+    code, _ = container_exec(docker_client, spawner.container_id, *UPSTREAM_PROBE)
+    return code == 0
+
+
+async def test_token_rotation_keeps_the_server_usable_with_one_live_token(make_spawner, admin, docker_client,
+                                                                          user_name):
+    spawner = make_spawner(user_name, token_ttl=60, token_rotation_margin=59)
+    await spawner.start()
+    name = f"jupyter-{user_name}"
+    [first] = (await mesh_objects(admin, name))["tokens"]
+    first_sidecar = spawner.sidecar_container_id
+
+    rotated_at = time.monotonic()
+    assert await spawner.poll() is None  # 60 s TTL, 59 s margin: due at once
+    [second] = (await mesh_objects(admin, name))["tokens"]
+    assert second != first and await admin.read_token(first) is None
+    assert spawner.mesh_state.token_accessor == second
+    assert spawner.sidecar_container_id != first_sidecar
+    await wait_for(lambda: upstream_answers(docker_client, spawner), timeout=30, message="upstream after rotation")
+    print(f"\nrotation and upstream back in {time.monotonic() - rotated_at:.1f}s")
+    # The new sidecar holds the new token, and only it.
+    _, out = container_exec(docker_client, spawner.sidecar_container_id, "cat", "/consul/token")
+    assert out == (await admin.read_token(second))["SecretID"]
+
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, name) == NOTHING
+
+
+START_CALLS = [
+    ("PUT", r"^/v1/acl/token$"),
+    ("PUT", r"^/v1/agent/service/register$"),
+    ("PUT", r"^/v1/agent/check/pass/"),
+    ("GET", r"^/v1/health/service/"),
+    ("GET", r"^/v1/config/service-intentions/"),
+    ("PUT", r"^/v1/config$"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), START_CALLS)
+async def test_each_start_call_failing_once_leaves_consul_consistent(make_spawner, admin, mesh_consul,
+                                                                     docker_client, user_name, method, path):
+    spawner = make_spawner(user_name)
+    name = f"jupyter-{user_name}"
+    mesh_consul.fail(method, path, status=500, times=1)
+    try:
+        await spawner.start()
+    except RuntimeError as e:
+        # Failed: the message names the call, and nothing is left behind.
+        assert method in str(e)
+        assert await mesh_objects(admin, name) == NOTHING
+        await containers_gone(docker_client, name)
+        return
+    # Retried through: everything is there, complete.
+    objects = await mesh_objects(admin, name)
+    assert objects["services"] == [name, f"{name}-sidecar-proxy"]
+    assert len(objects["tokens"]) == 1 and objects["sources"] == [name]
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, name) == NOTHING
+
+
+STOP_CALLS = [
+    ("GET", r"^/v1/config/service-intentions/"),
+    ("DELETE", r"^/v1/config/service-intentions/"),
+    ("PUT", r"^/v1/agent/service/deregister/"),
+    ("DELETE", r"^/v1/acl/token/"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), STOP_CALLS)
+async def test_each_stop_call_failing_once_is_eventually_done(make_spawner, admin, mesh_consul, docker_client,
+                                                              user_name, method, path):
+    spawner = make_spawner(user_name, consul_retry_budget=0.1)
+    name = f"jupyter-{user_name}"
+    await spawner.start()
+    mesh_consul.fail(method, path, status=500, times=1)
+    await hub_stop(spawner)
+    # The server stopped at once; what Consul refused is retried in the background.
+    await containers_gone(docker_client, name)
+    await wait_for(lambda: _nothing(admin, name), timeout=60, message="background revocation")
+    assert mesh_consul.count(method, path) >= 1
+
+
+async def test_consul_slow_at_spawn_fails_in_bounded_time_naming_the_call(make_spawner, admin, mesh_consul,
+                                                                          docker_client, user_name):
+    spawner = make_spawner(user_name, consul_request_timeout=1.0, consul_retry_budget=2.0)
+    mesh_consul.hang("PUT", r"^/v1/agent/service/register$", times=100)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"PUT /v1/agent/service/register.*no answer") as raised:
+        await spawner.start()
+    elapsed = time.monotonic() - started
+    print(f"\nspawn failed after {elapsed:.1f}s: {raised.value}")
+    assert elapsed < 30
+    mesh_consul.clear_faults()
+    await wait_for(lambda: _nothing(admin, f"jupyter-{user_name}"), timeout=30, message="rollback")
+    await containers_gone(docker_client, f"jupyter-{user_name}")
+
+
+async def test_consul_down_at_spawn_fails_cleanly(make_spawner, admin, mesh_consul, user_name):
+    spawner = make_spawner(user_name, consul_request_timeout=1.0, consul_retry_budget=1.0)
+    mesh_consul.stop()
+    try:
+        with pytest.raises(RuntimeError, match="PUT /v1/acl/token"):
+            await spawner.start()
+    finally:
+        mesh_consul.restart()
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_consul_down_at_stop_then_back(make_spawner, admin, mesh_consul, docker_client, user_name):
+    spawner = make_spawner(user_name, consul_request_timeout=1.0, consul_retry_budget=0.5)
+    name = f"jupyter-{user_name}"
+    await spawner.start()
+    mesh_consul.stop()
+    try:
+        await hub_stop(spawner)  # must not raise, must not hang on Consul
+        await containers_gone(docker_client, name)
+    finally:
+        mesh_consul.restart()
+    await wait_for(lambda: _nothing(admin, name), timeout=90, message="revocation once Consul is back")
+
+
+async def test_consul_restarted_with_state_kept_running_servers_keep_working(make_spawner, admin, mesh_consul,
+                                                                              docker_client, user_name):
+    spawner = make_spawner(user_name)
+    await spawner.start()
+    mesh_consul.stop()
+    mesh_consul.restart()
+    assert await spawner.poll() is None
+    assert await upstream_answers(docker_client, spawner)
+    objects = await mesh_objects(admin, f"jupyter-{user_name}")
+    assert len(objects["services"]) == 2 and objects["sources"]
+    state = json.dumps(spawner.get_state())
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+    assert "SecretID" not in state
+
+
+async def _nothing(admin, name):
+    return await mesh_objects(admin, name) == NOTHING
