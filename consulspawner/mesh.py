@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
+from . import ownership
 from .consul import ConsulClient, ConsulError
 from .intentions import IntentionWriter
 from .plan import MeshPlan
@@ -110,7 +111,11 @@ class ServerMesh:
     ) -> None:
         """Wait until the sidecar instance passes all its checks (its TCP listener and the alias
         of the server's own TTL check), with blocking queries, failing fast if ``still_running``
-        says the sidecar died."""
+        says the sidecar died.
+
+        After a sidecar restart its checks may still say "passing" from the previous sidecar
+        (Consul keeps a re-run check's status until its next interval), so readiness also
+        dials the sidecar's public address and port itself, as the TCP check would."""
         plan = self.plan
         deadline = time.monotonic() + timeout
         index = 0
@@ -130,9 +135,14 @@ class ServerMesh:
             if mine:
                 checks = [c for c in mine[0].get("Checks", []) if c.get("ServiceID") == plan.sidecar_id]
                 failing = [f"{c.get('Name')}={c.get('Status')}" for c in checks if c.get("Status") != "passing"]
+                service = mine[0].get("Service", {})
                 if checks and not failing:
-                    log.info("Sidecar %s is ready (user %r)", plan.sidecar_id, self.user)
-                    return
+                    if await _listening(service.get("Address"), service.get("Port")):
+                        log.info("Sidecar %s is ready (user %r)", plan.sidecar_id, self.user)
+                        return
+                    failing = [f"public listener {service.get('Address')}:{service.get('Port')} not answering"]
+                    index = 0  # poll again shortly rather than block on an unchanged index
+                    await asyncio.sleep(0.2)
 
     async def grant(self) -> None:
         """Grant (or extend) this server's intentions until now + intention_ttl."""
@@ -164,6 +174,15 @@ class ServerMesh:
     def token_due(self, margin: float) -> bool:
         """Whether the token expires within ``margin`` seconds (Consul cannot extend a token)."""
         return bool(self.state.token_accessor) and self.state.token_expires_at - self.clock() <= margin
+
+    async def delete_stale_tokens(self) -> None:
+        """Delete tokens this hub minted for this server other than the current one (left by a
+        rotation whose state the hub had not saved before it restarted)."""
+        for token in await self.consul.list_tokens():
+            owner = ownership.parse(token.get("Description"))
+            if (owner and owner.hub == self.plan.owner.hub and owner.service == self.plan.service_name
+                    and token["AccessorID"] != self.state.token_accessor):
+                await self.delete_token_by_accessor(token["AccessorID"])
 
     async def delete_token_by_accessor(self, accessor: str) -> None:
         if await self._retry(lambda: self.consul.delete_token(accessor)):
@@ -212,3 +231,18 @@ class ServerMesh:
                 log.warning("Could not %s for %s (user %r): %s", step, self.plan.service_id, self.user, e)
                 errors.append(e)
         return errors
+
+
+async def _listening(address: str | None, port: int | None, timeout: float = 1.0) -> bool:
+    if not address or not port:
+        return False
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True

@@ -575,38 +575,53 @@ class ConsulSpawner(DockerSpawner):
         status = await super().poll()
         if status is not None:
             return status
+        if self.mesh_state.empty:
+            return None
+        mesh = self._mesh(self._plan_from_state())
+        if self._needs_reconcile:
+            try:
+                await self._reconcile(mesh)
+            except (ConsulError, SidecarNotReady, APIError) as e:
+                self.log.warning("Could not reconcile %s in Consul yet: %s", self._log_name, e)
         if self.sidecar_container_id and not await self._container_running(self.sidecar_container_id):
             return f"sidecar {self.sidecar_container_name} is not running"
-        if not self.mesh_state.empty:
-            mesh = self._mesh(self._plan_from_state())
-            try:
-                if self._needs_reconcile:
-                    await self._reconcile(mesh)
-                await mesh.keep_alive()
-                if mesh.token_due(self._rotation_margin):
-                    await self._rotate_token(mesh)
-            except (ConsulError, SidecarNotReady) as e:
-                # Consul trouble is not the server's death: the check TTL and intention
-                # expiry leave room for the next poll to succeed.
-                self.log.warning("Could not refresh %s in Consul: %s", self._log_name, e)
+        try:
+            await mesh.keep_alive()
+            if mesh.token_due(self._rotation_margin):
+                await self._rotate_token(mesh)
+        except (ConsulError, SidecarNotReady) as e:
+            # Consul trouble is not the server's death: the check TTL and intention expiry
+            # leave room for the next poll to succeed.
+            self.log.warning("Could not refresh %s in Consul: %s", self._log_name, e)
         return None
 
     async def _reconcile(self, mesh: ServerMesh) -> None:
         """After a hub restart: re-register if Consul lost the service, replace a token that is
-        gone (restarting the sidecar with the new one), and re-grant. Idempotent: registering
-        the same ID replaces, granting the same source replaces."""
+        gone or a sidecar that died meanwhile (a sidecar whose token vanished exits, as Envoy
+        would), and re-grant. Idempotent: registering or granting the same ID replaces it."""
         plan = mesh.plan
         if not await mesh.registered_in_consul():
             ip, _ = await self.get_ip_and_port()
             self.log.warning("Consul lost %s; registering it again", plan.service_id)
             await mesh.register(address=ip)
             await mesh.heartbeat("re-registered after hub restart")
-        if not await mesh.token_exists():
-            self.log.warning("Token of %s is gone; minting a new one", plan.service_id)
+        sidecar_alive = bool(self.sidecar_container_id) and await self._container_running(self.sidecar_container_id)
+        if not sidecar_alive or not await mesh.token_exists():
+            self.log.warning("Token or sidecar of %s is gone; minting a new token, restarting the sidecar",
+                             plan.service_id)
             await self._rotate_token(mesh)
         await mesh.grant()
+        await mesh.delete_stale_tokens()
         self._needs_reconcile = False
+        self._save_state()
         self.log.info("Reconciled %s in Consul after hub start", plan.service_id)
+
+    def _save_state(self) -> None:
+        """Write state to the hub database now: JupyterHub itself saves it only at start and
+        stop, and a rotated token must not be forgotten if the hub restarts before then."""
+        if self.orm_spawner is not None and self.db is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
 
     async def _rotate_token(self, mesh: ServerMesh) -> None:
         """Mint a new token, restart the sidecar with it, wait until it is ready, then delete
@@ -622,6 +637,7 @@ class ConsulSpawner(DockerSpawner):
             # new sidecar failed the next poll reports the server dead.
             if old_accessor and old_accessor != mesh.state.token_accessor:
                 await mesh.delete_token_by_accessor(old_accessor)
+            self._save_state()
         self.log.info("Rotated the Consul token of %s", mesh.plan.service_id)
 
     async def run_post_stop_hook(self):

@@ -8,6 +8,7 @@ the reason, never a skip: these tests are the core path.
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from unittest import mock
@@ -196,3 +197,22 @@ async def containers_gone(docker_client, name, timeout=30):
     container asynchronously (auto_remove), so it may linger a moment after stop returns."""
     await wait_for(lambda: not docker_client.containers.list(all=True, filters={"name": name}),
                    timeout=timeout, message=f"containers named {name} to be removed")
+
+
+@pytest.fixture
+async def hub_runner(tmp_path, images, test_network, mesh_consul, request):
+    from .hubrunner import HubRunner  # imported here: hubrunner imports this module
+
+    if not shutil.which("configurable-http-proxy"):
+        pytest.fail("configurable-http-proxy is not installed: scripts/test.sh installs it with npm")
+    runner = HubRunner(tmp_path, mesh_consul, images, test_network)
+    try:
+        yield runner
+    finally:
+        if runner.api:
+            await runner.api.session.close()
+        runner.stop()
+        runner.kill_everything()
+        failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+        if failed:
+            print(runner.logs())

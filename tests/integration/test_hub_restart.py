@@ -1,0 +1,107 @@
+"""The hub goes away while servers run.
+
+Graceful restart: servers keep running, the restarted hub reconciles (re-registers a service
+Consul lost, replaces a token that is gone), nothing is registered twice, users keep their
+upstream. SIGKILL: with the hub dead for good, Consul's reaper and the janitor (which needs only
+Consul) remove every service, token and intention of its servers; foreign sources survive."""
+
+import asyncio
+import copy
+import os
+import subprocess
+import sys
+
+from consulspawner.intentions import KIND
+
+from ..conftest import MASTER_TOKEN
+from .conftest import NOTHING, container_exec, mesh_objects, wait_for
+
+DEST = "trino-coordinator"
+ORCHESTRATOR = {"Name": "orchestrator", "Action": "allow", "Description": "the report orchestrator (ops)"}
+PROBE = ("python3", "-c", "import urllib.request;urllib.request.urlopen('http://127.0.0.1:28080/', timeout=5)")
+
+
+def notebook_of(docker_client, user):
+    return docker_client.containers.get(f"jupyter-{user}")
+
+
+async def upstream_works(docker_client, user):
+    code, _ = container_exec(docker_client, f"jupyter-{user}", *PROBE)
+    return code == 0
+
+
+async def test_graceful_restarts_reconcile_without_duplicates(hub_runner, admin, docker_client, user_name):
+    lost_service, lost_token = f"{user_name}a", f"{user_name}b"
+    api = await hub_runner.start()
+    await api.spawn(lost_service, lost_token)
+    before = {u: await mesh_objects(admin, f"jupyter-{u}") for u in (lost_service, lost_token)}
+    old_sidecar = docker_client.containers.get(f"jupyter-{lost_token}-sidecar").id
+
+    hub_runner.stop()
+    # While the hub is down, Consul loses one server's registration and the other's token.
+    assert await admin.deregister_service(f"jupyter-{lost_service}")
+    assert await admin.delete_token(before[lost_token]["tokens"][0])
+
+    for _ in range(2):  # any number of restarts: still exactly one of everything
+        await hub_runner.start()
+        for user in (lost_service, lost_token):
+            assert await api.ready(user)
+
+        async def reconciled():
+            objects = {u: await mesh_objects(admin, f"jupyter-{u}") for u in (lost_service, lost_token)}
+            return all(len(o["services"]) == 2 and len(o["tokens"]) == 1 and o["sources"] for o in objects.values())
+
+        await wait_for(reconciled, timeout=90, interval=1, message="the restarted hub to reconcile")
+        services = await admin.agent_services()
+        assert sorted(s for s in services if s.startswith(f"jupyter-{user_name}")) == sorted(
+            [f"jupyter-{u}{suffix}" for u in (lost_service, lost_token) for suffix in ("", "-sidecar-proxy")]
+        )
+        for user in (lost_service, lost_token):
+            await wait_for(lambda user=user: upstream_works(docker_client, user), timeout=60,
+                           message=f"{user}'s upstream")
+        hub_runner.stop()
+
+    after = await mesh_objects(admin, f"jupyter-{lost_token}")
+    assert after["tokens"] != before[lost_token]["tokens"], "a token that was gone must be replaced"
+    assert docker_client.containers.get(f"jupyter-{lost_token}-sidecar").id != old_sidecar
+    assert (await mesh_objects(admin, f"jupyter-{lost_service}"))["tokens"] == before[lost_service]["tokens"]
+
+
+def start_janitor(consul_url):
+    """The janitor as its own process (as in its own container): it needs only Consul."""
+    env = {**os.environ, "CONSUL_HTTP_ADDR": consul_url, "CONSUL_HTTP_TOKEN": MASTER_TOKEN}
+    return subprocess.Popen([sys.executable, "-m", "consulspawner.janitor", "--interval", "1", "--grace", "5"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+async def test_after_sigkill_consul_and_the_janitor_remove_everything(hub_runner, admin, mesh_consul,
+                                                                      docker_client, user_name):
+    assert await admin.set_config({"Kind": KIND, "Name": DEST, "Sources": [ORCHESTRATOR]}, cas=0)
+    orchestrator = copy.deepcopy((await admin.get_config(KIND, DEST))["Sources"][0])
+    users = [f"{user_name}x", f"{user_name}y"]
+    api = await hub_runner.start()
+    await api.spawn(*users)
+    for user in users:
+        assert (await mesh_objects(admin, f"jupyter-{user}"))["sources"]
+
+    hub_runner.kill_hub_only()
+    janitor = start_janitor(mesh_consul.url)
+    try:
+        # The documented limit: check_ttl (60 s) + deregister_critical_after (180 s), then the
+        # janitor's grace. The fake clock jumps over the Consul part.
+        mesh_consul.advance(60 + 180 + 1)
+
+        async def all_gone():
+            objects = [await mesh_objects(admin, f"jupyter-{u}") for u in users]
+            return all(o == NOTHING for o in objects)
+
+        await wait_for(all_gone, timeout=90, interval=1, message="the janitor to remove the dead hub's objects")
+        assert (await admin.get_config(KIND, DEST))["Sources"] == [orchestrator]
+    finally:
+        janitor.terminate()
+        output, _ = await asyncio.to_thread(janitor.communicate, timeout=30)
+    assert janitor.returncode == 0, output
+    assert MASTER_TOKEN not in output
+    deleted = [line for line in output.splitlines() if "Deleted" in line]
+    assert len(deleted) == 4, output  # two intentions and two tokens; the agent reaped the services
+    assert all(any(u in line for u in users) for line in deleted)
