@@ -86,7 +86,9 @@ class IntentionWriter:
     ``writes`` counts config writes and deletes that went out, for tests and benchmarks.
     """
 
-    def __init__(self, consul: ConsulClient, hub_instance: str, *, max_attempts: int = 30):
+    def __init__(self, consul: ConsulClient, hub_instance: str, *, max_attempts: int = 30,
+                 logger: logging.Logger | None = None):
+        self.log = logger or log
         self.consul = consul
         self.hub_instance = hub_instance
         self.max_attempts = max_attempts
@@ -197,7 +199,7 @@ class IntentionWriter:
                 self._log_changes(destination, {name: wanted[name] for name in changed})
                 return refused
             self.conflicts += 1
-            log.debug("CAS conflict on %s %s (attempt %d), re-reading", KIND, destination, attempt)
+            self.log.debug("CAS conflict on %s %s (attempt %d), re-reading", KIND, destination, attempt)
             await asyncio.sleep(random.uniform(0, min(0.05 * attempt, 0.5)))
         raise ConsulError(
             f"PUT /v1/config ({KIND} {destination})", 409,
@@ -209,11 +211,10 @@ class IntentionWriter:
         entry = {"Kind": KIND, "Name": destination, "Sources": sources}
         return await self.consul.set_config(entry, cas=0)
 
-    @staticmethod
-    def _log_changes(destination: str, changes: dict[str, dict | None]) -> None:
+    def _log_changes(self, destination: str, changes: dict[str, dict | None]) -> None:
         for name, entry in changes.items():
             if entry is None:
-                log.info("Revoked intention %s -> %s", name, destination)
+                self.log.info("Revoked intention %s -> %s", name, destination)
             else:
                 owner = ownership.parse(entry["Description"])
-                log.info("Granted intention %s -> %s for hub user %r", name, destination, owner.user)
+                self.log.info("Granted intention %s -> %s for hub user %r", name, destination, owner.user)

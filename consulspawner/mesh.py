@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import ownership
 from .consul import ConsulClient, ConsulError
-from .intentions import IntentionWriter
+from .intentions import KIND, IntentionWriter
 from .plan import MeshPlan
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ class ServerMesh:
         *,
         clock: Callable[[], float] = time.time,
         retry_budget: float = 15.0,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
     ):
+        self.log = logger or log
         self.consul = consul
         self.writer = writer
         self.plan = plan
@@ -90,7 +92,7 @@ class ServerMesh:
         )
         self.state.token_accessor = token["AccessorID"]
         self.state.token_expires_at = self.clock() + plan.settings.token_ttl
-        log.info("Minted Consul token %s for %s (user %r)", token["AccessorID"], plan.service_name, self.user)
+        self.log.info("Minted Consul token %s for %s (user %r)", token["AccessorID"], plan.service_name, self.user)
         return token["SecretID"]
 
     async def register(self, address: str | None = None) -> None:
@@ -98,7 +100,7 @@ class ServerMesh:
         self.state.service_id = self.plan.service_id
         await self._retry(lambda: self.consul.register_service(self.plan.registration(address)))
         self.state.registered = True
-        log.info(
+        self.log.info(
             "Registered Consul service %s with sidecar %s (user %r)",
             self.plan.service_id, self.plan.sidecar_id, self.user,
         )
@@ -138,7 +140,7 @@ class ServerMesh:
                 service = mine[0].get("Service", {})
                 if checks and not failing:
                     if await _listening(service.get("Address"), service.get("Port")):
-                        log.info("Sidecar %s is ready (user %r)", plan.sidecar_id, self.user)
+                        self.log.info("Sidecar %s is ready (user %r)", plan.sidecar_id, self.user)
                         return
                     failing = [f"public listener {service.get('Address')}:{service.get('Port')} not answering"]
                     index = 0  # poll again shortly rather than block on an unchanged index
@@ -186,7 +188,7 @@ class ServerMesh:
 
     async def delete_token_by_accessor(self, accessor: str) -> None:
         if await self._retry(lambda: self.consul.delete_token(accessor)):
-            log.info("Deleted Consul token %s (user %r)", accessor, self.user)
+            self.log.info("Deleted Consul token %s (user %r)", accessor, self.user)
 
     # -- teardown -------------------------------------------------------------------------------
 
@@ -205,9 +207,9 @@ class ServerMesh:
     async def deregister(self) -> None:
         service_id = self.state.service_id or self.plan.service_id
         if await self._retry(lambda: self.consul.deregister_service(service_id)):
-            log.info("Deregistered Consul service %s (user %r)", service_id, self.user)
+            self.log.info("Deregistered Consul service %s (user %r)", service_id, self.user)
         else:
-            log.debug("Consul service %s was already gone", service_id)
+            self.log.debug("Consul service %s was already gone", service_id)
         self.state.registered = False
 
     async def delete_token(self) -> None:
@@ -215,9 +217,9 @@ class ServerMesh:
         if not accessor:
             return
         if await self._retry(lambda: self.consul.delete_token(accessor)):
-            log.info("Deleted Consul token %s (user %r)", accessor, self.user)
+            self.log.info("Deleted Consul token %s (user %r)", accessor, self.user)
         else:
-            log.debug("Consul token %s was already gone", accessor)
+            self.log.debug("Consul token %s was already gone", accessor)
         self.state.token_accessor = ""
         self.state.token_expires_at = 0.0
 
@@ -228,7 +230,7 @@ class ServerMesh:
             try:
                 await getattr(self, step)()
             except Exception as e:
-                log.warning("Could not %s for %s (user %r): %s", step, self.plan.service_id, self.user, e)
+                self.log.warning("Could not %s for %s (user %r): %s", step, self.plan.service_id, self.user, e)
                 errors.append(e)
         return errors
 
@@ -246,3 +248,45 @@ async def _listening(address: str | None, port: int | None, timeout: float = 1.0
     except OSError:
         pass
     return True
+
+
+async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_instance: str,
+                        keep: Callable[[], set[str]], logger: logging.Logger | None = None) -> list[str]:
+    """Revoke everything this hub owns in Consul that belongs to no live server.
+
+    ``keep()`` returns the service names of the hub's running and pending servers; it is asked
+    again right before each deletion, so a server spawned meanwhile is left alone. Intentions
+    go first.
+    Returns what was removed, one line each.
+    """
+    services = await consul.agent_services()
+    entries = await consul.list_config(KIND)
+    tokens = await consul.list_tokens()
+    removed: list[str] = []
+
+    def orphaned(owner: ownership.Owner | None) -> bool:
+        # keep() again before every deletion: a server spawned meanwhile is never touched.
+        return owner is not None and owner.hub == hub_instance and owner.service not in keep()
+
+    for entry in entries:
+        for source in entry.get("Sources") or []:
+            owner = ownership.parse(source.get("Description"))
+            if orphaned(owner):
+                # Only the source as we read it: a re-grant changes the Description (expiry).
+                await writer.revoke(entry["Name"], source["Name"],
+                                    only_if=lambda s, seen=source: s.get("Description") == seen.get("Description"))
+                removed.append(f"intention {source['Name']} -> {entry['Name']} (user {owner.user!r})")
+    for service_id, service in services.items():
+        meta = service.get("Meta") or {}
+        if (ownership.is_managed_service(service) and service.get("Kind") != "connect-proxy"
+                and meta.get(ownership.META_HUB) == hub_instance and service_id not in keep()):
+            await consul.deregister_service(service_id)
+            removed.append(f"service {service_id} (user {meta.get(ownership.META_USER)!r})")
+    for token in tokens:
+        owner = ownership.parse(token.get("Description"))
+        if orphaned(owner):
+            await consul.delete_token(token["AccessorID"])
+            removed.append(f"token {token['AccessorID']} (user {owner.user!r})")
+    for line in removed:
+        (logger or log).info("Removed orphaned %s of hub %s", line, hub_instance)
+    return removed

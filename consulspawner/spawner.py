@@ -36,7 +36,7 @@ from traitlets import (
 from . import naming
 from .consul import ConsulClient, ConsulError, parse_address
 from .intentions import L4, L7, IntentionWriter
-from .mesh import MeshState, ServerMesh, SidecarNotReady
+from .mesh import MeshState, ServerMesh, SidecarNotReady, sweep_orphans
 from .plan import TRINO_DESTINATION, MeshPlan, MeshSettings, Upstream, build_plan
 
 SIDECAR_TOKEN_DIR = "consul"
@@ -49,6 +49,8 @@ LABEL_PREFIX = "org.jupyter.consulspawner"
 _shared_clients: dict[tuple, tuple[ConsulClient, IntentionWriter]] = {}
 # Background revocations still retrying; kept referenced so they are not garbage collected.
 _pending_teardowns: set[asyncio.Task] = set()
+# One orphan sweep per hub process and hub instance (keyed with the loop, as the clients).
+_orphan_sweeps: dict[tuple, asyncio.Task] = {}
 
 
 class ConsulSpawner(DockerSpawner):
@@ -353,6 +355,17 @@ class ConsulSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    orphan_sweep_delay = Float(
+        60.0,
+        help="""Seconds after hub start before it revokes what it owns in Consul but no server
+        of its own holds (left by a hub killed mid-spawn, say), and removes such sidecar
+        containers. The delay lets the hub restore its running servers first. 0 disables it;
+        the janitor still cleans these after its grace period.
+
+            c.ConsulSpawner.orphan_sweep_delay = 120
+        """,
+    ).tag(config=True)
+
     # -- state --------------------------------------------------------------------------------
 
     def __init__(self, **kwargs):
@@ -399,7 +412,7 @@ class ConsulSpawner(DockerSpawner):
                 client_key=self.consul_client_key or None, datacenter=self.consul_datacenter or None,
                 request_timeout=self.consul_request_timeout,
             )
-            _shared_clients[key] = (client, IntentionWriter(client, self.hub_instance))
+            _shared_clients[key] = (client, IntentionWriter(client, self.hub_instance, logger=self.log))
         return _shared_clients[key]
 
     def mesh_settings(self) -> MeshSettings:
@@ -447,7 +460,8 @@ class ConsulSpawner(DockerSpawner):
 
     def _mesh(self, plan: MeshPlan) -> ServerMesh:
         client, writer = self._client_and_writer()
-        return ServerMesh(client, writer, plan, self.mesh_state, retry_budget=self.consul_retry_budget)
+        return ServerMesh(client, writer, plan, self.mesh_state, retry_budget=self.consul_retry_budget,
+                          logger=self.log)
 
     def _report(self, progress: int, message: str) -> None:
         self.log.info("%s: %s", self._log_name, message)
@@ -539,6 +553,7 @@ class ConsulSpawner(DockerSpawner):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self):
+        self._schedule_orphan_sweep()
         self._progress_events = []
         self.mesh_state = MeshState()
         plan = self._plan = await self._make_plan()
@@ -577,6 +592,7 @@ class ConsulSpawner(DockerSpawner):
             return status
         if self.mesh_state.empty:
             return None
+        self._schedule_orphan_sweep()
         mesh = self._mesh(self._plan_from_state())
         if self._needs_reconcile:
             try:
@@ -594,6 +610,49 @@ class ConsulSpawner(DockerSpawner):
             # leave room for the next poll to succeed.
             self.log.warning("Could not refresh %s in Consul: %s", self._log_name, e)
         return None
+
+    def _schedule_orphan_sweep(self) -> None:
+        """Start, once per hub process, the sweep of objects this hub owns but no server holds."""
+        users = getattr(self.user, "settings", {}).get("users") if self.orphan_sweep_delay > 0 else None
+        if users is None:
+            return  # not inside a hub (tests, tools), or disabled
+        client, writer = self._client_and_writer()
+        key = (self.hub_instance, id(asyncio.get_running_loop()))
+        if key in _orphan_sweeps:
+            return
+
+        def live_services() -> set[str]:
+            alive = set()
+            for user in list(users.values()):
+                for spawner in list(user.spawners.values()):
+                    if not isinstance(spawner, ConsulSpawner):
+                        continue
+                    if spawner.mesh_state.service_id:
+                        alive.add(spawner.mesh_state.service_id)
+                    if spawner.pending or spawner.active:
+                        alive.add(naming.service_name(user.name, spawner.name or "", spawner.service_name_template))
+            return alive
+
+        async def sweep():
+            await asyncio.sleep(self.orphan_sweep_delay)
+            try:
+                await sweep_orphans(client, writer, self.hub_instance, live_services, self.log)
+                await self._remove_orphan_sidecars(live_services())
+            except Exception as e:
+                self.log.warning("Orphan sweep of hub %s failed; the janitor remains: %s", self.hub_instance, e)
+
+        _orphan_sweeps[key] = asyncio.get_running_loop().create_task(sweep())
+
+    async def _remove_orphan_sidecars(self, alive: set[str]) -> None:
+        containers = await self.docker(
+            "containers", all=True,
+            filters={"label": [f"{LABEL_PREFIX}.role=sidecar", f"{LABEL_PREFIX}.hub-instance={self.hub_instance}"]},
+        )
+        for container in containers:
+            service_id = (container.get("Labels") or {}).get(f"{LABEL_PREFIX}.service-id")
+            if service_id and service_id not in alive:
+                await self.docker("remove_container", container["Id"], force=True, v=True)
+                self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], service_id)
 
     async def _reconcile(self, mesh: ServerMesh) -> None:
         """After a hub restart: re-register if Consul lost the service, replace a token that is

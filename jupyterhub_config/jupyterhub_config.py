@@ -17,6 +17,7 @@ Environment:
   CONSULSPAWNER_ADMIN_SERVICE_TOKEN  API token of an admin service (tests drive the hub with it)
   CONSULSPAWNER_INTENTION_MODE  L4 or L7
   CONSULSPAWNER_JANITOR       set: run consulspawner-janitor as a hub-managed service
+  CONSULSPAWNER_ORPHAN_SWEEP_DELAY  seconds after start before the hub revokes what no server holds
 """
 
 import json
@@ -49,6 +50,8 @@ if env("CONSULSPAWNER_SIDECAR_IMAGE"):
     c.ConsulSpawner.sidecar_image = env("CONSULSPAWNER_SIDECAR_IMAGE")
 if env("CONSULSPAWNER_SIDECAR_COMMAND"):
     c.ConsulSpawner.sidecar_command = json.loads(env("CONSULSPAWNER_SIDECAR_COMMAND"))
+if env("CONSULSPAWNER_ORPHAN_SWEEP_DELAY"):
+    c.ConsulSpawner.orphan_sweep_delay = float(env("CONSULSPAWNER_ORPHAN_SWEEP_DELAY"))
 if env("CONSULSPAWNER_CHECK_INTERVAL"):
     c.JupyterHub.last_activity_interval = int(env("CONSULSPAWNER_CHECK_INTERVAL"))
     c.Spawner.poll_interval = int(env("CONSULSPAWNER_CHECK_INTERVAL"))

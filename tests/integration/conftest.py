@@ -11,17 +11,15 @@ import os
 import shutil
 import subprocess
 import uuid
-from unittest import mock
 
 import docker
 import pytest
-from jupyterhub.objects import Hub
-from traitlets.config import Config
 
-from consulspawner import ConsulSpawner, ownership
+from consulspawner import ownership
 from consulspawner.consul import ConsulClient
 from consulspawner.intentions import KIND
 from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner.testing.standalone import standalone_spawner
 
 from ..conftest import MASTER_TOKEN
 
@@ -63,8 +61,7 @@ def images(docker_client):
 def test_network(docker_client):
     """A user-defined bridge; its gateway is the host address containers reach Consul on."""
     for stale in docker_client.networks.list(names=[NETWORK]):
-        for container in stale.attrs.get("Containers") or {}:
-            docker_client.containers.get(container).remove(force=True)
+        remove_containers(docker_client, list(stale.attrs.get("Containers") or {}))
         stale.remove()
     network = docker_client.networks.create(NETWORK, driver="bridge")
     network.reload()
@@ -75,8 +72,7 @@ def test_network(docker_client):
 
 
 def _remove_test_containers(client):
-    for container in client.containers.list(all=True, filters={"name": f"jupyter-{NAME_PREFIX}"}):
-        container.remove(force=True)
+    remove_containers(client, container_ids(client, name=f"jupyter-{NAME_PREFIX}"))
 
 
 @pytest.fixture
@@ -104,7 +100,6 @@ def make_spawner(images, test_network, mesh_consul, docker_client, request):
     made = []
 
     def make(name, **overrides):
-        config = Config()
         settings = dict(
             image=images["notebook"],
             cmd=NOTEBOOK_COMMAND,
@@ -119,24 +114,13 @@ def make_spawner(images, test_network, mesh_consul, docker_client, request):
             sidecar_ready_timeout=60,
             consul_retry_budget=5,
         )
-        settings.update(overrides)
-        for key, value in settings.items():
-            setattr(config.ConsulSpawner, key, value)
-        user = mock.Mock(spec=["name", "url", "escaped_name", "id", "settings"])
-        user.name, user.url, user.escaped_name, user.id, user.settings = name, f"/user/{name}/", name, 1, {}
-        spawner = ConsulSpawner(
-            user=user, hub=Hub(), config=config, api_token=uuid.uuid4().hex,
-            oauth_client_id=f"jupyterhub-user-{name}",
-        )
+        spawner = standalone_spawner(name, **{**settings, **overrides})
         made.append(spawner)
         return spawner
 
     yield make
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    for container in docker_client.containers.list(all=True, filters={"name": f"jupyter-{NAME_PREFIX}"}):
-        if failed:
-            print(f"\n--- logs of {container.name} ---\n{container.logs(tail=60).decode(errors='replace')}")
-        container.remove(force=True)
+    remove_containers(docker_client, container_ids(docker_client, name=f"jupyter-{NAME_PREFIX}"), show_logs=failed)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -181,7 +165,7 @@ def inspect_json(container):
 
 async def mesh_objects(admin, service_name):
     """Everything in Consul that belongs to one server."""
-    services = sorted(s for s in await admin.agent_services() if s.startswith(service_name))
+    services = sorted(s for s in await admin.agent_services() if s in (service_name, f"{service_name}-sidecar-proxy"))
     tokens = [t["AccessorID"] for t in await admin.list_tokens()
               if (owner := ownership.parse(t.get("Description"))) and owner.service == service_name]
     entry = await admin.get_config(KIND, "trino-coordinator")
@@ -192,10 +176,27 @@ async def mesh_objects(admin, service_name):
 NOTHING = {"services": [], "tokens": [], "sources": []}
 
 
+def container_ids(docker_client, **filters):
+    """IDs of matching containers, in one API call: the high-level ``containers.list`` inspects
+    each container after listing, which fails when one is removed in between."""
+    return [c["Id"] for c in docker_client.api.containers(all=True, filters=filters)]
+
+
+def remove_containers(docker_client, ids, show_logs=False):
+    for container_id in ids:
+        try:
+            container = docker_client.containers.get(container_id)
+            if show_logs:
+                print(f"\n--- logs of {container.name} ---\n{container.logs(tail=60).decode(errors='replace')}")
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass  # auto_remove got there first
+
+
 async def containers_gone(docker_client, name, timeout=30):
     """Wait until no container matches ``name``: with ``remove=True`` Docker removes a stopped
     container asynchronously (auto_remove), so it may linger a moment after stop returns."""
-    await wait_for(lambda: not docker_client.containers.list(all=True, filters={"name": name}),
+    await wait_for(lambda: not container_ids(docker_client, name=name),
                    timeout=timeout, message=f"containers named {name} to be removed")
 
 
@@ -216,3 +217,14 @@ async def hub_runner(tmp_path, images, test_network, mesh_consul, request):
         failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
         if failed:
             print(runner.logs())
+
+
+@pytest.fixture(autouse=True)
+async def close_shared_consul_clients():
+    """Spawners share one Consul client per loop, as in a hub; each test has its own loop."""
+    yield
+    from consulspawner import spawner
+
+    for client, _ in spawner._shared_clients.values():
+        await client.close()
+    spawner._shared_clients.clear()

@@ -10,11 +10,13 @@ import copy
 import os
 import subprocess
 import sys
+import time
 
-from consulspawner.intentions import KIND
+from consulspawner.intentions import KIND, IntentionWriter
+from consulspawner.plan import MeshSettings, build_plan
 
 from ..conftest import MASTER_TOKEN
-from .conftest import NOTHING, container_exec, mesh_objects, wait_for
+from .conftest import NOTHING, container_exec, containers_gone, mesh_objects, wait_for
 
 DEST = "trino-coordinator"
 ORCHESTRATOR = {"Name": "orchestrator", "Action": "allow", "Description": "the report orchestrator (ops)"}
@@ -105,3 +107,36 @@ async def test_after_sigkill_consul_and_the_janitor_remove_everything(hub_runner
     deleted = [line for line in output.splitlines() if "Deleted" in line]
     assert len(deleted) == 4, output  # two intentions and two tokens; the agent reaped the services
     assert all(any(u in line for u in users) for line in deleted)
+
+
+async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, admin, docker_client, images,
+                                                                  user_name):
+    """A hub killed mid-spawn leaves a token, a registration, an intention and a sidecar that no
+    saved state names. The next hub start removes them, and leaves live servers alone."""
+    orphan_user, live_user = f"{user_name}o", f"{user_name}l"
+    plan = build_plan(MeshSettings(hub_instance="jupyterhub"), orphan_user)
+    await admin.create_service_token(plan.service_name, plan.token_description(), 3600)
+    await admin.register_service(plan.registration("127.0.0.1"))
+    [(destination, entry)] = plan.grants(time.time())
+    await IntentionWriter(admin, "jupyterhub").grant(destination, entry)
+    docker_client.containers.run(
+        images["sidecar"], ["sleep", "600"], name=f"{plan.service_id}-sidecar", detach=True,
+        labels={"org.jupyter.consulspawner.role": "sidecar", "org.jupyter.consulspawner.hub-instance": "jupyterhub",
+                "org.jupyter.consulspawner.service-id": plan.service_id},
+    )
+    # Another hub's objects are not this hub's to remove.
+    other = build_plan(MeshSettings(hub_instance="other-hub"), f"{user_name}z")
+    await admin.register_service(other.registration("127.0.0.1"))
+
+    api = await hub_runner.start(CONSULSPAWNER_ORPHAN_SWEEP_DELAY="3")
+    await api.spawn(live_user)
+    await wait_for(lambda: _gone(admin, plan.service_name), timeout=90, message="the orphan sweep")
+    await containers_gone(docker_client, f"{plan.service_id}-sidecar")
+    live = await mesh_objects(admin, f"jupyter-{live_user}")
+    assert len(live["services"]) == 2 and len(live["tokens"]) == 1 and live["sources"]
+    assert other.service_id in await admin.agent_services()
+    await admin.deregister_service(other.service_id)
+
+
+async def _gone(admin, service):
+    return await mesh_objects(admin, service) == NOTHING

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from .conftest import NOTHING, container_exec, containers_gone, hub_stop, mesh_objects, wait_for
+from .conftest import NOTHING, container_exec, container_ids, containers_gone, hub_stop, mesh_objects, wait_for
 
 DEST = "trino-coordinator"
 
@@ -86,7 +86,7 @@ async def test_crash_path_removes_everything(make_spawner, admin, docker_client,
     await wait_for(lambda: spawner.poll(), message="poll to notice the dead notebook")
     await hub_stop(spawner)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
-    assert not docker_client.containers.list(all=True, filters={"id": sidecar_id})
+    await wait_for(lambda: not container_ids(docker_client, id=sidecar_id), message="the sidecar to be removed")
 
 
 async def test_restarted_hub_can_stop_from_state(make_spawner, admin, user_name):

@@ -1,0 +1,81 @@
+"""Spawn and stop latency of ConsulSpawner on the real Docker daemon with the fake Consul.
+
+Starts K servers one after another, then K at once, and prints per-phase timings (mint, register,
+notebook, sidecar, readiness, grant are inside "start"). Needs the images from
+docker/build-images.sh in $CONSULSPAWNER_NOTEBOOK_IMAGE / $CONSULSPAWNER_SIDECAR_IMAGE.
+
+    python benchmarks/bench_spawn.py [--servers 4]
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+
+import docker
+
+from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner.testing.standalone import standalone_spawner
+
+NETWORK = "consulspawner-bench"
+TOKEN = str(uuid.uuid4())
+
+
+def settings(fake_url: str) -> dict:
+    return dict(
+        image=os.environ["CONSULSPAWNER_NOTEBOOK_IMAGE"], cmd=["python3", "-m", "http.server", "8888"],
+        network_name=NETWORK, use_internal_ip=True, remove=True, pull_policy="never",
+        consul_address=fake_url, consul_token=TOKEN, sidecar_image=os.environ["CONSULSPAWNER_SIDECAR_IMAGE"],
+        sidecar_command=["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"],
+    )
+
+
+async def timed(coro) -> float:
+    started = time.perf_counter()
+    await coro
+    return time.perf_counter() - started
+
+
+def report(label: str, seconds: list[float]) -> None:
+    print(f"{label:<28} n={len(seconds):<3} median {statistics.median(seconds):6.2f}s  max {max(seconds):6.2f}s")
+
+
+async def main(servers: int) -> None:
+    client = docker.from_env()
+    for stale in client.networks.list(names=[NETWORK]):
+        stale.remove()
+    network = client.networks.create(NETWORK, driver="bridge")
+    network.reload()
+    gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    try:
+        with FakeConsul(acl_master_token=TOKEN, host=gateway, check_interval_override=0.5).start() as fake:
+            config = settings(fake.url)
+            one_by_one = [standalone_spawner(f"bench{uuid.uuid4().hex[:8]}", **config) for _ in range(servers)]
+            starts = [await timed(s.start()) for s in one_by_one]
+            stops = [await timed(s.stop()) for s in one_by_one]
+            report("start, one at a time", starts)
+            report("stop, one at a time", stops)
+
+            together = [standalone_spawner(f"bench{uuid.uuid4().hex[:8]}", **config) for _ in range(servers)]
+            started = time.perf_counter()
+            starts = await asyncio.gather(*(timed(s.start()) for s in together))
+            wall = time.perf_counter() - started
+            report(f"start, {servers} at once", starts)
+            print(f"{'':<28} wall {wall:.2f}s, config writes {fake.count('PUT', r'^/v1/config$')}")
+            stops = await asyncio.gather(*(timed(s.stop()) for s in together))
+            report(f"stop, {servers} at once", stops)
+    finally:
+        for container in client.api.containers(all=True, filters={"name": "jupyter-bench"}):
+            try:
+                client.api.remove_container(container["Id"], force=True)
+            except docker.errors.NotFound:
+                pass
+        network.remove()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", type=int, default=4)
+    asyncio.run(main(parser.parse_args().servers))

@@ -1,0 +1,54 @@
+"""sweep_orphans against the fake agent: this hub's objects that no live server holds go,
+intention first; live servers, other hubs and foreign objects stay."""
+
+import time
+
+from consulspawner.intentions import KIND, IntentionWriter
+from consulspawner.mesh import sweep_orphans
+from consulspawner.plan import MeshSettings, build_plan
+
+
+async def create_server(client, hub, user):
+    plan = build_plan(MeshSettings(hub_instance=hub), user)
+    await client.create_service_token(plan.service_name, plan.token_description(), 3600)
+    await client.register_service(plan.registration("127.0.0.1"))
+    [(destination, entry)] = plan.grants(time.time())
+    await IntentionWriter(client, hub).grant(destination, entry)
+    return plan
+
+
+async def test_sweep_removes_only_this_hubs_orphans(acl_client):
+    orphan = await create_server(acl_client, "hub-a", "orphan")
+    live = await create_server(acl_client, "hub-a", "live")
+    elsewhere = await create_server(acl_client, "hub-b", "elsewhere")
+    await acl_client.register_service({"ID": "web", "Name": "web", "Port": 80})
+    writer = IntentionWriter(acl_client, "hub-a")
+
+    removed = await sweep_orphans(acl_client, writer, "hub-a", lambda: {live.service_name})
+
+    assert [line.split()[0] for line in removed] == ["intention", "service", "token"]
+    assert all(orphan.service_name in line or "user 'orphan'" in line for line in removed)
+    services = await acl_client.agent_services()
+    assert orphan.service_id not in services and orphan.sidecar_id not in services
+    assert {live.service_id, elsewhere.service_id, "web"} <= set(services)
+    sources = sorted(s["Name"] for s in (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"])
+    assert sources == sorted([live.service_name, elsewhere.service_name])
+    token_services = sorted(t["ServiceIdentities"][0]["ServiceName"] for t in await acl_client.list_tokens()
+                            if t.get("ServiceIdentities"))
+    assert token_services == sorted([live.service_name, elsewhere.service_name])
+
+
+async def test_a_server_spawned_during_the_sweep_is_left_alone(acl_client):
+    plan = await create_server(acl_client, "hub-a", "racer")
+    alive: set[str] = set()
+    calls = []
+
+    def keep():
+        # The user spawns right after the sweep has read Consul: from then on it is alive.
+        calls.append(1)
+        alive.add(plan.service_name)
+        return alive
+
+    removed = await sweep_orphans(acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a", keep)
+    assert removed == [] and calls
+    assert plan.service_id in await acl_client.agent_services()
