@@ -43,4 +43,4 @@ done
 
 echo "JupyterHub on http://127.0.0.1:${CONSULSPAWNER_PROXY_PORT:-8000} (any user name); Consul at $CONSUL_HTTP_ADDR" >&2
 cd "$workdir"
-jupyterhub -f "$repo/jupyterhub_config/jupyterhub_config.py"
+exec python3 -m jupyterhub -f "$repo/jupyterhub_config/jupyterhub_config.py"

@@ -23,7 +23,7 @@ while IFS= read -r line; do
 done <<<"$images"
 
 echo "== ruff" >&2
-ruff check .
+python3 -m ruff check .
 
 echo "== pytest" >&2
 exec python3 -m pytest "$@"
