@@ -32,7 +32,7 @@ export CONSULSPAWNER_NETWORK=$network CONSULSPAWNER_HUB_IP=$gateway CONSULSPAWNE
 export CONSULSPAWNER_SIDECAR_COMMAND='["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]'
 
 python3 -m consulspawner.testing.fakeconsul --host "$gateway" --port "$consul_port" \
-    --acl-master-token "$CONSUL_HTTP_TOKEN" >"$workdir/consul.log" 2>&1 &
+    --acl-master-token-file "$workdir/consul-token" >"$workdir/consul.log" 2>&1 &
 consul_pid=$!
 trap 'kill $consul_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
@@ -43,4 +43,4 @@ done
 
 echo "JupyterHub on http://127.0.0.1:${CONSULSPAWNER_PROXY_PORT:-8000} (any user name); Consul at $CONSUL_HTTP_ADDR" >&2
 cd "$workdir"
-exec python3 -m jupyterhub -f "$repo/jupyterhub_config/jupyterhub_config.py"
+python3 -m jupyterhub -f "$repo/jupyterhub_config/jupyterhub_config.py"

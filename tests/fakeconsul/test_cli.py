@@ -91,3 +91,13 @@ def test_acl_master_token_turns_acls_on(spawn):
     assert json.loads(text)["Config"]["Datacenter"] == "dc9"
     proc.terminate()
     assert proc.wait(timeout=15) == 0
+
+
+def test_master_token_from_a_file(spawn, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(MASTER + "\n")
+    proc, url = spawn("--acl-master-token-file", str(token_file))
+    assert MASTER not in " ".join(proc.args)
+    body = json.dumps({"Name": "web"}).encode()
+    assert _request(url + "/v1/agent/service/register", "PUT", body)[0] == 403
+    assert _request(url + "/v1/agent/service/register", "PUT", body, token=MASTER)[0] == 200

@@ -17,9 +17,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--acl-master-token", default=None, help="turn ACLs on (default deny) with this management token"
     )
+    parser.add_argument(
+        "--acl-master-token-file", default=None,
+        help="as --acl-master-token, read from a file (keeps the token out of the process list)",
+    )
     parser.add_argument("--datacenter", default="dc1")
     parser.add_argument("--reap-interval", type=float, default=0.5)
     args = parser.parse_args(argv)
+    if args.acl_master_token_file:
+        with open(args.acl_master_token_file) as f:
+            args.acl_master_token = f.read().strip() or None
 
     done = threading.Event()
 
