@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 DEFAULT_TEMPLATE = "jupyter-{slug}"
 MAX_NAME_LENGTH = 63  # one DNS label
@@ -42,7 +43,10 @@ def _digest(user_name: str, server_name: str) -> str:
 
 
 def _readable(text: str) -> str:
-    return _UNSAFE_RUN.sub("-", text.lower()).strip("-")
+    # Accents become plain letters ("Émile" -> "emile") so the readable part stays readable;
+    # uniqueness never depends on it (the hash of the original does that).
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return _UNSAFE_RUN.sub("-", ascii_text.lower()).strip("-")
 
 
 def slug(user_name: str, server_name: str = "", max_length: int = MAX_NAME_LENGTH) -> str:

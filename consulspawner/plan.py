@@ -16,7 +16,7 @@ from .intentions import L4, L7, source_entry
 
 TRINO_DESTINATION = "trino-coordinator"
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,254}[a-z0-9])?$")
-_HEADER_VALUE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,254}[\x21-\x7e])?$")
+_TRINO_USER_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -183,12 +183,22 @@ def build_plan(
     """The plan for one server. ``service_id`` pins a name recorded in spawner state, so a
     template changed while the server runs never loses track of what was registered."""
     trino_user = user_name if trino_user is None else trino_user
-    if not isinstance(trino_user, str) or not _HEADER_VALUE.match(trino_user):
-        # It becomes an HTTP header value (L7) and an environment variable: no control characters.
-        raise ValueError(f"Trino user {trino_user!r} for hub user {user_name!r} is not a printable ASCII name")
+    if not _valid_trino_user(trino_user):
+        # It becomes an HTTP header value (L7) and an environment variable: no control
+        # characters (no header injection), no surrounding blanks, a sane length.
+        raise ValueError(f"Trino user {trino_user!r} for hub user {user_name!r} is not a printable name")
     name = service_id or naming.service_name(user_name, server_name, settings.name_template)
     owner = ownership.Owner(hub=settings.hub_instance, user=user_name, server=server_name, service=name)
     return MeshPlan(
         settings=settings, owner=owner, service_id=name, service_name=name,
         trino_user=trino_user, service_port=int(service_port),
+    )
+
+
+def _valid_trino_user(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= _TRINO_USER_MAX
+        and value.isprintable()
+        and value == value.strip()
     )

@@ -22,6 +22,9 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
         ("al--ice", "", "jupyter-al-ice--c9b752e51f"),
         ("\U0001f600", "", "jupyter-x--3aa0f5cdd6"),
         ("../etc/passwd", "", "jupyter-etc-passwd--f6776897fd"),
+        ("Émile.Dupont@example.org", "", "jupyter-emile-dupont-example-org--8b31a3ee1f"),
+        ("Zoë", "", "jupyter-zoe--ec9329bb28"),
+        ("李雷", "", "jupyter-x--440e96c2e2"),
     ],
 )
 def test_known_names(user, server, expected):

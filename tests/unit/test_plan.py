@@ -115,10 +115,14 @@ def test_broken_settings_are_refused_with_a_clear_message(kwargs, message):
         MeshSettings(**kwargs)
 
 
-@pytest.mark.parametrize("trino_user", ["", "bob\r\nX-Trino-User: admin", "b\x00b", "émile"])
+@pytest.mark.parametrize("trino_user", ["", "bob\r\nX-Trino-User: admin", "b\x00b", " bob", "b\u2028b", "x" * 257])
 def test_hostile_trino_users_are_refused(trino_user):
     with pytest.raises(ValueError, match="Trino user"):
         build_plan(SETTINGS, "bob", trino_user=trino_user)
+
+
+def test_unicode_trino_users_are_fine():
+    assert build_plan(SETTINGS, "Émile.Dupont@example.org").notebook_env()["TRINO_USER"] == "Émile.Dupont@example.org"
 
 
 def test_marker_round_trip_and_damaged_markers():
