@@ -21,11 +21,17 @@ from consulspawner.testing.standalone import standalone_spawner
 
 NETWORK = "consulspawner-bench"
 TOKEN = str(uuid.uuid4())
+# An HTTP server that exits on SIGTERM, as jupyterhub-singleuser does, without needing a hub.
+NOTEBOOK_COMMAND = [
+    "python3", "-c",
+    "import http.server, signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+    "http.server.ThreadingHTTPServer(('', 8888), http.server.SimpleHTTPRequestHandler).serve_forever()",
+]
 
 
 def settings(fake_url: str) -> dict:
     return dict(
-        image=os.environ["CONSULSPAWNER_NOTEBOOK_IMAGE"], cmd=["python3", "-m", "http.server", "8888"],
+        image=os.environ["CONSULSPAWNER_NOTEBOOK_IMAGE"], cmd=NOTEBOOK_COMMAND,
         network_name=NETWORK, use_internal_ip=True, remove=True, pull_policy="never",
         consul_address=fake_url, consul_token=TOKEN, sidecar_image=os.environ["CONSULSPAWNER_SIDECAR_IMAGE"],
         sidecar_command=["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"],
@@ -63,9 +69,11 @@ async def main(servers: int) -> None:
             starts = await asyncio.gather(*(timed(s.start()) for s in together))
             wall = time.perf_counter() - started
             report(f"start, {servers} at once", starts)
-            print(f"{'':<28} wall {wall:.2f}s, config writes {fake.count('PUT', r'^/v1/config$')}")
+            print(f"{'':<28} wall {wall:.2f}s, config writes so far {fake.count('PUT', r'^/v1/config$')}")
             stops = await asyncio.gather(*(timed(s.stop()) for s in together))
             report(f"stop, {servers} at once", stops)
+            for spawner in one_by_one + together:
+                await spawner._client_and_writer()[0].close()
     finally:
         for container in client.api.containers(all=True, filters={"name": "jupyter-bench"}):
             try:

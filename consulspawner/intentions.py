@@ -87,8 +87,9 @@ class IntentionWriter:
     """
 
     def __init__(self, consul: ConsulClient, hub_instance: str, *, max_attempts: int = 30,
-                 logger: logging.Logger | None = None):
+                 retry_budget: float = 15.0, logger: logging.Logger | None = None):
         self.log = logger or log
+        self.retry_budget = retry_budget
         self.consul = consul
         self.hub_instance = hub_instance
         self.max_attempts = max_attempts
@@ -155,7 +156,8 @@ class IntentionWriter:
             wanted[change.source] = change.entry
             conditions[change.source] = change.only_if
         for attempt in range(1, self.max_attempts + 1):
-            current = await self.consul.retrying(lambda: self.consul.get_config(KIND, destination))
+            current = await self.consul.retrying(lambda: self.consul.get_config(KIND, destination),
+                                                 budget=self.retry_budget)
             sources = list((current or {}).get("Sources") or [])
             refused: dict[str, Exception] = {}
             by_name = {s.get("Name"): i for i, s in enumerate(sources)}

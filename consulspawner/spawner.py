@@ -403,7 +403,8 @@ class ConsulSpawner(DockerSpawner):
         loop = asyncio.get_running_loop()
         key = (
             self.consul_address, hash(self.consul_token), self.consul_ca_file, self.consul_client_cert,
-            self.consul_client_key, self.consul_datacenter, self.hub_instance, id(loop),
+            self.consul_client_key, self.consul_datacenter, self.hub_instance, self.consul_retry_budget,
+            self.consul_request_timeout, id(loop),
         )
         if key not in _shared_clients:
             client = ConsulClient(
@@ -412,7 +413,8 @@ class ConsulSpawner(DockerSpawner):
                 client_key=self.consul_client_key or None, datacenter=self.consul_datacenter or None,
                 request_timeout=self.consul_request_timeout,
             )
-            _shared_clients[key] = (client, IntentionWriter(client, self.hub_instance, logger=self.log))
+            writer = IntentionWriter(client, self.hub_instance, retry_budget=self.consul_retry_budget, logger=self.log)
+            _shared_clients[key] = (client, writer)
         return _shared_clients[key]
 
     def mesh_settings(self) -> MeshSettings:

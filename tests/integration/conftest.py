@@ -28,7 +28,13 @@ NAME_PREFIX = "cstest"
 DEVSIDECAR_COMMAND = ["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
 # The notebook server itself is not under test here (the end-to-end hub test runs the real
 # jupyterhub-singleuser); a plain HTTP server on the port keeps these tests independent of a hub.
-NOTEBOOK_COMMAND = ["python3", "-m", "http.server", "8888"]
+# It exits on SIGTERM as jupyterhub-singleuser does (PID 1 gets no default handler, and docker
+# stop would otherwise wait its 10 s for every server).
+NOTEBOOK_COMMAND = [
+    "python3", "-c",
+    "import http.server, signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+    "http.server.ThreadingHTTPServer(('', 8888), http.server.SimpleHTTPRequestHandler).serve_forever()",
+]
 
 
 def _image(variable):
