@@ -450,13 +450,20 @@ class ConsulSpawner(DockerSpawner):
         except (ValueError, TypeError) as e:
             raise RuntimeError(f"ConsulSpawner configuration for user {self.user.name!r}: {e}") from e
 
-    def _plan_from_state(self) -> MeshPlan:
-        """The plan for teardown: names come from state, so it works even if config changed."""
+    async def _running_plan(self) -> MeshPlan:
+        """The plan of the running server (after a hub restart: rebuilt, its service ID pinned
+        by state), with the real Trino user, for anything that grants."""
+        if self._plan is None:
+            self._plan = await self._make_plan()
+        return self._plan
+
+    def _teardown_plan(self) -> MeshPlan:
+        """The plan for teardown: names come from state, and nothing user-specific is evaluated
+        (a failing trino_user callable must never stop a revocation)."""
         if self._plan is not None:
             return self._plan
-        settings = self.mesh_settings()
         return build_plan(
-            settings, self.user.name, self.name or "", trino_user="teardown",
+            self.mesh_settings(), self.user.name, self.name or "", trino_user="unused-for-teardown",
             service_port=self.port, service_id=self.mesh_state.service_id or None,
         )
 
@@ -585,7 +592,7 @@ class ConsulSpawner(DockerSpawner):
             raise
 
     async def stop(self, now=False):
-        mesh = self._mesh(self._plan_from_state())
+        mesh = self._mesh(self._teardown_plan())
         await self._teardown(mesh, stop_notebook=True, now=now)
 
     async def poll(self):
@@ -595,7 +602,11 @@ class ConsulSpawner(DockerSpawner):
         if self.mesh_state.empty:
             return None
         self._schedule_orphan_sweep()
-        mesh = self._mesh(self._plan_from_state())
+        try:
+            mesh = self._mesh(await self._running_plan())
+        except RuntimeError as e:
+            self.log.warning("Cannot refresh %s in Consul: %s", self._log_name, e)
+            return None
         if self._needs_reconcile:
             try:
                 await self._reconcile(mesh)
@@ -706,7 +717,7 @@ class ConsulSpawner(DockerSpawner):
         # killed), but always runs this hook: revoke and remove here too. After a normal stop
         # the state is already clear and this does nothing.
         if not self.mesh_state.empty or self.sidecar_container_id:
-            await self._teardown(self._mesh(self._plan_from_state()), stop_notebook=False)
+            await self._teardown(self._mesh(self._teardown_plan()), stop_notebook=False)
         result = super().run_post_stop_hook()
         if inspect.isawaitable(result):
             await result

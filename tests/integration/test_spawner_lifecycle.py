@@ -137,3 +137,23 @@ async def test_a_sidecar_that_never_listens_times_out_and_rolls_back(make_spawne
         await spawner.start()
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
     await containers_gone(docker_client, f"jupyter-{user_name}")
+
+
+async def test_l7_grant_keeps_the_trino_user_across_a_hub_restart(make_spawner, admin, user_name):
+    assert await admin.set_config({"Kind": "service-defaults", "Name": "trino-coordinator", "Protocol": "http"})
+    settings = {"intention_mode": "L7", "trino_user": lambda spawner: f"{spawner.user.name}_trino"}
+    first = make_spawner(user_name, **settings)
+    await first.start()
+
+    async def header_value():
+        entry = await admin.get_config("service-intentions", "trino-coordinator")
+        [source] = [s for s in entry["Sources"] if s["Name"] == f"jupyter-{user_name}"]
+        return source["Permissions"][0]["HTTP"]["Header"][0]["Exact"]
+
+    assert await header_value() == f"{user_name}_trino"
+    restored = make_spawner(user_name, **settings)
+    restored.load_state(json.loads(json.dumps(first.get_state())))
+    assert await restored.poll() is None  # reconciles, re-granting the intention
+    assert await header_value() == f"{user_name}_trino"
+    await hub_stop(restored)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
