@@ -35,6 +35,7 @@ c.JupyterHub.hub_ip = env("CONSULSPAWNER_HUB_IP", "127.0.0.1")
 c.JupyterHub.hub_port = int(env("CONSULSPAWNER_HUB_PORT", "8081"))
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env('CONSULSPAWNER_PROXY_API_PORT', '8001')}"
 c.JupyterHub.cleanup_servers = False  # servers (and their mesh membership) survive hub restarts
+c.JupyterHub.allow_named_servers = True  # each named server is its own Consul service and identity
 
 c.ConsulSpawner.image = env("CONSULSPAWNER_NOTEBOOK_IMAGE", "consulspawner/notebook:latest")
 c.ConsulSpawner.cmd = ["jupyterhub-singleuser"]

@@ -207,7 +207,7 @@ async def containers_gone(docker_client, name, timeout=30):
 
 
 @pytest.fixture
-async def hub_runner(tmp_path, images, test_network, mesh_consul, request):
+async def hub_runner(tmp_path, images, test_network, mesh_consul, docker_client, request):
     from .hubrunner import HubRunner  # imported here: hubrunner imports this module
 
     if not shutil.which("configurable-http-proxy"):
@@ -223,6 +223,9 @@ async def hub_runner(tmp_path, images, test_network, mesh_consul, request):
         failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
         if failed:
             print(runner.logs())
+        # The hub leaves servers running when it stops (cleanup_servers=False): remove them here
+        # so no later test shares the network with them.
+        _remove_test_containers(docker_client)
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from consulspawner import naming
+
 from .conftest import NOTHING, mesh_objects, wait_for
 
 
@@ -45,3 +47,30 @@ async def test_culler_removes_the_idle_users_mesh_and_keeps_the_active_one(hub, 
 
 async def _mesh_empty(admin, service):
     return await mesh_objects(admin, service) == NOTHING
+
+
+async def test_named_servers_are_separate_mesh_members(hub_runner, admin, user_name):
+    """Each named server is its own service, token and intention source, and stopping one
+    leaves the other's."""
+    api = await hub_runner.start()
+    await api.call("POST", f"/users/{user_name}", ok=(201,))
+    for server in ("", "gpu-box"):
+        path = f"/users/{user_name}/servers/{server}" if server else f"/users/{user_name}/server"
+        await api.call("POST", path, ok=(201, 202))
+
+    async def both_ready():
+        servers = (await api.call("GET", f"/users/{user_name}"))["servers"]
+        return all(servers.get(name, {}).get("ready") for name in ("", "gpu-box"))
+
+    await wait_for(both_ready, timeout=180, interval=1, message="both servers")
+    default, named = naming.service_name(user_name), naming.service_name(user_name, "gpu-box")
+    assert default != named
+    services = await admin.agent_services()
+    assert services[named]["Meta"]["hub-server"] == "gpu-box"
+    for service in (default, named):
+        objects = await mesh_objects(admin, service)
+        assert len(objects["services"]) == 2 and len(objects["tokens"]) == 1 and objects["sources"] == [service]
+
+    await api.call("DELETE", f"/users/{user_name}/servers/gpu-box", ok=(202, 204))
+    await wait_for(lambda: _mesh_empty(admin, named), timeout=60, message="the named server's mesh to go")
+    assert len((await mesh_objects(admin, default))["services"]) == 2
