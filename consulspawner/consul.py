@@ -58,7 +58,6 @@ class ConsulResponse:
     status: int
     headers: Mapping[str, str]  # aiohttp's case-insensitive multidict
     body: Any
-    text: str = ""
 
     @property
     def index(self) -> int:
@@ -127,8 +126,6 @@ class ConsulClient:
         self._http: consul.aio.HTTPClient | None = None
         # Every secret this client has seen, so error texts can be scrubbed of all of them.
         self._secrets: set[str] = {token} if token else set()
-        # Counters for benchmarks and tests: how many calls of each kind went out.
-        self.calls: dict[str, int] = {}
 
     @property
     def address(self) -> str:
@@ -171,7 +168,6 @@ class ConsulClient:
     ) -> ConsulResponse:
         """One HTTP call; raises ConsulError unless the status is in ``ok``."""
         call = f"{method} {path}"
-        self.calls[call.split("?")[0]] = self.calls.get(call.split("?")[0], 0) + 1
         token = token or self._token
         self.remember_secret(token)
         headers = {"X-Consul-Token": token} if token else {}
@@ -199,7 +195,7 @@ class ConsulClient:
             parsed = json.loads(text) if text.strip() else None
         except json.JSONDecodeError:
             parsed = text
-        return ConsulResponse(status, response.headers, parsed, text)
+        return ConsulResponse(status, response.headers, parsed)
 
     async def retrying(self, what, *, budget: float = 15.0, first_delay: float = 0.2, max_delay: float = 3.0):
         """Await ``what()`` until it succeeds, a non-retryable ConsulError, or ``budget`` seconds.

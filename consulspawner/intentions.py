@@ -115,10 +115,6 @@ class IntentionWriter:
         """
         await self._submit(destination, source, None, only_if)
 
-    async def read_sources(self, destination: str) -> list[dict]:
-        entry = await self.consul.get_config(KIND, destination)
-        return list((entry or {}).get("Sources") or [])
-
     async def _submit(self, destination: str, source: str, entry: dict | None, only_if=None) -> None:
         future = asyncio.get_running_loop().create_future()
         queue = self._queues.setdefault(destination, _Queue())

@@ -157,7 +157,7 @@ class Janitor:
                     await self.consul.delete_token(deletion.target)
                 elif deletion.kind == "service":
                     await self.consul.deregister_service(deletion.target)
-            except (ConsulError, Exception) as e:
+            except Exception as e:
                 log.warning("Could not delete %s: %s", deletion.line(), e)
                 continue
             log.info("Deleted %s", deletion.line())

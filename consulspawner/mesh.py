@@ -189,6 +189,8 @@ class ServerMesh:
     async def delete_token_by_accessor(self, accessor: str) -> None:
         if await self._retry(lambda: self.consul.delete_token(accessor)):
             self.log.info("Deleted Consul token %s (user %r)", accessor, self.user)
+        else:
+            self.log.debug("Consul token %s was already gone", accessor)
 
     # -- teardown -------------------------------------------------------------------------------
 
@@ -213,13 +215,9 @@ class ServerMesh:
         self.state.registered = False
 
     async def delete_token(self) -> None:
-        accessor = self.state.token_accessor
-        if not accessor:
+        if not self.state.token_accessor:
             return
-        if await self._retry(lambda: self.consul.delete_token(accessor)):
-            self.log.info("Deleted Consul token %s (user %r)", accessor, self.user)
-        else:
-            self.log.debug("Consul token %s was already gone", accessor)
+        await self.delete_token_by_accessor(self.state.token_accessor)
         self.state.token_accessor = ""
         self.state.token_expires_at = 0.0
 

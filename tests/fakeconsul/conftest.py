@@ -11,7 +11,7 @@ import pytest
 
 from consulspawner.testing.fakeconsul import FakeConsul
 
-MASTER = "8f6e2b1c-3d4a-4e5f-9a7b-1c2d3e4f5a6b"
+from ..conftest import MASTER_TOKEN as MASTER
 
 
 @pytest.fixture(autouse=True)
@@ -22,15 +22,14 @@ def _no_consul_env(monkeypatch):
 
 
 @pytest.fixture
-def fake():
-    with FakeConsul().start() as f:
-        yield f
+def fake(fake_consul):
+    """The root conftest's fake agent, under the short name these tests use."""
+    return fake_consul
 
 
 @pytest.fixture
-def acl_fake():
-    with FakeConsul(acl_master_token=MASTER).start() as f:
-        yield f
+def acl_fake(acl_consul):
+    return acl_consul
 
 
 @pytest.fixture
