@@ -78,10 +78,77 @@ KNOWN_KINDS = {
     "file-system-certificate",
 }
 HTTP_LIKE = {"http", "http2", "grpc"}  # structs.IsProtocolHTTPLike
+# agent/structs/structs.go: metaKeyReservedPrefix, metaMaxKeyPairs, metaKeyMaxLength,
+# metaValueMaxLength and metaKeyFormat. Go's len() on a string counts UTF-8 bytes, so every
+# length below is compared against _blen(), never against len() of a Python str.
+META_KEY_RESERVED_PREFIX = "consul-"
+META_MAX_KEY_PAIRS = 64
+META_KEY_MAX_LENGTH = 128
+META_VALUE_MAX_LENGTH = 512
+_META_KEY_FORMAT = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
 def _strip_private(d: dict) -> dict:
     return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def _blen(value) -> int:
+    """Go's len() of a string: its length in bytes of UTF-8."""
+    return len(str(value).encode("utf-8", "surrogatepass"))
+
+
+def _multierror(errors: list[str]) -> str:
+    """hashicorp/go-multierror ListFormatFunc."""
+    if len(errors) == 1:
+        return f"1 error occurred:\n\t* {errors[0]}\n\n"
+    points = "\n\t".join(f"* {e}" for e in errors)
+    return f"{len(errors)} errors occurred:\n\t{points}\n\n"
+
+
+def validate_service_meta(meta: dict, kind: str = "") -> str | None:
+    """structs.ValidateServiceMetadata(kind, meta, false): the error text or None.
+
+    A mesh-gateway may carry the one allowed "consul-wan-federation" key
+    (allowedConsulMetaKeysForMeshGateway).
+
+    agent/structs/structs.go validateMetadata / validateMetaPair. Go ranges over the map in random
+    order, so with several bad pairs Consul may name any of them; the fake names the first.
+    """
+    if len(meta) > META_MAX_KEY_PAIRS:
+        return f"Node metadata cannot contain more than {META_MAX_KEY_PAIRS} key/value pairs"
+    for key, value in meta.items():
+        key, value = str(key), "" if value is None else str(value)
+        if key == "":
+            reason = "Key cannot be blank"
+        elif not _META_KEY_FORMAT.match(key):
+            reason = "Key contains invalid characters"
+        elif _blen(key) > META_KEY_MAX_LENGTH:
+            reason = f"Key is too long (limit: {META_KEY_MAX_LENGTH} characters)"
+        elif key.startswith(META_KEY_RESERVED_PREFIX) and not (
+            kind == "mesh-gateway" and key == "consul-wan-federation"
+        ):
+            reason = f"Key prefix '{META_KEY_RESERVED_PREFIX}' is reserved for internal use"
+        elif _blen(value) > META_VALUE_MAX_LENGTH:
+            reason = f"Value is too long (limit: {META_VALUE_MAX_LENGTH} characters)"
+        else:
+            continue
+        return f"Couldn't load metadata pair ('{key}', '{value}'): {reason}"
+    return None
+
+
+def validate_config_entry_meta(meta: dict | None) -> None:
+    """agent/structs/config_entry.go validateConfigEntryMeta (a go-multierror; 500 via the RPC)."""
+    errors = []
+    meta = meta or {}
+    if len(meta) > META_MAX_KEY_PAIRS:
+        errors.append(f"Meta exceeds maximum element count {META_MAX_KEY_PAIRS}")
+    for key, value in meta.items():
+        if _blen(key) > META_KEY_MAX_LENGTH:
+            errors.append(f'Meta key "{key}" exceeds maximum length {META_KEY_MAX_LENGTH}')
+        if _blen(value) > META_VALUE_MAX_LENGTH:
+            errors.append(f'Meta value for key "{key}" exceeds maximum length {META_VALUE_MAX_LENGTH}')
+    if errors:
+        raise ConsulError(500, _multierror(errors))
 
 
 def _canonical_hash(obj) -> str:
@@ -500,6 +567,15 @@ class State:
             if not name:
                 raise ConsulError(400, "Missing service name")
             authz = self.resolve(secret)
+            # AgentRegisterService: after resolving the token, before ns.Validate, the check types
+            # and vetServiceRegister, structs.ValidateServiceMetadata(ns.Kind, ns.Meta, false)
+            # -> 400 "Invalid Service Meta: ...". A sidecar_service's own Meta is not checked here
+            # (Consul only fails it later in anti-entropy catalog sync; not modelled).
+            meta = body.get("Meta") or {}
+            if isinstance(meta, dict):
+                problem = validate_service_meta(meta, body.get("Kind") or "")
+                if problem:
+                    raise ConsulError(400, f"Invalid Service Meta: {problem}")
             ns = self._node_service(body)
             chk_types = self._check_types(body, "Invalid check")
             sidecar = sidecar_checks = None
@@ -1224,6 +1300,7 @@ class State:
         if not name:
             raise ConsulError(500, "Name is required")
         self._wildcard_check(name, "")
+        validate_config_entry_meta(meta)  # validate(): after the name checks, before Sources
         if not sources:
             raise ConsulError(500, "At least one source is required")
         seen = set()
@@ -1231,8 +1308,9 @@ class State:
             if not src.get("Name"):
                 raise ConsulError(500, f"Sources[{i}].Name is required")
             self._wildcard_check(src["Name"], f"Sources[{i}].")
-            if len(src.get("Description") or "") > 512:
-                raise ConsulError(500, f"Sources[{i}].Description exceeds maximum length 512")
+            # config_entry_intentions.go validate: len(src.Description) > metaValueMaxLength, in bytes.
+            if _blen(src.get("Description") or "") > META_VALUE_MAX_LENGTH:
+                raise ConsulError(500, f"Sources[{i}].Description exceeds maximum length {META_VALUE_MAX_LENGTH}")
             if src.get("LegacyMeta"):
                 raise ConsulError(500, f"Sources[{i}].LegacyMeta must be omitted")
             src.pop("LegacyMeta", None)
@@ -1353,6 +1431,8 @@ class State:
         if kind == "proxy-defaults":
             if name != "global":
                 raise ConsulError(500, f'invalid name ("{name}"), only "global" is supported')
+            # ProxyConfigEntry.Validate: name, AccessLogs, then validateConfigEntryMeta.
+            validate_config_entry_meta(entry.get("Meta") if isinstance(entry.get("Meta"), dict) else None)
             for field in ("TransparentProxy", "MeshGateway", "Expose"):
                 entry.setdefault(field, {})
         elif kind == "service-defaults":
