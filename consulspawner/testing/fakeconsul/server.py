@@ -30,13 +30,16 @@ MAX_WAIT = 600.0
 
 
 class _Fault:
-    def __init__(self, method: str, pattern: str, status: int, times: int, body: str, hang: bool, seconds):
+    def __init__(
+        self, method: str, pattern: str, status: int, times: int, body: str, hang: bool, seconds, delay: bool = False
+    ):
         self.method = (method or "*").upper()
         self.regex = re.compile(pattern)
         self.status = status
         self.remaining = times
         self.body = body
-        self.hang = hang
+        self.hang = hang  # hold the request BEFORE the handler runs (Consul is slow to get to it)
+        self.delay = delay  # run the handler, THEN hold the answer (Consul committed, answers late)
         self.seconds = seconds
         self.released = threading.Event()
 
@@ -52,6 +55,15 @@ def _json_response(obj, status: int = 200, headers: dict | None = None) -> web.R
 
 def _text_response(text: str, status: int, headers: dict | None = None) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/plain", headers=headers or {})
+
+
+# How often a parked blocking query looks whether its client is still connected.
+CLIENT_POLL = 0.25
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _token(request: web.Request) -> str:
@@ -129,11 +141,16 @@ class _App:
         if not is_knob:
             fake._record_attempt(method, path)
             fault = fake._take_fault(method, path)
-            if fault is not None:
+            if fault is not None and not fault.delay:
                 if fault.hang:
+                    # The agent has the whole request: read (and cache) the body now so that a
+                    # client hanging up while it is held cannot take the body with it.
+                    await request.read()
                     await self._hang(request, fault)
                 else:
                     return _text_response(fault.body, fault.status)
+        else:
+            fault = None
         headers = {"X-Consul-Default-ACL-Policy": "deny" if self.state.acl_enabled else "allow"}
         found = self.route(path)
         if found is None:
@@ -164,11 +181,16 @@ class _App:
         try:
             resp = await handler(request, path[len(pattern) :] if pattern.endswith("/") else "")
         except ConsulError as err:
-            return _text_response(err.text, err.status, {**headers, **err.headers})
-        if not is_knob:
-            fake._record_served(method, path)
-        for key, value in headers.items():
-            resp.headers.setdefault(key, value)
+            resp = _text_response(err.text, err.status, {**headers, **err.headers})
+        else:
+            if not is_knob:
+                fake._record_served(method, path)
+            for key, value in headers.items():
+                resp.headers.setdefault(key, value)
+        if fault is not None and fault.delay:
+            # The handler ran to completion (state changed, or the error was decided); only the
+            # answer is late - as when Consul's raft apply commits but the reply is slow.
+            await self._hang(request, fault)
         return resp
 
     def _authz_or_error(self, request):
@@ -225,9 +247,15 @@ class _App:
     async def _block(self, request: web.Request, produce: Callable[[], tuple[int, object]]) -> tuple[int, object]:
         """An index-based blocking query: answer when the index passes ?index or ?wait runs out."""
         min_index, wait = self._wait_params(request)
-        return await self._block_until(lambda r: min_index == 0 or r[0] > min_index, produce, wait)
+        return await self._block_until(lambda r: min_index == 0 or r[0] > min_index, produce, wait, request)
 
-    async def _block_until(self, done, produce, wait: float):
+    async def _block_until(self, done, produce, wait: float, request: web.Request | None = None):
+        """Re-run ``produce`` on every state change until ``done`` or the wait runs out.
+
+        Handlers are not cancelled when a client goes away (see FakeConsul._startup), so a
+        blocking query also ends once its client has disconnected - nobody would read the answer -
+        rather than holding a waiter for up to ten minutes.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -239,10 +267,16 @@ class _App:
                 remaining = deadline - loop.time()
                 if done(result) or remaining <= 0 or self.fake._stopping.is_set():
                     return result
-                try:
-                    await asyncio.wait_for(event.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
+                while not event.is_set():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0 or self.fake._stopping.is_set():
+                        break
+                    if request is not None and _client_gone(request):
+                        return result
+                    try:
+                        await asyncio.wait_for(event.wait(), min(remaining, CLIENT_POLL))
+                    except asyncio.TimeoutError:
+                        pass
             finally:
                 self.state.remove_waiter(waiter)
 
@@ -264,7 +298,7 @@ class _App:
         _, wait = self._wait_params(request)
         want = request.query.get("hash", "")
         content_hash, view = await self._block_until(
-            lambda r: not want or r[0] != want, lambda: self.state.agent_service(sid, token), wait
+            lambda r: not want or r[0] != want, lambda: self.state.agent_service(sid, token), wait, request
         )
         return _json_response(view, headers={"X-Consul-ContentHash": content_hash})
 
@@ -316,6 +350,7 @@ class _App:
             lambda r: min_index == 0 or r[0] > min_index,
             lambda: self.state.leaf(service, token, revalidate=min_index == 0),
             wait,
+            request,
         )
         return _json_response(body, headers={"X-Consul-Index": str(index), "X-Cache": "MISS"})
 
@@ -466,7 +501,8 @@ class _App:
         return _json_response({"Index": self.state.index, "Now": self.state.now()})
 
     async def fake_fault(self, request, _rest):
-        """POST: JSON {Method, PathRegex, Status, Times, Body, Hang}; Hang true (until cleared) or seconds.
+        """POST: JSON {Method, PathRegex, Status, Times, Body, Hang, Delay}; Hang/Delay true (until
+        cleared) or seconds. Delay processes the request then holds the answer (delay_response).
 
         DELETE clears all faults (and releases hung requests).
         """
@@ -477,7 +513,15 @@ class _App:
         if not isinstance(body, dict) or not body.get("PathRegex"):
             raise ConsulError(400, "fault needs a JSON object with PathRegex")
         hang = body.get("Hang")
-        if hang is not None and hang is not False:
+        delay = body.get("Delay")
+        if delay is not None and delay is not False:
+            self.fake.delay_response(
+                body.get("Method") or "*",
+                body["PathRegex"],
+                None if delay is True else float(delay),
+                times=int(body.get("Times", 1)),
+            )
+        elif hang is not None and hang is not False:
             seconds = None if hang is True else float(hang)
             self.fake.hang(
                 body.get("Method") or "*", body["PathRegex"], times=int(body.get("Times", 1)), seconds=seconds
@@ -584,7 +628,11 @@ class FakeConsul:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         dispatcher = _App(self)
         app.router.add_route("*", "/{tail:.*}", dispatcher.dispatch)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        # No handler cancellation: Consul's HTTP handlers run to completion when the client goes
+        # away (agent/http.go wraps the handler without aborting it on disconnect, and a raft
+        # apply that has started commits regardless), so a write whose client timed out still
+        # happens. Blocking queries end on their own once their client is gone (_block_until).
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
@@ -677,9 +725,24 @@ class FakeConsul:
             self._faults.append(_Fault(method, path_regex, status, times, body, False, None))
 
     def hang(self, method: str, path_regex: str, times: int = 1, seconds: float | None = None) -> None:
-        """Hold the next ``times`` matching requests for ``seconds`` (None: until cleared/stopped)."""
+        """Hold the next ``times`` matching requests for ``seconds`` (None: until cleared/stopped).
+
+        The request has reached the agent: once released it is processed, even if its client
+        gave up meanwhile (as Consul does). ``stop()`` drops held requests unprocessed.
+        """
         with self._faults_lock:
             self._faults.append(_Fault(method, path_regex, 0, times, "", True, seconds))
+
+    def delay_response(self, method: str, path_regex: str, seconds: float | None, times: int = 1) -> None:
+        """Let the next ``times`` matching requests be fully processed, then hold their answers.
+
+        Models "Consul commits but answers late": the state change (or the error) is decided at
+        once and visible to other clients, while the caller waits ``seconds`` (None: until
+        ``clear_faults()``/``stop()``) for its answer - and may time out without ever seeing it.
+        Contrast :meth:`hang`, which holds the request before anything is processed.
+        """
+        with self._faults_lock:
+            self._faults.append(_Fault(method, path_regex, 0, times, "", False, seconds, delay=True))
 
     def clear_faults(self) -> None:
         with self._faults_lock:
