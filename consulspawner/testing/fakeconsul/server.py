@@ -481,7 +481,9 @@ class _App:
         token = _token(request)
         if not self.state.acl_enabled:
             raise ConsulError(401, "ACL support disabled")
-        index, body = await self._block(request, lambda: self.state.acl_token_list(token))
+        # agent/acl_endpoint.go ACLTokenList: ?policy, ?role, ?authmethod, ?servicename.
+        filters = {k: request.query.get(k, "") for k in ("policy", "role", "authmethod", "servicename")}
+        index, body = await self._block(request, lambda: self.state.acl_token_list(token, **filters))
         return _json_response(body, headers=self._meta_headers(index))
 
     # ------------------------------------------------------------------ status

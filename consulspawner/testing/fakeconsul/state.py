@@ -485,14 +485,38 @@ class State:
             self._bump("acl-tokens")
             return True
 
-    def acl_token_list(self, secret: str | None) -> tuple[int, list]:
+    def acl_token_list(
+        self, secret: str | None, policy: str = "", role: str = "", authmethod: str = "", servicename: str = ""
+    ) -> tuple[int, list]:
+        """GET /v1/acl/tokens with its optional policy/role/authmethod/servicename filters.
+
+        ACL.TokenList (agent/consul/acl_endpoint.go) checks acl:read first; the state store's
+        ACLTokenListWithParameters (agent/consul/state/acl.go) then takes at most one filter:
+        policy and role by link ID, authmethod by name, servicename by a service identity's
+        name through a lower-cased index.
+        """
         with self.lock:
             self._require_acls()
             authz = self.resolve(secret)
             authz.require(authz.acl_read(), "acl", "read")
+            if sum(1 for f in (policy, role, authmethod, servicename) if f) > 1:
+                raise ConsulError(500, "can only filter by one of policy, role, serviceName, or methodName at a time")
+
+            def wanted(token: dict) -> bool:
+                if policy:
+                    return any(link.get("ID") == policy for link in token.get("Policies") or [])
+                if role:
+                    return any(link.get("ID") == role for link in token.get("Roles") or [])
+                if authmethod:
+                    return token.get("AuthMethod") == authmethod
+                if servicename:
+                    name = servicename.lower()
+                    return any(s["ServiceName"].lower() == name for s in token.get("ServiceIdentities") or [])
+                return True
+
             stubs = []
             for token in sorted(self.tokens.values(), key=lambda t: t["AccessorID"]):
-                if self._token_expired(token):
+                if self._token_expired(token) or not wanted(token):
                     continue
                 stub = {
                     k: token[k]
