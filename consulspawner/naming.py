@@ -14,6 +14,12 @@ way kubespawner makes its slugs:
 Why this never collides: a kept name never contains ``--`` and a hashed one always does, so the
 two forms cannot meet; kept names are the user name itself; hashed names differ unless both
 their readable parts and 40 bits of SHA-256 of distinct inputs agree.
+
+Names must not collide with what is *derived* from them either. Consul names a server's sidecar
+``<service id>-sidecar-proxy`` (ID and service name alike), so a user called
+``bob-sidecar-proxy`` kept as is would be exactly bob's sidecar. A rendered name that ends in a
+suffix of :data:`RESERVED_SUFFIXES` therefore takes the hashed form, which ends in ``--`` and hex
+digits and so never ends in one of them: no service name we render is anyone's derived ID.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ _UNSAFE_RUN = re.compile(r"[^a-z0-9]+")
 _TEMPLATE_TEXT = re.compile(r"^[a-z0-9-]*$")
 # Room left for a readable part must be worth having; a template longer than this is a mistake.
 _MIN_SLUG_ROOM = 16
+# Suffixes that Consul or we append to a service ID to name something else; a rendered name
+# never ends in one. "-sidecar-proxy": Consul's sidecar ID and sidecar service name, parent
+# ID/name + structs.SidecarProxySuffix (hashicorp/consul agent/sidecar_service.go,
+# sidecarIDFromServiceID and sidecarServiceFromNodeService). Check IDs need no entry: ours is
+# "<id>:alive" (plan.MeshPlan.check_id) and Consul's defaults are "service:<id>[:<n>]"; both hold
+# a ':' that no DNS label contains, so no name can equal them.
+RESERVED_SUFFIXES: tuple[str, ...] = ("-sidecar-proxy",)
 
 
 class NameTemplateError(ValueError):
@@ -49,13 +62,23 @@ def _readable(text: str) -> str:
     return _UNSAFE_RUN.sub("-", ascii_text.lower()).strip("-")
 
 
-def slug(user_name: str, server_name: str = "", max_length: int = MAX_NAME_LENGTH) -> str:
-    """The collision-free part of a service name for one server, at most ``max_length`` long."""
+def slug(user_name: str, server_name: str = "", max_length: int = MAX_NAME_LENGTH, *,
+         prefix: str = "", tail: str = "") -> str:
+    """The collision-free part of a service name for one server, at most ``max_length`` long.
+
+    ``prefix`` and ``tail`` are the template's text around the slug: a user name is kept as is
+    only if ``prefix + name + tail`` does not end in one of :data:`RESERVED_SUFFIXES`.
+    """
     if not user_name:
         raise ValueError("a hub user name is never empty")
     if max_length < _MIN_SLUG_ROOM:
         raise ValueError(f"max_length {max_length} leaves no room for a readable slug")
-    if not server_name and _SAFE_SLUG.match(user_name) and len(user_name) <= max_length:
+    if (
+        not server_name
+        and _SAFE_SLUG.match(user_name)
+        and len(user_name) <= max_length
+        and not f"{prefix}{user_name}{tail}".endswith(RESERVED_SUFFIXES)
+    ):
         return user_name
     suffix = "--" + _digest(user_name, server_name)
     readable = _readable(user_name)
@@ -83,13 +106,24 @@ def check_template(template: str) -> None:
         )
     if MAX_NAME_LENGTH - len(fixed) < _MIN_SLUG_ROOM:
         raise NameTemplateError(f"name template {template!r} is too long to leave room for the user's name")
+    if template.endswith(RESERVED_SUFFIXES):
+        # Every name would end like a derived ID (a sidecar's), whatever the slug.
+        raise NameTemplateError(
+            f"name template {template!r} must not end in {' or '.join(map(repr, RESERVED_SUFFIXES))}"
+        )
 
 
 def service_name(user_name: str, server_name: str = "", template: str = DEFAULT_TEMPLATE) -> str:
     """The Consul service name of one hub user's server (a DNS label, stable, injective)."""
     check_template(template)
     room = MAX_NAME_LENGTH - (len(template) - len("{slug}"))
-    return template.replace("{slug}", slug(user_name, server_name, room))
+    prefix, tail = template.split("{slug}")
+    name = f"{prefix}{slug(user_name, server_name, room, prefix=prefix, tail=tail)}{tail}"
+    if name.endswith(RESERVED_SUFFIXES):
+        # Cannot happen: a hashed slug ends in hex digits, and check_template refuses a tail that
+        # ends in a reserved suffix. Refuse rather than hand out a name that collides.
+        raise NameTemplateError(f"name template {template!r} renders {name!r}, a reserved (derived) name")
+    return name
 
 
 def service_id(user_name: str, server_name: str = "", template: str = DEFAULT_TEMPLATE) -> str:
@@ -104,6 +138,7 @@ def service_id(user_name: str, server_name: str = "", template: str = DEFAULT_TE
 def sidecar_id(parent_service_id: str) -> str:
     """The ID Consul gives a ``Connect.SidecarService`` of ``parent_service_id``.
 
-    Fixed by Consul (docs: connect/proxies/deploy-sidecar-services): ``<parent-id>-sidecar-proxy``.
+    Fixed by Consul (hashicorp/consul agent/sidecar_service.go, sidecarIDFromServiceID):
+    ``<parent-id>-sidecar-proxy``.
     """
-    return f"{parent_service_id}-sidecar-proxy"
+    return f"{parent_service_id}{RESERVED_SUFFIXES[0]}"

@@ -62,6 +62,41 @@ def test_sidecar_id_follows_consul():
     assert naming.sidecar_id("jupyter-alice") == "jupyter-alice-sidecar-proxy"
 
 
+@pytest.mark.parametrize(
+    ("user", "template", "expected"),
+    [
+        # Kept as is, bob-sidecar-proxy would be exactly bob's sidecar ID.
+        ("bob-sidecar-proxy", naming.DEFAULT_TEMPLATE, "jupyter-bob-sidecar-proxy--1fb1b1a77b"),
+        ("sidecar-proxy", naming.DEFAULT_TEMPLATE, "jupyter-sidecar-proxy--d46d06f236"),
+        ("a-sidecar-proxy-sidecar-proxy", naming.DEFAULT_TEMPLATE,
+         "jupyter-a-sidecar-proxy-sidecar-proxy--887d687ea5"),
+        # Judged on the rendered name: under "{slug}-proxy" user "a" is "a-proxy", whose sidecar
+        # is "a-proxy-sidecar-proxy", which user "a-proxy-sidecar" would otherwise render to.
+        ("a-proxy-sidecar", "{slug}-proxy", "a-proxy-sidecar--594f8de285-proxy"),
+        # Only the exact suffix is reserved.
+        ("bob-sidecar-proxyx", naming.DEFAULT_TEMPLATE, "jupyter-bob-sidecar-proxyx"),
+        ("bob-sidecars-proxy", naming.DEFAULT_TEMPLATE, "jupyter-bob-sidecars-proxy"),
+    ],
+)
+def test_names_ending_in_a_reserved_suffix_take_the_hashed_form(user, template, expected):
+    assert naming.service_name(user, template=template) == expected
+    assert not expected.endswith(naming.RESERVED_SUFFIXES)
+
+
+def test_a_user_named_like_a_sidecar_never_gets_its_id():
+    bob_sidecar = naming.sidecar_id(naming.service_name("bob"))
+    assert naming.service_name("bob-sidecar-proxy") != bob_sidecar
+    # Same clash built from the template's fixed tail instead of the user name.
+    a_sidecar = naming.sidecar_id(naming.service_name("a", template="{slug}-proxy"))  # a-proxy-sidecar-proxy
+    assert naming.service_name("a-proxy-sidecar", template="{slug}-proxy") != a_sidecar
+
+
+def test_templates_that_end_in_a_reserved_suffix_are_refused():
+    for bad in ["{slug}-sidecar-proxy", "hub-{slug}-x-sidecar-proxy"]:
+        with pytest.raises(naming.NameTemplateError, match="sidecar-proxy"):
+            naming.check_template(bad)
+
+
 user_names = st.text(min_size=1, max_size=220)
 server_names = st.one_of(st.just(""), st.text(max_size=80))
 
@@ -98,3 +133,26 @@ near_miss_users = st.builds(
 def test_near_miss_names_never_collide(a, b):
     if a != b:
         assert naming.service_name(*a) != naming.service_name(*b)
+
+
+# Names built to end in what Consul (or we) derive from a service ID: the generator alone would
+# almost never produce "-sidecar-proxy", so build such names on purpose.
+suffixed_users = st.one_of(
+    user_names,
+    st.builds(lambda base, suffix: base + suffix, st.text(max_size=60),
+              st.sampled_from((*naming.RESERVED_SUFFIXES, "sidecar-proxy", "-proxy", "-sidecar"))),
+    st.builds(lambda base, n: base + "-sidecar-proxy" * n,
+              st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True), st.integers(1, 3)),
+)
+templates = st.sampled_from([naming.DEFAULT_TEMPLATE, "{slug}", "{slug}-proxy", "hub2-{slug}-nb"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(a=st.tuples(suffixed_users, server_names), b=st.tuples(suffixed_users, server_names), template=templates)
+def test_no_service_name_is_another_servers_derived_id(a, b, template):
+    name_a = naming.service_name(*a, template=template)
+    name_b = naming.service_name(*b, template=template)
+    assert not name_a.endswith(naming.RESERVED_SUFFIXES), name_a
+    assert name_a != naming.sidecar_id(name_b)
+    if a != b:
+        assert name_a != name_b
