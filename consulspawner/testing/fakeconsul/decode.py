@@ -197,6 +197,13 @@ TOKEN = {
     "Type": OPAQUE,
 }
 
+# --- ACL policies (agent/structs/acl.go ACLPolicy) ---------------------------------------------
+
+POLICY = {
+    k: OPAQUE
+    for k in ("ID", "Name", "Description", "Rules", "Syntax", "Datacenters", "Hash", "CreateIndex", "ModifyIndex")
+}
+
 # --- config entries (agent/structs/config_entry*.go) -----------------------------------------
 
 HEADER_PERMISSION = {k: OPAQUE for k in ("Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert")}

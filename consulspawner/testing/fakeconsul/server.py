@@ -16,6 +16,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 
 from aiohttp import web
@@ -114,6 +115,10 @@ class _App:
             ("/v1/acl/token/self", ["GET"], self.acl_token_self),
             ("/v1/acl/token/", ["GET", "PUT", "DELETE"], self.acl_token_crud),
             ("/v1/acl/tokens", ["GET"], self.acl_tokens),
+            ("/v1/acl/policy", ["PUT"], self.acl_policy_create),
+            ("/v1/acl/policy/", ["GET", "PUT", "DELETE"], self.acl_policy_crud),
+            ("/v1/acl/policy/name/", ["GET"], self.acl_policy_by_name),
+            ("/v1/acl/policies", ["GET"], self.acl_policies),
             ("/v1/status/leader", ["GET"], self.status_leader),
             ("/v1/status/peers", ["GET"], self.status_peers),
             ("/_fake/advance", ["POST"], self.fake_advance),
@@ -484,6 +489,45 @@ class _App:
         # agent/acl_endpoint.go ACLTokenList: ?policy, ?role, ?authmethod, ?servicename.
         filters = {k: request.query.get(k, "") for k in ("policy", "role", "authmethod", "servicename")}
         index, body = await self._block(request, lambda: self.state.acl_token_list(token, **filters))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    # ------------------------------------------------------------------ ACL policies
+    # agent/acl_endpoint.go ACLPolicyCreate / ACLPolicyCRUD / ACLPolicyReadByName / ACLPolicyList.
+    def _acl_enabled_or_401(self) -> None:
+        if not self.state.acl_enabled:
+            raise ConsulError(401, "ACL support disabled")
+
+    async def acl_policy_create(self, request, _rest):
+        self._acl_enabled_or_401()
+        body = await self._body(request, "Policy decoding failed")
+        return _json_response(self.state.acl_policy_set(body, _token(request)))
+
+    async def acl_policy_crud(self, request, policy_id):
+        self._acl_enabled_or_401()
+        token = _token(request)
+        if not policy_id and request.method != "PUT":
+            raise ConsulError(400, "Missing policy ID")
+        if request.method == "GET":
+            index, body = await self._block(request, lambda: self.state.acl_policy_read(token, policy_id=policy_id))
+            return _json_response(body, headers=self._meta_headers(index))
+        if request.method == "DELETE":
+            return _json_response(self.state.acl_policy_delete(policy_id, token))
+        body = await self._body(request, "Policy decoding failed")
+        return _json_response(self.state.acl_policy_set(body, token, policy_id=policy_id))
+
+    async def acl_policy_by_name(self, request, name):
+        self._acl_enabled_or_401()
+        if not name:
+            raise ConsulError(400, "Missing policy Name")
+        token = _token(request)
+        name = urllib.parse.unquote(name)  # ACLPolicyRead: url.QueryUnescape
+        index, body = await self._block(request, lambda: self.state.acl_policy_read(token, name=name))
+        return _json_response(body, headers=self._meta_headers(index))
+
+    async def acl_policies(self, request, _rest):
+        self._acl_enabled_or_401()
+        token = _token(request)
+        index, body = await self._block(request, lambda: self.state.acl_policy_list(token))
         return _json_response(body, headers=self._meta_headers(index))
 
     # ------------------------------------------------------------------ status

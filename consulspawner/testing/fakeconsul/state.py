@@ -29,10 +29,13 @@ from .acl import (
     ANONYMOUS_ACCESSOR,
     GLOBAL_MANAGEMENT_ID,
     GLOBAL_MANAGEMENT_NAME,
+    GLOBAL_MANAGEMENT_RULES,
     PERMISSION_DENIED,
     Authorizer,
     ConsulError,
+    RulesError,
     not_found_acl,
+    parse_rules,
 )
 from .ca import ConnectCA
 from .godur import DurationError, duration_value, format_duration, format_time, parse_time
@@ -50,6 +53,8 @@ TCP_DEFAULT_TIMEOUT = 10.0
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
 _STATUS_RANK = {PASSING: 0, WARNING: 1, CRITICAL: 2}
+# acl/validation.go validPolicyName.
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # acl/validation.go validServiceIdentityName and ServiceIdentityNameMaxLength.
 _SERVICE_IDENTITY_NAME = re.compile(r"^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$")
@@ -183,6 +188,8 @@ class State:
         self.checks: dict[str, dict] = {}
         self.config_entries: dict[tuple[str, str], dict] = {}
         self.tokens: dict[str, dict] = {}
+        self.policies: dict[str, dict] = {}
+        self._parsed_rules: dict[str, dict] = {}
         self.leaves: dict[str, dict] = {}
         self._bump("nodes")  # the node itself registers first, as the first raft writes do
         self.ca = ConnectCA(self.now(), datacenter)
@@ -226,6 +233,16 @@ class State:
     # ------------------------------------------------------------------ ACL
     def _add_builtin_tokens(self, master: str) -> None:
         now = self.now()
+        # The builtin global-management policy (agent/structs/acl.go ACLPolicyGlobalManagement*).
+        self._store_policy(
+            {
+                "ID": GLOBAL_MANAGEMENT_ID,
+                "Name": GLOBAL_MANAGEMENT_NAME,
+                "Description": "Builtin Policy that grants unlimited access",
+                "Rules": GLOBAL_MANAGEMENT_RULES,
+                "Datacenters": [],
+            }
+        )
         # The anonymous token always exists (structs.ACLTokenAnonymousID).
         self._store_token(
             {
@@ -291,13 +308,39 @@ class State:
                 raise not_found_acl()
             if token["AccessorID"] == ANONYMOUS_ACCESSOR:
                 return Authorizer(ANONYMOUS_ACCESSOR)
-            management = any(p["ID"] == GLOBAL_MANAGEMENT_ID for p in token.get("Policies") or [])
+            # ACLResolver: the token's policies that exist and apply in this datacenter, plus one
+            # synthetic policy per service identity, merged into one authorizer.
+            management = False
+            rules = []
+            for link in token.get("Policies") or []:
+                policy = self.policies.get(link["ID"])
+                if policy is None or (policy.get("Datacenters") and self.datacenter not in policy["Datacenters"]):
+                    continue
+                if policy["ID"] == GLOBAL_MANAGEMENT_ID:
+                    management = True
+                    continue
+                rules.append(self._rules_of(policy))
             services = tuple(
                 s["ServiceName"]
                 for s in token.get("ServiceIdentities") or []
                 if not s.get("Datacenters") or self.datacenter in s["Datacenters"]
             )
-            return Authorizer(token["AccessorID"], management=management, services=services)
+            return Authorizer(token["AccessorID"], management=management, services=services, rules=rules)
+
+    def _rules_of(self, policy: dict) -> dict:
+        cached = self._parsed_rules.get(policy["Hash"])
+        if cached is None:
+            cached = self._parsed_rules[policy["Hash"]] = parse_rules(policy.get("Rules") or "")
+        return cached
+
+    def _policy_links_view(self, links) -> list:
+        """state/acl.go fixupTokenPolicyLinks: current names; links to deleted policies dropped."""
+        out = []
+        for link in links or []:
+            policy = self.policies.get(link["ID"])
+            if policy is not None:
+                out.append({"ID": policy["ID"], "Name": policy["Name"]})
+        return out
 
     def _require_acls(self) -> None:
         if not self.acl_enabled:
@@ -305,6 +348,7 @@ class State:
 
     def _token_view(self, token: dict) -> dict:
         out = _strip_private(token)
+        out["Policies"] = self._policy_links_view(out.get("Policies"))
         for key in ("Policies", "ServiceIdentities", "Roles", "NodeIdentities"):
             if not out.get(key):
                 out.pop(key, None)
@@ -407,21 +451,162 @@ class State:
         token["_expires"] = exp
         token["ExpirationTime"] = format_time(exp)
 
-    @staticmethod
-    def _normalize_policy_links(links) -> list:
+    def _normalize_policy_links(self, links) -> list:
+        """auth/token_writer.go normalizePolicyLinks: by ID, else by name; de-duplicated by ID."""
         out: list = []
         for link in links or []:
             pid, name = link.get("ID") or "", link.get("Name") or ""
-            # Only the builtin global-management policy exists in the fake.
-            if pid:
-                if pid != GLOBAL_MANAGEMENT_ID:
-                    raise ConsulError(500, f'No such ACL policy with ID "{pid}"')
-            elif name != GLOBAL_MANAGEMENT_NAME:
-                raise ConsulError(500, f'No such ACL policy with name "{name}"')
-            entry = {"ID": GLOBAL_MANAGEMENT_ID, "Name": GLOBAL_MANAGEMENT_NAME}
-            if entry not in out:
-                out.append(entry)
+            if not pid:
+                policy = next((p for p in self.policies.values() if p["Name"] == name), None)
+                if policy is None:
+                    raise ConsulError(500, f"No such ACL policy with name {json.dumps(name)}")
+            else:
+                policy = self.policies.get(pid)
+                if policy is None:
+                    raise ConsulError(500, f"No such ACL policy with ID {json.dumps(pid)}")
+            if all(entry["ID"] != policy["ID"] for entry in out):
+                out.append({"ID": policy["ID"], "Name": policy["Name"]})
         return out
+
+    # ------------------------------------------------------------------ ACL policies
+    @staticmethod
+    def _policy_hash(policy: dict) -> bytes:
+        # ACLPolicy.SetHash: blake2b-256 over name, description, rules, datacenters.
+        h = hashlib.blake2b(digest_size=32)
+        for part in (policy.get("Name", ""), policy.get("Description", ""), policy.get("Rules", "")):
+            h.update(part.encode())
+        for dc in policy.get("Datacenters") or []:
+            h.update(dc.encode())
+        return h.digest()
+
+    def _store_policy(self, policy: dict) -> dict:
+        idx = self._bump("acl-policies", "acl-tokens")
+        prev = self.policies.get(policy["ID"])
+        policy["Hash"] = base64.b64encode(self._policy_hash(policy)).decode()
+        policy["CreateIndex"] = prev["CreateIndex"] if prev else idx
+        policy["ModifyIndex"] = idx
+        self.policies[policy["ID"]] = policy
+        return policy
+
+    @staticmethod
+    def _policy_view(policy: dict) -> dict:
+        out = copy.deepcopy(policy)
+        if not out.get("Datacenters"):
+            out.pop("Datacenters", None)
+        return out
+
+    def acl_policy_set(self, body, secret: str | None, policy_id: str | None = None) -> dict:
+        """PUT /v1/acl/policy (create) or /v1/acl/policy/<id> (update): ACL.PolicySet.
+
+        agent/acl_endpoint.go aclPolicyWriteInternal, then agent/consul/acl_endpoint.go
+        PolicySet: acl:write, name present and valid, ID valid and known, names unique, rules
+        parse (acl.NewPolicyFromSource), builtin rules unchangeable.
+        """
+        with self.lock:
+            self._require_acls()
+            if not isinstance(body, dict):
+                raise ConsulError(
+                    400, "Policy decoding failed: json: cannot unmarshal into Go value of type structs.ACLPolicy"
+                )
+            body = decode.normalize(body, decode.POLICY)
+            if policy_id is None:
+                if body.get("ID"):
+                    raise ConsulError(400, "Cannot specify the ID when creating a new policy")
+            elif body.get("ID") and body["ID"] != policy_id:
+                raise ConsulError(400, "Policy ID in URL and payload do not match")
+            else:
+                body["ID"] = policy_id
+            authz = self.resolve(secret)
+            authz.require(authz.acl_write(), "acl", "write")
+            name = body.get("Name") or ""
+            if not name:
+                raise ConsulError(500, "Invalid Policy: no Name is set")
+            if not _POLICY_NAME.match(name):
+                raise ConsulError(
+                    500, "Invalid Policy: invalid Name. Only alphanumeric characters, '-' and '_' are allowed"
+                )
+            name_match = next((p for p in self.policies.values() if p["Name"] == name), None)
+            pid = body.get("ID") or ""
+            existing = None
+            if pid:
+                if not _UUID.match(pid):
+                    raise ConsulError(500, "Policy ID invalid UUID")
+                existing = self.policies.get(pid)
+                if existing is None:
+                    raise ConsulError(500, f"cannot find policy {pid}")
+                if existing["Name"] != name and name_match is not None:
+                    raise ConsulError(500, f"Invalid Policy: A policy with name {json.dumps(name)} already exists")
+                if pid == GLOBAL_MANAGEMENT_ID:
+                    if body.get("Datacenters"):
+                        raise ConsulError(
+                            500, "Changing the Datacenters of the builtin global-management policy is not permitted"
+                        )
+                    if (body.get("Rules") or "") != existing["Rules"]:
+                        raise ConsulError(
+                            500, "Changing the Rules for the builtin global-management policy is not permitted"
+                        )
+            else:
+                if name_match is not None:
+                    raise ConsulError(500, f"Invalid Policy: A Policy with Name {json.dumps(name)} already exists")
+                pid = str(uuid.uuid4())
+            rules = body.get("Rules") or ""
+            try:
+                parse_rules(rules)
+            except RulesError as err:
+                raise ConsulError(500, str(err)) from None
+            policy = {
+                "ID": pid,
+                "Name": name,
+                "Description": body.get("Description") or "",
+                "Rules": rules,
+                "Datacenters": list(body.get("Datacenters") or []),
+            }
+            return self._policy_view(self._store_policy(policy))
+
+    def acl_policy_read(self, secret: str | None, policy_id: str = "", name: str = "") -> tuple[int, dict]:
+        """GET /v1/acl/policy/<id> or /v1/acl/policy/name/<name> (ACL.PolicyRead: acl:read)."""
+        with self.lock:
+            self._require_acls()
+            authz = self.resolve(secret)
+            authz.require(authz.acl_read(), "acl", "read")
+            if policy_id:
+                policy = self.policies.get(policy_id)
+            else:
+                policy = next((p for p in self.policies.values() if p["Name"] == name), None)
+            if policy is None:
+                # agent/acl_endpoint.go ACLPolicyRead: acl.ACLResourceNotExistError("policy", ...)
+                raise ConsulError(404, "Requested policy does not exist: ACL not found")
+            return self.idx("acl-policies"), self._policy_view(policy)
+
+    def acl_policy_delete(self, policy_id: str, secret: str | None) -> bool:
+        """DELETE /v1/acl/policy/<id> (ACL.PolicyDelete: acl:write; a missing policy is a no-op)."""
+        with self.lock:
+            self._require_acls()
+            authz = self.resolve(secret)
+            authz.require(authz.acl_write(), "acl", "write")
+            policy = self.policies.get(policy_id)
+            if policy is None:
+                return True
+            if policy_id == GLOBAL_MANAGEMENT_ID:
+                raise ConsulError(500, "Delete operation not permitted on the builtin global-management policy")
+            del self.policies[policy_id]
+            self._bump("acl-policies", "acl-tokens")
+            return True
+
+    def acl_policy_list(self, secret: str | None) -> tuple[int, list]:
+        """GET /v1/acl/policies: ACLPolicyListStub for each policy (ACL.PolicyList: acl:read)."""
+        with self.lock:
+            self._require_acls()
+            authz = self.resolve(secret)
+            authz.require(authz.acl_read(), "acl", "read")
+            stubs = []
+            for policy in sorted(self.policies.values(), key=lambda p: p["Name"]):
+                stub = {k: copy.deepcopy(policy[k]) for k in ("ID", "Name", "Description")}
+                if policy.get("Datacenters"):
+                    stub["Datacenters"] = list(policy["Datacenters"])
+                stub.update({k: policy[k] for k in ("Hash", "CreateIndex", "ModifyIndex")})
+                stubs.append(stub)
+            return self.idx("acl-policies"), stubs
 
     @staticmethod
     def _normalize_service_identities(ids, local: bool) -> list:
@@ -535,6 +720,10 @@ class State:
                     )
                     if k in token and (token[k] or k in ("Local", "Description"))
                 }
+                if "Policies" in stub:
+                    stub["Policies"] = self._policy_links_view(stub["Policies"])
+                    if not stub["Policies"]:
+                        del stub["Policies"]
                 if not authz.acl_write():
                     stub["SecretID"] = "<hidden>"  # aclfilter.RedactedToken
                 stubs.append(copy.deepcopy(stub))
@@ -948,7 +1137,9 @@ class State:
             authz = self.resolve(secret)
             out = {}
             for cid, chk in sorted(self.checks.items()):
-                allowed = authz.service_read(chk["ServiceName"]) if chk["ServiceName"] else authz.node_read()
+                allowed = (
+                    authz.service_read(chk["ServiceName"]) if chk["ServiceName"] else authz.node_read(self.node_name)
+                )
                 if allowed:
                     view = self._check_view(chk)
                     # Agent-local checks carry no raft index (zero values in the JSON).
@@ -969,7 +1160,7 @@ class State:
             if chk["ServiceName"]:
                 authz.require(authz.service_write(chk["ServiceName"]), "service", "write", chk["ServiceName"])
             else:
-                authz.require(authz.node_write(), "node", "write", self.node_name)
+                authz.require(authz.node_write(self.node_name), "node", "write", self.node_name)
             if not chk["_ttl"]:
                 raise ConsulError(500, f'CheckID "{cid}" does not have associated TTL')
             chk["_ttl_deadline"] = self.now() + chk["_ttl"]
@@ -1140,6 +1331,7 @@ class State:
         return out
 
     def _visible(self, authz: Authorizer, svc: dict) -> bool:
+        # aclfilter filterServiceNodes / CheckServiceNode.CanRead: node:read AND service:read.
         return authz.service_read(svc["Service"]) and authz.node_read(self.node_name)
 
     def catalog_services(self, secret: str | None) -> tuple[int, dict]:
@@ -1147,7 +1339,8 @@ class State:
             authz = self.resolve(secret)
             out: dict[str, list] = {}
             for svc in self.services.values():
-                if not self._visible(authz, svc):
+                # aclfilter filterServices: the name->tags map is filtered by service:read only.
+                if not authz.service_read(svc["Service"]):
                     continue
                 tags = out.setdefault(svc["Service"], [])
                 for tag in svc["Tags"]:
@@ -1233,7 +1426,8 @@ class State:
         with self.lock:
             authz = self.resolve(secret)
             out = []
-            if authz.service_read(name):
+            # aclfilter filterHealthChecks: node:read on the check's node AND service:read.
+            if authz.service_read(name) and authz.node_read(self.node_name):
                 for chk in sorted(self.checks.values(), key=lambda c: c["CheckID"]):
                     if chk["ServiceName"] == name:
                         out.append(self._check_view(chk))
