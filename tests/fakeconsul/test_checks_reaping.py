@@ -63,9 +63,11 @@ async def test_deregister_critical_service_after_reaps_service_and_sidecar(fake,
     await client.agent.check.ttl_pass("service:w")
     fake.advance(31)  # TTL expired: critical since t0+30
     assert (await _status(client, "service:w"))["Status"] == "critical"
-    fake.advance(60)  # critical for ~61s < 90s
+    fake.advance(60)  # reaper run at t0+90: critical for 60s < 90s
     assert "w" in await client.agent.services()
-    fake.advance(30)  # critical for ~91s > 90s
+    fake.advance(30)  # reaper run at t0+120: critical for 90s, not more than 90s
+    assert "w" in await client.agent.services()
+    fake.advance(30)  # reaper run at t0+150: critical for 120s > 90s
     services = await client.agent.services()
     assert set(services) == {"other"}
     assert set(await client.agent.checks()) == {"service:other"}
@@ -80,7 +82,9 @@ async def test_deregister_critical_minimum_is_one_minute(fake, client):
     fake.advance(11)  # TTL expiry: critical from t0+10
     fake.advance(40)  # critical ~41s: would be reaped at 5s, but the minimum is 1m
     assert "w" in await client.agent.services()
-    fake.advance(25)  # critical ~66s
+    fake.advance(25)  # t0+76, but the reaper last ran at t0+60 (critical 50s then)
+    assert "w" in await client.agent.services()
+    fake.advance(15)  # reaper run at t0+90: critical for 80s > 1m
     assert "w" not in await client.agent.services()
 
 
@@ -90,7 +94,7 @@ async def test_reaper_runs_by_itself_with_real_time(make_client):
         await c.agent.service.register(
             "web", service_id="w", check={"TTL": "1s", "DeregisterCriticalServiceAfter": "1m"}
         )
-        f.state.clock_offset += 62  # jump the clock without running a pass ourselves
+        f.state.clock_offset += 92  # jump the clock without running a pass ourselves
         for _ in range(200):
             if "w" not in await c.agent.services():
                 break
@@ -150,3 +154,43 @@ async def test_tcp_check_runs_promptly_after_registration(make_client, wait_for)
         await c.agent.service.register("web", service_id="w", port=80, connect={"sidecar_service": {"port": 1}})
         await wait_for(lambda: f.snapshot()["checks"]["service:w-sidecar-proxy:1"]["Output"] != "", timeout=5)
         assert f.snapshot()["checks"]["service:w-sidecar-proxy:1"]["Output"].startswith("dial tcp 127.0.0.1:1")
+
+
+async def test_reaper_runs_every_30s_of_the_fake_clock(fake, client):
+    # agent.reapServices: time.After(CheckReapInterval = 30s), then reapServicesInternal.
+    await client.agent.service.register(
+        "web", service_id="w", check={"TTL": "1s", "DeregisterCriticalServiceAfter": "1m"}
+    )
+    fake.advance(2)  # critical from t0+1
+    fake.advance(60)  # t0+62: only the runs at t0+30 and t0+60 happened (critical 29s, 59s)
+    assert "w" in await client.agent.services()
+    fake.advance(27)  # t0+89: no run since t0+60
+    assert "w" in await client.agent.services()
+    fake.advance(2)  # run at t0+90: critical 89s > 60s
+    assert "w" not in await client.agent.services()
+
+
+async def test_sidecar_tcp_check_default_interval_is_10s(make_client, wait_for):
+    # agent/sidecar_service.go sidecarDefaultChecks: Interval 10 * time.Second.
+    dials = []
+
+    async def on_connect(reader, writer):
+        dials.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with FakeConsul(reap_interval=0.05).start() as f:
+            c = make_client(f)
+            await c.agent.service.register("web", service_id="w", port=80, connect={"sidecar_service": {"port": port}})
+            await wait_for(lambda: len(dials) == 1)
+            assert f.snapshot()["checks"]["service:w-sidecar-proxy:1"]["Interval"] == "10s"
+            f.advance(9)
+            await asyncio.sleep(0.3)
+            assert len(dials) == 1  # not yet: the next dial is due 10s after the first
+            f.advance(1.5)
+            await wait_for(lambda: len(dials) == 2)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -48,6 +48,13 @@ CHECK_DEREGISTER_INTERVAL_MIN = 60.0
 # ACL token expiration bounds: acl.token_min_expiration_ttl "1m", token_max_expiration_ttl "24h".
 TOKEN_MIN_TTL = 60.0
 TOKEN_MAX_TTL = 24 * 3600.0
+# agent/config/default.go (non-user config): CheckReapInterval 30s. agent.reapServices runs
+# reapServicesInternal once per interval, so a service is removed at the first reaper run after
+# its check has been critical for longer than DeregisterCriticalServiceAfter - up to 30s later.
+CHECK_REAP_INTERVAL = 30.0
+# The sidecar's "Connect Sidecar Listening" TCP check: agent/sidecar_service.go
+# sidecarDefaultChecks, Interval 10 * time.Second.
+SIDECAR_TCP_INTERVAL = 10.0
 # A TCP check dial gives up after its Timeout, default 10s (agent/checks/check.go CheckTCP).
 TCP_DEFAULT_TIMEOUT = 10.0
 
@@ -181,6 +188,8 @@ class State:
         self.default_intention_allow = default_intention_allow
         self.check_interval_override = check_interval_override
         self.clock_offset = 0.0
+        self._reap_epoch = time.time()
+        self._reap_runs = 0
         self.index = 0
         self.table_index: dict[str, int] = {}
         self._waiters: set = set()
@@ -954,7 +963,11 @@ class State:
         host = f"[{addr}]" if ":" in addr else addr
         parent_id = sidecar["ID"][: -len("-sidecar-proxy")]
         return [
-            {"Name": "Connect Sidecar Listening", "TCP": f"{host}:{sidecar['Port']}", "_interval": 10.0},
+            {
+                "Name": "Connect Sidecar Listening",
+                "TCP": f"{host}:{sidecar['Port']}",
+                "_interval": SIDECAR_TCP_INTERVAL,
+            },
             {"Name": f"Connect Sidecar Aliasing {parent_id}", "AliasService": parent_id},
         ]
 
@@ -1217,7 +1230,11 @@ class State:
                     chk["_ttl_deadline"] = None
                     self._set_check_status(chk, CRITICAL, "TTL expired", deadline)
             self._recompute_aliases()
-            self._reap(now)
+            # The reaper runs on its own 30s timer (fake clock), not on every pass.
+            runs = int((now - self._reap_epoch) // CHECK_REAP_INTERVAL)
+            if runs > self._reap_runs:
+                self._reap_runs = runs
+                self._reap(self._reap_epoch + runs * CHECK_REAP_INTERVAL)
             for service, leaf in list(self.leaves.items()):
                 if now >= leaf["_soft_expiry"]:
                     self._issue_leaf(service)
@@ -1242,6 +1259,7 @@ class State:
             sid = chk["ServiceID"]
             if not sid or sid in reaped or chk.get("_critical_since") is None or not chk["_deregister"]:
                 continue
+            # CriticalFor() at the reaper run's time
             if now - chk["_critical_since"] > chk["_deregister"]:
                 reaped.add(sid)
                 self._remove_service(sid)
