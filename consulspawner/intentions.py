@@ -15,6 +15,17 @@ every caller's future resolves only after a write containing its change has land
 Ownership: a source is ours only if its ``Description`` carries our marker (see ``ownership``)
 for this hub. Sources written by anyone else pass through every write untouched, and a grant
 never replaces a foreign source of the same name.
+
+Isolation: one caller's bad change must not fail the others coalesced with it. Each grant is
+checked against Consul's own validation (:func:`validate_source`) before it joins a batch, and
+a batch Consul still refuses as invalid is split in halves, recursively, so only the offending
+change fails.
+
+What the writer remembers: Consul's ``PUT /v1/config`` answers only ``true``/``false``, with no
+index (hashicorp/consul agent/config_endpoint.go, ``ConfigApply``), so after its own write the
+writer cannot know the entry's new ModifyIndex and must read before the next write. After its
+own successful *delete* it does know the state: the entry is absent, so the next grant creates
+it with ``cas=0`` without reading (a wrong guess only costs a refused CAS and a read).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,10 +48,110 @@ L7 = "L7"
 TRINO_USER_HEADER = "X-Trino-User"
 # Fields Consul adds on read that must not be sent back as if they were ours to set.
 _RAFT_FIELDS = ("CreateIndex", "ModifyIndex", "Hash")
+# Consul's checks of a service-intentions source, as ServiceIntentionsConfigEntry.validate in
+# hashicorp/consul agent/structs/config_entry_intentions.go makes them:
+# len(src.Description) > metaValueMaxLength (512, agent/structs/structs.go), Go len() = bytes.
+DESCRIPTION_MAX_BYTES = ownership.DESCRIPTION_MAX_BYTES
+_ACTIONS = ("allow", "deny")
+_PATH_FIELDS = ("PathExact", "PathPrefix", "PathRegex")
+_HEADER_MATCHERS = ("Present", "Exact", "Prefix", "Suffix", "Regex")
+# isValidHTTPMethod (same file): the methods net/http names.
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE")
+# A source we grant is a service that holds an ACL service identity, so its name is one:
+# validServiceIdentityName and ServiceIdentityNameMaxLength in hashicorp/consul acl/validation.go.
+_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$")
+_SERVICE_NAME_MAX = 256
+# Consul answers a config write it finds invalid with 400 (decoding) or 500 (validation errors
+# come back through the RPC layer as 500). Those concern some change in the batch, so the batch
+# is split; 401/403 (ACL), 429 and 502..504 or no answer concern every change alike.
+_SPLIT_STATUSES = frozenset({400, 413, 422, 500})
 
 
 class IntentionConflict(Exception):
     """A change would touch a source that is not ours (or not this hub's)."""
+
+
+class IntentionRefused(ValueError):
+    """A source Consul would refuse, caught before it joined a batch: only its caller fails."""
+
+    def __init__(self, source: object, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"intention source {source!r} refused before writing: {reason}")
+
+
+def validate_source(entry: dict) -> None:
+    """Raise :class:`IntentionRefused` unless Consul would accept ``entry`` as one of our sources.
+
+    The checks are Consul's own for a ``Sources[]`` item (config_entry_intentions.go, validate),
+    plus ours: the name can hold a service identity and the Description carries our marker.
+    """
+    name = entry.get("Name")
+    if not isinstance(name, str) or not _SERVICE_NAME.match(name) or len(name) > _SERVICE_NAME_MAX:
+        raise IntentionRefused(name, f"Name must be a service name ([a-z0-9_-], at most {_SERVICE_NAME_MAX} "
+                                     "characters, no '*'; acl/validation.go)")
+    description = entry.get("Description")
+    if not isinstance(description, str) or ownership.parse(description) is None:
+        raise IntentionRefused(name, "a granted source must carry an ownership marker in its Description")
+    size = len(description.encode("utf-8", "surrogatepass"))
+    if size > DESCRIPTION_MAX_BYTES:
+        raise IntentionRefused(name, f"Description is {size} bytes; Consul's limit is {DESCRIPTION_MAX_BYTES} "
+                                     "bytes (Sources[].Description, metaValueMaxLength)")
+    permissions = entry.get("Permissions")
+    if permissions is None:
+        if entry.get("Action") not in _ACTIONS:
+            raise IntentionRefused(name, "Action must be 'allow' or 'deny' when there are no Permissions")
+        return
+    if "Action" in entry:
+        raise IntentionRefused(name, "Action must be omitted if Permissions are specified")
+    if not isinstance(permissions, list) or not permissions:
+        raise IntentionRefused(name, "Permissions must be a non-empty list (or absent, with an Action)")
+    for j, permission in enumerate(permissions):
+        _validate_permission(name, j, permission)
+
+
+def _validate_permission(name: str, j: int, permission: object) -> None:
+    where = f"Permissions[{j}]"
+    if not isinstance(permission, dict) or permission.get("Action") not in _ACTIONS:
+        raise IntentionRefused(name, f"{where}.Action must be 'allow' or 'deny'")
+    http = permission.get("HTTP")
+    if not isinstance(http, dict):
+        raise IntentionRefused(name, f"{where}.HTTP is required")
+    paths = [field_ for field_ in _PATH_FIELDS if http.get(field_)]
+    if len(paths) > 1:
+        raise IntentionRefused(name, f"{where}.HTTP should only contain at most one of {', '.join(_PATH_FIELDS)}")
+    for field_ in ("PathExact", "PathPrefix"):
+        value = http.get(field_)
+        if value and (not isinstance(value, str) or not value.startswith("/")):
+            raise IntentionRefused(name, f"{where}.HTTP.{field_} doesn't start with '/': {value!r}")
+    parts = len(paths)
+    for k, header in enumerate(http.get("Header") or []):
+        if not isinstance(header, dict) or not header.get("Name"):
+            raise IntentionRefused(name, f"{where}.HTTP.Header[{k}] missing required Name field")
+        if sum(1 for matcher in _HEADER_MATCHERS if header.get(matcher)) != 1:
+            raise IntentionRefused(
+                name, f"{where}.HTTP.Header[{k}] should only contain one of {', '.join(_HEADER_MATCHERS)}")
+        parts += 1
+    methods = http.get("Methods") or []
+    if methods:
+        # Consul upper-cases methods in Normalize before Validate looks for duplicates.
+        upper = [str(method).upper() for method in methods]
+        bad = [method for method in upper if method not in _HTTP_METHODS]
+        if bad:
+            raise IntentionRefused(name, f"{where}.HTTP.Methods contains an invalid method {bad[0]!r}")
+        if len(set(upper)) != len(upper):
+            raise IntentionRefused(name, f"{where}.HTTP.Methods contains a method more than once")
+        parts += 1
+    if parts == 0:
+        raise IntentionRefused(name, f"{where}.HTTP should not be empty")
+
+
+class _WriteRefused(Exception):
+    """Consul refused the config write itself (not the read before it)."""
+
+    def __init__(self, error: ConsulError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def source_entry(source: str, owner: ownership.Owner, mode: str = L4, trino_user: str | None = None) -> dict:
@@ -50,7 +162,7 @@ def source_entry(source: str, owner: ownership.Owner, mode: str = L4, trino_user
     explicitly (Consul takes the first matching permission), so the outcome does not depend on
     the cluster's default intention policy. L7 needs the destination's protocol to be http.
     """
-    entry: dict = {"Name": source, "Description": owner.describe()}
+    entry: dict = {"Name": source, "Description": owner.describe(DESCRIPTION_MAX_BYTES)}
     if mode == L4:
         entry["Action"] = "allow"
     elif mode == L7:
@@ -95,25 +207,50 @@ class IntentionWriter:
         self.max_attempts = max_attempts
         self.writes = 0
         self.conflicts = 0
+        self.splits = 0  # refused batches split to isolate the change Consul refused
         self._queues: dict[str, _Queue] = {}
+        # Destinations whose entry this writer itself deleted last: known absent, until a write
+        # (ours or, as a refused cas=0 shows, anyone's) says otherwise.
+        self._known_absent: set[str] = set()
 
     def owns(self, source: dict) -> bool:
         owner = ownership.parse(source.get("Description"))
         return owner is not None and owner.hub == self.hub_instance
 
     async def grant(self, destination: str, entry: dict) -> None:
-        """Add or replace our source ``entry["Name"]`` on ``destination``."""
-        if not ownership.parse(entry.get("Description")):
-            raise ValueError("a granted source must carry an ownership marker in its Description")
-        await self._submit(destination, entry["Name"], entry)
+        """Add or replace our source ``entry["Name"]`` on ``destination``.
 
-    async def revoke(self, destination: str, source: str, only_if: Callable[[dict], bool] | None = None) -> None:
+        Raises :class:`IntentionRefused` (a ValueError) at once, before any Consul call, for an
+        entry Consul would refuse; a ConsulError if Consul refuses it anyway; and
+        :class:`IntentionConflict` if a source of that name is not this hub's. Other changes
+        coalesced with this one are unaffected by any of these.
+        """
+        validate_source(entry)
+        await self._submit(destination, entry["Name"], dict(entry))
+
+    async def revoke(self, destination: str, source: str, only_if: Callable[[dict], bool] | None = None,
+                     *, incarnation: str | None = None) -> None:
         """Remove our source ``source`` from ``destination``; nothing to do if it is gone.
 
         ``only_if`` is checked against the source as read in the same CAS cycle that deletes
         it, so a janitor never removes a grant the hub extended after the janitor looked.
+        ``incarnation``: remove the source only while its marker names this incarnation (one
+        start of the server), so a late teardown of an old start spares a newer one's grant.
+        Both conditions must hold when both are given.
         """
-        await self._submit(destination, source, None, only_if)
+        if not isinstance(source, str) or not source:
+            raise ValueError(f"cannot revoke intention source {source!r}")
+        condition = only_if
+        if incarnation is not None:
+            if not incarnation:
+                raise ValueError("revoke(incarnation=...) needs a non-empty incarnation")
+
+            def condition(existing: dict, only_if=only_if) -> bool:
+                owner = ownership.parse(existing.get("Description"))
+                return (owner is not None and owner.incarnation == incarnation
+                        and (only_if is None or bool(only_if(existing))))
+
+        await self._submit(destination, source, None, condition)
 
     async def _submit(self, destination: str, source: str, entry: dict | None, only_if=None) -> None:
         future = asyncio.get_running_loop().create_future()
@@ -128,20 +265,43 @@ class IntentionWriter:
         await asyncio.sleep(0)
         while queue.changes:
             batch, queue.changes = queue.changes, []
-            try:
-                refused = await self._write(destination, batch)
-            except Exception as e:
-                for change in batch:
-                    if not change.future.done():
-                        change.future.set_exception(e)
+            await self._apply(destination, batch)
+
+    async def _apply(self, destination: str, batch: list[_Change]) -> None:
+        """Write ``batch`` and settle every caller's future; split the batch if Consul refuses it."""
+        try:
+            refused = await self._write(destination, batch)
+        except _WriteRefused as refusal:
+            error = refusal.error
+            if len(batch) > 1 and error.status in _SPLIT_STATUSES:
+                # Halves in order, so a later change to one source still lands after an earlier one.
+                self.splits += 1
+                self.log.warning("Consul refused a write of %d changes to %s %s (%s); splitting it to "
+                                 "find the refused change", len(batch), KIND, destination, error)
+                middle = len(batch) // 2
+                await self._apply(destination, batch[:middle])
+                await self._apply(destination, batch[middle:])
+                return
+            if len(batch) == 1:
+                self.log.warning("Consul refused intention %s -> %s: %s", batch[0].source, destination, error)
+            self._fail(batch, error)
+            return
+        except Exception as e:
+            self._fail(batch, e)
+            return
+        for change in batch:
+            if change.future.done():
                 continue
-            for change in batch:
-                if change.future.done():
-                    continue
-                if change.source in refused:
-                    change.future.set_exception(refused[change.source])
-                else:
-                    change.future.set_result(None)
+            if change.source in refused:
+                change.future.set_exception(refused[change.source])
+            else:
+                change.future.set_result(None)
+
+    @staticmethod
+    def _fail(batch: list[_Change], error: BaseException) -> None:
+        for change in batch:
+            if not change.future.done():
+                change.future.set_exception(error)
 
     async def _write(self, destination: str, batch: list[_Change]) -> dict[str, Exception]:
         """Apply a batch in one CAS write, re-reading on conflict. Returns refused changes."""
@@ -152,8 +312,14 @@ class IntentionWriter:
             wanted[change.source] = change.entry
             conditions[change.source] = change.only_if
         for attempt in range(1, self.max_attempts + 1):
-            current = await self.consul.retrying(lambda: self.consul.get_config(KIND, destination),
-                                                 budget=self.retry_budget)
+            # Believed absent (we deleted it last): try to create without reading first.
+            assumed = destination in self._known_absent
+            self._known_absent.discard(destination)
+            if assumed:
+                current = None
+            else:
+                current = await self.consul.retrying(lambda: self.consul.get_config(KIND, destination),
+                                                     budget=self.retry_budget)
             sources = list((current or {}).get("Sources") or [])
             refused: dict[str, Exception] = {}
             by_name = {s.get("Name"): i for i, s in enumerate(sources)}
@@ -179,20 +345,29 @@ class IntentionWriter:
                     sources[index] = entry
                     changed.add(name)
             if not changed:
+                if assumed:
+                    continue  # "nothing to do" judged on a remembered view: confirm with a read
                 return refused
             kept = [s for s in sources if s is not None]
-            if current is None:
-                ok = await self._create(destination, kept)
-            elif kept:
-                body = {k: v for k, v in current.items() if k not in _RAFT_FIELDS}
-                body["Sources"] = kept
-                self.writes += 1
-                ok = await self.consul.set_config(body, cas=current["ModifyIndex"])
-            else:
-                # Our revoke emptied the entry and nobody else has a source there: delete it,
-                # with cas so a source someone adds meanwhile is never deleted with it.
-                self.writes += 1
-                ok = await self.consul.delete_config(KIND, destination, cas=current["ModifyIndex"])
+            try:
+                if current is None:
+                    ok = await self._create(destination, kept)
+                elif kept:
+                    body = {k: v for k, v in current.items() if k not in _RAFT_FIELDS}
+                    body["Sources"] = kept
+                    self.writes += 1
+                    ok = await self.consul.set_config(body, cas=current["ModifyIndex"])
+                else:
+                    # Our revoke emptied the entry and nobody else has a source there: delete it,
+                    # with cas so a source someone adds meanwhile is never deleted with it.
+                    self.writes += 1
+                    ok = await self.consul.delete_config(KIND, destination, cas=current["ModifyIndex"])
+                    if ok:
+                        self._known_absent.add(destination)
+            except ConsulError as e:
+                if e.status is None:
+                    raise  # no answer: the write may or may not have landed; nothing to split
+                raise _WriteRefused(e) from e
             if ok:
                 self._log_changes(destination, {name: wanted[name] for name in changed})
                 return refused

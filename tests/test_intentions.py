@@ -8,7 +8,15 @@ import pytest
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient, ConsulError
-from consulspawner.intentions import KIND, L4, L7, IntentionConflict, IntentionWriter, source_entry
+from consulspawner.intentions import (
+    KIND,
+    L4,
+    L7,
+    IntentionConflict,
+    IntentionRefused,
+    IntentionWriter,
+    source_entry,
+)
 
 DEST = "trino-coordinator"
 ORCHESTRATOR = {
@@ -147,3 +155,45 @@ async def test_a_failed_write_fails_every_waiting_caller(fake_consul, consul_cli
     # The next change goes through: a failure does not wedge the queue.
     await writer.grant(DEST, entry_for("jupyter-c"))
     assert names(await consul_client.get_config(KIND, DEST)) == ["jupyter-c"]
+
+
+async def test_16_concurrent_grants_one_too_long_only_that_one_fails(consul_client):
+    """The incident: one Description over 512 bytes failed most of a coalesced batch. The writer
+    refuses it before it joins a batch, whatever the agent would have said."""
+    await seed_foreign(consul_client)
+    writer = IntentionWriter(consul_client, "hub-a")
+    entries = [entry_for(f"jupyter-u{i}") for i in range(16)]
+    marker = ownership.parse(entries[9]["Description"]).marker()
+    entries[9]["Description"] = "界" * 200 + " " + marker  # 200 characters, 600 bytes of sentence
+    results = await asyncio.gather(*(writer.grant(DEST, e) for e in entries), return_exceptions=True)
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [9]
+    assert isinstance(results[9], IntentionRefused) and "512" in str(results[9])
+    assert names(await consul_client.get_config(KIND, DEST)) == sorted(
+        ["orchestrator", *(f"jupyter-u{i}" for i in range(16) if i != 9)])
+
+
+async def test_a_change_the_agent_refuses_fails_alone_in_its_batch(consul_client):
+    """L7 needs an http destination; on a tcp one the agent refuses the whole entry. Batched with
+    L4 grants, only the L7 caller fails: the writer splits the refused batch."""
+    await seed_foreign(consul_client)
+    writer = IntentionWriter(consul_client, "hub-a")
+    grants = [entry_for(f"jupyter-u{i}") for i in range(7)]
+    grants.insert(3, entry_for("jupyter-carol", mode=L7, trino_user="carol"))
+    results = await asyncio.gather(*(writer.grant(DEST, e) for e in grants), return_exceptions=True)
+    failed = {e["Name"]: r for e, r in zip(grants, results, strict=True) if isinstance(r, BaseException)}
+    assert list(failed) == ["jupyter-carol"]
+    assert isinstance(failed["jupyter-carol"], ConsulError)
+    assert names(await consul_client.get_config(KIND, DEST)) == sorted(
+        ["orchestrator", *(f"jupyter-u{i}" for i in range(7))])
+
+
+async def test_revoke_by_incarnation_spares_a_newer_start(consul_client):
+    writer = IntentionWriter(consul_client, "hub-a")
+    old, new = "a" * 32, "b" * 32
+    owner = ownership.Owner(hub="hub-a", user="alice", server="", service="jupyter-alice", incarnation=new)
+    await writer.grant(DEST, source_entry("jupyter-alice", owner.with_expiry(10**10)))
+    await writer.revoke(DEST, "jupyter-alice", incarnation=old)
+    assert names(await consul_client.get_config(KIND, DEST)) == ["jupyter-alice"]
+    await writer.revoke(DEST, "jupyter-alice", incarnation=new)
+    assert await consul_client.get_config(KIND, DEST) is None
