@@ -699,8 +699,8 @@ class ConnectProxy:
         """Load everything, bind, start the watches; ready when this returns. ProxyError otherwise."""
         try:
             if self.admin_socket:
-                self._admin = _bind_admin(self.admin_socket, self)
-                threading.Thread(target=self._admin.serve_forever, name="admin", daemon=True).start()
+                admin = self._admin = _bind_admin(self.admin_socket, self)
+                threading.Thread(target=admin.serve_forever, args=(0.1,), name="admin", daemon=True).start()
             self.state = "INITIALIZING"
             registration, content_hash = self._wait_for_registration(timeout)
             self._set_registration(registration)
