@@ -5,13 +5,15 @@
 #   consulspawner/python-base:<hash12>   + python3, python3-venv, the host's extra CA certificates
 #   consulspawner/notebook:<hash12>      + venv with jupyterhub==<host version>, jupyter_server
 #   consulspawner/devsidecar:<hash12>    + consulspawner/testing/devsidecar.py as `devsidecar` on PATH
+#   consulspawner/connectproxy:<hash12>  + consulspawner/testing/connectproxy.py as `connectproxy` on PATH
 #
 # <hash12> covers every build input (the build context, the build arguments and the parent
 # image's ID), so an unchanged image is never rebuilt and a second run takes seconds.
 #
-# stdout: exactly the two lines below (also written to docker/.images.env); the rest is on stderr.
+# stdout: exactly the three lines below (also written to docker/.images.env); the rest is on stderr.
 #   CONSULSPAWNER_NOTEBOOK_IMAGE=consulspawner/notebook:<hash12>
 #   CONSULSPAWNER_SIDECAR_IMAGE=consulspawner/devsidecar:<hash12>
+#   CONSULSPAWNER_PROXY_IMAGE=consulspawner/connectproxy:<hash12>
 #
 # Options:  --force   rebuild everything (also the Debian base), without Docker's layer cache
 # Env:      DEBIAN_MIRROR (default: from the apt sources), JUPYTERHUB_VERSION (default: the host's),
@@ -183,8 +185,14 @@ mkdir -p "$ctx"
 cp "$HERE/devsidecar/Dockerfile" "$REPO/consulspawner/testing/devsidecar.py" "$ctx/"
 sidecar="$(build consulspawner/devsidecar "$ctx" "$python_base")"
 
+# 5. Connect proxy stand-in (mTLS, intentions; readiness on a unix socket).
+ctx="$WORK/connectproxy"
+mkdir -p "$ctx"
+cp "$HERE/connectproxy/Dockerfile" "$REPO/consulspawner/testing/connectproxy.py" "$ctx/"
+proxy="$(build consulspawner/connectproxy "$ctx" "$python_base")"
+
 env_file="$HERE/.images.env"
-printf 'CONSULSPAWNER_NOTEBOOK_IMAGE=%s\nCONSULSPAWNER_SIDECAR_IMAGE=%s\n' "$notebook" "$sidecar" \
-    >"$env_file.tmp.$$"
+printf 'CONSULSPAWNER_NOTEBOOK_IMAGE=%s\nCONSULSPAWNER_SIDECAR_IMAGE=%s\nCONSULSPAWNER_PROXY_IMAGE=%s\n' \
+    "$notebook" "$sidecar" "$proxy" >"$env_file.tmp.$$"
 mv "$env_file.tmp.$$" "$env_file"
 cat "$env_file"
