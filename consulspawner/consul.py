@@ -1,15 +1,18 @@
-"""Our only door to Consul: a thin async client over py-consul's aiohttp transport.
+"""Our only door to Consul: a small async HTTP client of our own, on aiohttp.
 
-Why not py-consul's high-level API: it reads ``CONSUL_HTTP_TOKEN`` from the environment over an
+Why not py-consul: its high-level API reads ``CONSUL_HTTP_TOKEN`` from the environment over an
 explicit token, some calls (``agent.service_definition``) send no token at all, and
-``agent.connect.authorize`` uses PUT where Consul accepts only POST. We keep its transport
-(aiohttp session, TLS client certificates, CA bundle, timeouts) and own the paths, the headers
-and the error mapping here, so there is exactly one place where a token is put on the wire.
+``agent.connect.authorize`` uses PUT where Consul accepts only POST; and using only its
+transport would mean calling its private methods, which may change in any release. The
+endpoints we need are few and documented (developer.hashicorp.com/consul/api-docs), so this
+module owns the session, TLS, paths, headers and error mapping: exactly one place where a token
+is put on the wire.
 
 Rules this module keeps:
 
 - a token only ever travels in the ``X-Consul-Token`` header, never in a URL, a log line or an
-  exception message (error bodies are scrubbed of every secret this client knows);
+  exception message (error texts are scrubbed of anything shaped like a Consul secret: a UUID,
+  whether or not this client has seen it);
 - every failure is one exception type, :class:`ConsulError`, naming the call and the status;
 - "already gone" (404 on a delete) is an answer, not an error: deletes return False.
 """
@@ -20,6 +23,8 @@ import asyncio
 import json
 import logging
 import random
+import re
+import ssl
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import consul.aio
+import yarl
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +69,18 @@ class ConsulResponse:
         return int(self.headers.get("X-Consul-Index", "0") or 0)
 
 
-def _redact(text: str, secrets: Iterable[str | None]) -> str:
+# Consul ACL secrets are UUIDs. Redacting by shape catches secrets this process never saw (a
+# body echoing someone else's token); accessor IDs in error texts go too, which costs nothing.
+_UUID_SHAPE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` without anything shaped like a Consul token, nor any of ``secrets`` (a site may
+    configure a hub token that is not a UUID)."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "<redacted>")
-    return text
+    return _UUID_SHAPE.sub("<redacted>", text)
 
 
 def _segment(value: str) -> str:
@@ -119,12 +131,13 @@ class ConsulClient:
     ):
         self.scheme, self.host, self.port = parse_address(address)
         self._token = token or None
-        self._verify: bool | str = ca_file or True
-        self._cert = (client_cert, client_key) if client_cert and client_key else client_cert
+        self._ca_file = ca_file
+        self._client_cert = client_cert
+        self._client_key = client_key
         self.datacenter = datacenter
         self.request_timeout = request_timeout
-        self._http: consul.aio.HTTPClient | None = None
-        # Every secret this client has seen, so error texts can be scrubbed of all of them.
+        self._session: aiohttp.ClientSession | None = None
+        # The configured token, for scrubbing when it is not UUID-shaped; the rest is redacted by shape.
         self._secrets: set[str] = {token} if token else set()
 
     @property
@@ -132,20 +145,30 @@ class ConsulClient:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     def remember_secret(self, secret: str | None) -> None:
-        if secret:
+        """Scrub ``secret`` from error texts even if it is not UUID-shaped (a handful at most:
+        the hub's own token and per-call tokens; minted secrets are UUIDs and redacted by shape)."""
+        if secret and not _UUID_SHAPE.fullmatch(secret):
             self._secrets.add(secret)
 
-    def _transport(self) -> consul.aio.HTTPClient:
-        if self._http is None:
-            self._http = consul.aio.HTTPClient(
-                self.host, self.port, self.scheme, verify=self._verify, cert=self._cert
-            )
-        return self._http
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.scheme != "https":
+            return None
+        context = ssl.create_default_context(cafile=self._ca_file)
+        if self._client_cert:
+            context.load_cert_chain(self._client_cert, self._client_key)
+        return context
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created inside the running loop: an aiohttp session belongs to the loop that made it.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl_context() or False)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def __aenter__(self) -> ConsulClient:
         return self
@@ -174,20 +197,22 @@ class ConsulClient:
         query = dict(params or {})
         if self.datacenter and path.startswith(("/v1/catalog", "/v1/health", "/v1/config", "/v1/acl")):
             query.setdefault("dc", self.datacenter)
-        data = json.dumps(body) if body is not None else ""
-        http = self._transport()
-        uri = http.uri(path, list(query.items()) or None)
+        data = json.dumps(body) if body is not None else None
+        url = yarl.URL(f"{self.address}{urllib.parse.quote(path, safe='/:@')}", encoded=True)
+        url = url.with_query({key: str(value) for key, value in query.items()}) if query else url
         deadline = timeout or self.request_timeout
         log.debug("Consul %s %s", method, path)
+
+        async def exchange():
+            async with self._http().request(method, url, headers=headers, data=data) as response:
+                return response.status, await response.text(), response.headers
+
         try:
-            response = await asyncio.wait_for(
-                http._request(lambda r: r, method, uri, headers=headers, data=data), deadline
-            )
+            status, text, response_headers = await asyncio.wait_for(exchange(), deadline)
         except (asyncio.TimeoutError, TimeoutError) as e:
             raise ConsulError(call, None, f"no answer within {deadline:g}s") from e
-        except (aiohttp.ClientError, OSError, consul.Timeout) as e:
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
             raise ConsulError(call, None, _redact(f"{type(e).__name__}: {e}", self._secrets)) from e
-        status, text = response.code, response.body or ""
         if status not in ok:
             detail = _redact(text.strip()[:_DETAIL_MAX], self._secrets) or "(empty body)"
             raise ConsulError(call, status, detail)
@@ -195,7 +220,7 @@ class ConsulClient:
             parsed = json.loads(text) if text.strip() else None
         except json.JSONDecodeError:
             parsed = text
-        return ConsulResponse(status, response.headers, parsed)
+        return ConsulResponse(status, response_headers, parsed)
 
     async def retrying(self, what, *, budget: float = 15.0, first_delay: float = 0.2, max_delay: float = 3.0):
         """Await ``what()`` until it succeeds, a non-retryable ConsulError, or ``budget`` seconds.
@@ -278,20 +303,27 @@ class ConsulClient:
 
     # -- ACL tokens -----------------------------------------------------------------------------
 
-    async def create_service_token(self, service_name: str, description: str, ttl_seconds: int) -> dict:
+    async def create_service_token(
+        self, service_name: str, description: str, ttl_seconds: int, *,
+        accessor_id: str | None = None, secret_id: str | None = None,
+    ) -> dict:
         """Mint a token whose only grant is the service identity of ``service_name``.
 
         A service identity gives write on that service and its sidecar and read on services and
         nodes (docs: security/acl/acl-roles#service-identities): exactly what a sidecar needs.
+        ``accessor_id``/``secret_id`` (UUIDs) let the caller know the token before Consul
+        answers (docs: api-docs/acl/tokens#create-a-token), so a lost answer is not a lost token.
         """
         body = {
             "Description": description,
             "ServiceIdentities": [{"ServiceName": service_name}],
             "ExpirationTTL": f"{int(ttl_seconds)}s",
         }
-        token = (await self.request("PUT", "/v1/acl/token", body=body)).body
-        self.remember_secret(token.get("SecretID"))
-        return token
+        if accessor_id:
+            body["AccessorID"] = accessor_id
+        if secret_id:
+            body["SecretID"] = secret_id
+        return (await self.request("PUT", "/v1/acl/token", body=body)).body
 
     async def _token_call(self, method: str, accessor_id: str) -> ConsulResponse | None:
         """A call on one token; None when the token does not exist (any more)."""
@@ -307,21 +339,18 @@ class ConsulClient:
 
     async def read_token(self, accessor_id: str) -> dict | None:
         response = await self._token_call("GET", accessor_id)
-        if response is None:
-            return None
-        self.remember_secret(response.body.get("SecretID"))
-        return response.body
+        return None if response is None else response.body
 
     async def delete_token(self, accessor_id: str) -> bool:
         """Delete a token; False when it was already gone (expired or deleted)."""
         response = await self._token_call("DELETE", accessor_id)
         return response is not None and response.body is not False
 
-    async def list_tokens(self) -> list[dict]:
-        tokens = (await self.request("GET", "/v1/acl/tokens")).body or []
-        for token in tokens:
-            self.remember_secret(token.get("SecretID"))
-        return tokens
+    async def list_tokens(self, *, service_name: str | None = None) -> list[dict]:
+        """ACL tokens; with ``service_name`` only those with that service identity, filtered by
+        Consul (``?servicename=``, docs: api-docs/acl/tokens#list-tokens)."""
+        params = {"servicename": service_name} if service_name else None
+        return (await self.request("GET", "/v1/acl/tokens", params=params)).body or []
 
     # -- config entries -------------------------------------------------------------------------
 
