@@ -46,6 +46,7 @@ class Deletion:
     user: str
     hub: str
     reason: str
+    incarnation: str = ""  # the server start that created it: only that one is ever deleted
 
     def line(self) -> str:
         return f"{self.kind} {self.target} (hub {self.hub!r}, user {self.user!r}): {self.reason}"
@@ -105,10 +106,12 @@ class Janitor:
                     continue
                 target = f"{source['Name']} -> {entry['Name']}"
                 if owner.expires_at is not None and owner.expires_at <= now:
-                    deletions.append(Deletion("intention", target, owner.user, owner.hub, "expired"))
+                    deletions.append(Deletion("intention", target, owner.user, owner.hub, "expired",
+                                              owner.incarnation))
                 elif self._missing_long_enough(source["Name"], present, now):
                     deletions.append(Deletion("intention", target, owner.user, owner.hub,
-                                              f"no instance of {source['Name']} for {self.grace:g}s"))
+                                              f"no instance of {source['Name']} for {self.grace:g}s",
+                                              owner.incarnation))
 
         for token in await self.consul.list_tokens():
             owner = ownership.parse(token.get("Description"))
@@ -146,9 +149,11 @@ class Janitor:
                     source, destination = deletion.target.split(" -> ")
                     expired_only = deletion.reason == "expired"
 
-                    def still_due(current, expired_only=expired_only):
+                    def still_due(current, expired_only=expired_only, incarnation=deletion.incarnation):
+                        # Read again in the same CAS cycle that deletes: a source a newer server
+                        # of the same user wrote meanwhile (another incarnation) is left alone.
                         owner = ownership.parse(current.get("Description"))
-                        if owner is None:
+                        if owner is None or owner.incarnation != incarnation:
                             return False
                         return not expired_only or (owner.expires_at is not None and owner.expires_at <= now)
 
@@ -216,7 +221,9 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
         while True:
             try:
                 deletions = await janitor.run_pass(dry_run=args.dry_run)
-                log.debug("Pass done: %d deletion(s)", len(deletions))
+                verb = "would delete" if args.dry_run else "deleted"
+                log.info("Pass done: %s %d object(s)%s", verb, len(deletions),
+                         "" if not deletions else ": " + ", ".join(sorted({d.kind for d in deletions})))
             except ConsulError as e:
                 log.warning("Pass failed, nothing deleted: %s", e)
                 if args.once:

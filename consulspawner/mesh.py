@@ -1,11 +1,17 @@
 """The Consul side of one server's life: token, registration, readiness, intentions, teardown.
 
 :class:`ServerMesh` knows nothing of containers. A spawner drives it around its own backend:
-``mint_token`` -> ``register`` -> (start notebook) -> ``register(address)`` -> (start sidecar)
--> ``wait_until_ready`` -> ``grant``; and on the way out ``revoke`` -> (stop sidecar and
-notebook) -> ``deregister`` -> ``delete_token``. Each step records what it created in
-:class:`MeshState`, which the spawner persists, so a restarted hub can still undo it; each undo
-tolerates "already gone".
+``mint_token`` -> (start notebook) -> ``register(address)`` -> (start sidecar) ->
+``wait_until_ready`` -> ``grant``; and on the way out ``revoke`` -> (stop sidecar and notebook)
+-> ``deregister`` -> ``delete_tokens``.
+
+Every start is an *incarnation* with its own ID, written into everything it creates (token
+Description, service Meta, intention Description) and into :class:`MeshState`. Each step
+records what it is about to create *before* asking Consul, so an answer that never arrives
+(timeout, cancelled spawn) still leaves enough in state to undo it. Teardown needs nothing but
+that state: no plan, no configuration, no user callable. And every deletion of a reusable name
+(the service ID, the intention source) only removes what carries this incarnation, so a late or
+retried teardown of an old server can never remove the next server of the same user.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
@@ -28,13 +35,25 @@ class SidecarNotReady(Exception):
     """The sidecar did not pass its Consul checks in time (or its container died)."""
 
 
+def new_incarnation() -> str:
+    """A unique ID for one start of one server."""
+    return uuid.uuid4().hex
+
+
 @dataclass
 class MeshState:
-    """What exists in Consul for one server. Persisted in the spawner's state; never a secret."""
+    """What exists in Consul for one incarnation of one server. Persisted in the spawner's
+    state; never a secret. Enough on its own to undo everything."""
 
+    incarnation: str = ""
+    hub_instance: str = ""
     service_id: str = ""
+    user: str = ""
+    trino_user: str = ""  # what the grants were made for, so a restarted hub re-grants the same
     token_accessor: str = ""
     token_expires_at: float = 0.0
+    # Accessors replaced by a rotation but maybe not deleted yet (deleted with the server).
+    retired_accessors: list[str] = field(default_factory=list)
     registered: bool = False
     granted: list[list[str]] = field(default_factory=list)  # [destination, source] pairs
     grant_expires_at: float = 0.0
@@ -48,21 +67,35 @@ class MeshState:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         state = cls(**known)
         state.granted = [list(pair) for pair in state.granted]
+        state.retired_accessors = list(state.retired_accessors)
         return state
 
     @property
     def empty(self) -> bool:
-        return not (self.registered or self.token_accessor or self.granted)
+        return not (self.registered or self.token_accessor or self.granted or self.retired_accessors)
+
+    def owns(self, owner: ownership.Owner | None) -> bool:
+        """Whether a marker names this very incarnation (not just the same service name)."""
+        return (
+            owner is not None
+            and owner.hub == self.hub_instance
+            and owner.service == self.service_id
+            and owner.incarnation == self.incarnation
+        )
 
 
 class ServerMesh:
-    """Creates and removes one server's Consul objects, recording each in ``state``."""
+    """Creates and removes one server's Consul objects, recording each in ``state``.
+
+    ``plan`` is needed to create (mint, register, grant); teardown (``revoke``, ``deregister``,
+    ``delete_tokens``) uses ``state`` alone.
+    """
 
     def __init__(
         self,
         consul: ConsulClient,
         writer: IntentionWriter,
-        plan: MeshPlan,
+        plan: MeshPlan | None,
         state: MeshState,
         *,
         clock: Callable[[], float] = time.time,
@@ -76,7 +109,21 @@ class ServerMesh:
         self.state = state
         self.clock = clock
         self.retry_budget = retry_budget
-        self.user = plan.owner.user
+        if plan is not None:
+            state.incarnation = state.incarnation or plan.owner.incarnation
+            state.hub_instance = plan.owner.hub
+            state.service_id = plan.service_id
+            state.user = plan.owner.user
+            state.trino_user = plan.trino_user
+
+    @property
+    def user(self) -> str:
+        return self.state.user
+
+    def _need_plan(self) -> MeshPlan:
+        if self.plan is None:
+            raise RuntimeError("creating Consul objects needs a mesh plan")
+        return self.plan
 
     async def _retry(self, call: Callable[[], Awaitable]):
         return await self.consul.retrying(call, budget=self.retry_budget)
@@ -85,28 +132,51 @@ class ServerMesh:
 
     async def mint_token(self) -> str:
         """A token with only this server's service identity; returns the secret (kept in
-        memory by the caller, handed to the sidecar, never persisted)."""
-        plan = self.plan
-        token = await self.consul.create_service_token(
-            plan.service_name, plan.token_description(), plan.settings.token_ttl
-        )
-        self.state.token_accessor = token["AccessorID"]
-        self.state.token_expires_at = self.clock() + plan.settings.token_ttl
-        self.log.info("Minted Consul token %s for %s (user %r)", token["AccessorID"], plan.service_name, self.user)
-        return token["SecretID"]
+        memory by the caller, handed to the sidecar, never persisted).
 
-    async def register(self, address: str | None = None) -> None:
-        """Register (or re-register, same ID: idempotent) the service and its sidecar."""
-        self.state.service_id = self.plan.service_id
-        await self._retry(lambda: self.consul.register_service(self.plan.registration(address)))
-        self.state.registered = True
+        Idempotent: both IDs are chosen here and the accessor is recorded before the request, so
+        a token Consul committed without our seeing the answer is still known and undone; a
+        retry that finds its own accessor already in use checks the secret and moves on.
+        """
+        plan = self._need_plan()
+        accessor, secret = str(uuid.uuid4()), str(uuid.uuid4())
+        if self.state.token_accessor:
+            self.state.retired_accessors.append(self.state.token_accessor)
+        self.state.token_accessor = accessor
+        self.state.token_expires_at = self.clock() + plan.settings.token_ttl
+
+        async def create():
+            try:
+                await self.consul.create_service_token(
+                    plan.service_name, plan.token_description(), plan.settings.token_ttl,
+                    accessor_id=accessor, secret_id=secret,
+                )
+            except ConsulError as e:
+                if e.status is not None and "already in use" in e.detail:
+                    # An earlier attempt landed; its answer was lost. Ours only if the secret is.
+                    existing = await self.consul.read_token(accessor)
+                    if existing is not None and existing.get("SecretID") == secret:
+                        return
+                raise
+
+        self.consul.remember_secret(secret)
+        await self._retry(create)
+        self.log.info("Minted Consul token %s for %s (user %r)", accessor, plan.service_name, self.user)
+        return secret
+
+    async def register(self, address: str) -> None:
+        """Register (or re-register, same ID: idempotent) the service and its sidecar, with the
+        server's TTL check already passing."""
+        plan = self._need_plan()
+        self.state.registered = True  # before the call: a registration whose answer was lost is undone too
+        await self._retry(lambda: self.consul.register_service(plan.registration(address)))
         self.log.info(
-            "Registered Consul service %s with sidecar %s (user %r)",
-            self.plan.service_id, self.plan.sidecar_id, self.user,
+            "Registered Consul service %s with sidecar %s at %s (user %r)",
+            plan.service_id, plan.sidecar_id, address, self.user,
         )
 
     async def heartbeat(self, note: str = "notebook and sidecar running") -> None:
-        await self.consul.pass_ttl(self.plan.check_id, note)
+        await self.consul.pass_ttl(self._need_plan().check_id, note)
 
     async def wait_until_ready(
         self, timeout: float, still_running: Callable[[], Awaitable[bool]] | None = None
@@ -118,7 +188,7 @@ class ServerMesh:
         After a sidecar restart its checks may still say "passing" from the previous sidecar
         (Consul keeps a re-run check's status until its next interval), so readiness also
         dials the sidecar's public address and port itself, as the TCP check would."""
-        plan = self.plan
+        plan = self._need_plan()
         deadline = time.monotonic() + timeout
         index = 0
         failing: list[str] = ["(no instance yet)"]
@@ -148,27 +218,30 @@ class ServerMesh:
 
     async def grant(self) -> None:
         """Grant (or extend) this server's intentions until now + intention_ttl."""
+        plan = self._need_plan()
         now = self.clock()
-        grants = self.plan.grants(now)
-        await asyncio.gather(*(self.writer.grant(destination, entry) for destination, entry in grants))
+        grants = plan.grants(now)
         recorded = {tuple(pair) for pair in self.state.granted}
         for destination, entry in grants:
+            # Recorded before the write: a grant that lands after a timeout is still revoked.
             if (destination, entry["Name"]) not in recorded:
                 self.state.granted.append([destination, entry["Name"]])
-        self.state.grant_expires_at = now + self.plan.settings.intention_ttl
+        await asyncio.gather(*(self.writer.grant(destination, entry) for destination, entry in grants))
+        self.state.grant_expires_at = now + plan.settings.intention_ttl
 
-    async def keep_alive(self) -> None:
-        """Called on every poll while the server runs: refresh the TTL check, and extend the
-        intentions once half their lifetime is gone (not on every poll: each is a write)."""
-        await self.heartbeat()
+    def grant_due(self) -> bool:
+        """Whether half the intentions' lifetime is gone (extending costs a config write, so not
+        on every heartbeat)."""
+        plan = self._need_plan()
         remaining = self.state.grant_expires_at - self.clock()
-        if self.state.granted and remaining < self.plan.settings.intention_ttl / 2:
-            await self.grant()
+        return bool(self.state.granted) and remaining < plan.settings.intention_ttl / 2
 
-    # -- checks for poll and reconciliation -----------------------------------------------------
+    # -- reads for the keeper -------------------------------------------------------------------
 
     async def registered_in_consul(self) -> bool:
-        return await self.consul.agent_service(self.plan.service_id) is not None
+        """Whether the agent still has this incarnation's service."""
+        service = await self.consul.agent_service(self.state.service_id)
+        return service is not None and self._is_ours(service)
 
     async def token_exists(self) -> bool:
         return bool(self.state.token_accessor) and await self.consul.read_token(self.state.token_accessor) is not None
@@ -177,12 +250,23 @@ class ServerMesh:
         """Whether the token expires within ``margin`` seconds (Consul cannot extend a token)."""
         return bool(self.state.token_accessor) and self.state.token_expires_at - self.clock() <= margin
 
+    def _is_ours(self, service: dict) -> bool:
+        meta = service.get("Meta") or {}
+        # A registration of ours from before incarnations existed has none; an empty state
+        # incarnation matches only that.
+        return (
+            ownership.is_managed_service(service)
+            and meta.get(ownership.META_HUB) == self.state.hub_instance
+            and meta.get(ownership.META_INCARNATION, "") == self.state.incarnation
+        )
+
     async def delete_stale_tokens(self) -> None:
-        """Delete tokens this hub minted for this server other than the current one (left by a
-        rotation whose state the hub had not saved before it restarted)."""
-        for token in await self.consul.list_tokens():
+        """Delete this hub's tokens for this service other than the current one (left by a
+        rotation whose state the hub had not saved, or by an earlier incarnation). The list is
+        filtered by Consul (``servicename``), not fetched whole."""
+        for token in await self.consul.list_tokens(service_name=self.state.service_id):
             owner = ownership.parse(token.get("Description"))
-            if (owner and owner.hub == self.plan.owner.hub and owner.service == self.plan.service_name
+            if (owner and owner.hub == self.state.hub_instance and owner.service == self.state.service_id
                     and token["AccessorID"] != self.state.token_accessor):
                 await self.delete_token_by_accessor(token["AccessorID"])
 
@@ -192,13 +276,19 @@ class ServerMesh:
         else:
             self.log.debug("Consul token %s was already gone", accessor)
 
-    # -- teardown -------------------------------------------------------------------------------
+    # -- teardown: state alone ------------------------------------------------------------------
 
     async def revoke(self) -> None:
-        """Revoke every intention recorded in state (and those the plan names)."""
-        pairs = {tuple(pair) for pair in self.state.granted} | set(self.plan.revocations())
+        """Revoke every intention recorded in state, and only while it carries this incarnation
+        (a newer server of the same user has replaced the source otherwise)."""
+        pairs = {tuple(pair) for pair in self.state.granted}
+
+        def this_incarnation(source: dict) -> bool:
+            return self.state.owns(ownership.parse(source.get("Description")))
+
         results = await asyncio.gather(
-            *(self.writer.revoke(destination, source) for destination, source in pairs), return_exceptions=True
+            *(self.writer.revoke(destination, source, only_if=this_incarnation) for destination, source in pairs),
+            return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -207,28 +297,44 @@ class ServerMesh:
         self.state.grant_expires_at = 0.0
 
     async def deregister(self) -> None:
-        service_id = self.state.service_id or self.plan.service_id
-        if await self._retry(lambda: self.consul.deregister_service(service_id)):
-            self.log.info("Deregistered Consul service %s (user %r)", service_id, self.user)
-        else:
+        """Deregister the service (its sidecar goes with it), only if the agent's registration
+        is this incarnation's."""
+        service_id = self.state.service_id
+        if not self.state.registered or not service_id:
+            self.state.registered = False
+            return
+        service = await self._retry(lambda: self.consul.agent_service(service_id))
+        if service is None:
             self.log.debug("Consul service %s was already gone", service_id)
+        elif not self._is_ours(service):
+            self.log.info("Consul service %s now belongs to a newer server; left alone", service_id)
+        elif await self._retry(lambda: self.consul.deregister_service(service_id)):
+            self.log.info("Deregistered Consul service %s (user %r)", service_id, self.user)
         self.state.registered = False
 
-    async def delete_token(self) -> None:
-        if not self.state.token_accessor:
-            return
-        await self.delete_token_by_accessor(self.state.token_accessor)
+    async def delete_tokens(self) -> None:
+        """Delete the current token and any a rotation retired (accessors are never reused)."""
+        for accessor in [*self.state.retired_accessors, self.state.token_accessor]:
+            if accessor:
+                await self.delete_token_by_accessor(accessor)
+                if accessor in self.state.retired_accessors:
+                    self.state.retired_accessors.remove(accessor)
         self.state.token_accessor = ""
         self.state.token_expires_at = 0.0
 
-    async def undo(self, steps: list[str]) -> list[ConsulError | Exception]:
+    async def delete_retired_tokens(self) -> None:
+        for accessor in list(self.state.retired_accessors):
+            await self.delete_token_by_accessor(accessor)
+            self.state.retired_accessors.remove(accessor)
+
+    async def undo(self, steps: list[str]) -> list[Exception]:
         """Run teardown steps in order, collecting errors so one failure does not stop the rest."""
-        errors: list[ConsulError | Exception] = []
+        errors: list[Exception] = []
         for step in steps:
             try:
                 await getattr(self, step)()
             except Exception as e:
-                self.log.warning("Could not %s for %s (user %r): %s", step, self.plan.service_id, self.user, e)
+                self.log.warning("Could not %s for %s (user %r): %s", step, self.state.service_id, self.user, e)
                 errors.append(e)
         return errors
 
@@ -248,23 +354,44 @@ async def _listening(address: str | None, port: int | None, timeout: float = 1.0
     return True
 
 
-async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_instance: str,
-                        keep: Callable[[], set[str]], logger: logging.Logger | None = None) -> list[str]:
-    """Revoke everything this hub owns in Consul that belongs to no live server.
+@dataclass(frozen=True)
+class Orphan:
+    """One object the sweep removed: what it was and which incarnation created it."""
 
-    ``keep()`` returns the service names of the hub's running and pending servers; it is asked
-    again right before each deletion, so a server spawned meanwhile is left alone. Intentions
-    go first.
-    Returns what was removed, one line each.
+    kind: str
+    target: str
+    user: str
+    service: str
+    incarnation: str
+
+    def line(self) -> str:
+        return f"{self.kind} {self.target} (user {self.user!r}, incarnation {self.incarnation[:8] or '-'})"
+
+
+async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_instance: str,
+                        live: Callable[[], dict[str, str | None]],
+                        logger: logging.Logger | logging.LoggerAdapter | None = None) -> list[Orphan]:
+    """Revoke everything this hub owns in Consul that belongs to no live incarnation.
+
+    ``live()`` maps the service names of the hub's running and pending servers to their current
+    incarnation (None while it is not known yet: then everything of that service is kept). It
+    is asked again right before each deletion, so a server spawned meanwhile is left alone. An
+    object of a live service but of an older incarnation is an orphan too. Intentions go first.
+    Returns what was removed.
     """
     services = await consul.agent_services()
     entries = await consul.list_config(KIND)
     tokens = await consul.list_tokens()
-    removed: list[str] = []
+    removed: list[Orphan] = []
 
     def orphaned(owner: ownership.Owner | None) -> bool:
-        # keep() again before every deletion: a server spawned meanwhile is never touched.
-        return owner is not None and owner.hub == hub_instance and owner.service not in keep()
+        if owner is None or owner.hub != hub_instance:
+            return False
+        alive = live()
+        if owner.service not in alive:
+            return True
+        current = alive[owner.service]
+        return current is not None and owner.incarnation != current
 
     for entry in entries:
         for source in entry.get("Sources") or []:
@@ -273,18 +400,23 @@ async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_insta
                 # Only the source as we read it: a re-grant changes the Description (expiry).
                 await writer.revoke(entry["Name"], source["Name"],
                                     only_if=lambda s, seen=source: s.get("Description") == seen.get("Description"))
-                removed.append(f"intention {source['Name']} -> {entry['Name']} (user {owner.user!r})")
+                removed.append(Orphan("intention", f"{source['Name']} -> {entry['Name']}", owner.user,
+                                      owner.service, owner.incarnation))
     for service_id, service in services.items():
         meta = service.get("Meta") or {}
-        if (ownership.is_managed_service(service) and service.get("Kind") != "connect-proxy"
-                and meta.get(ownership.META_HUB) == hub_instance and service_id not in keep()):
+        if not ownership.is_managed_service(service) or service.get("Kind") == "connect-proxy":
+            continue
+        owner = ownership.Owner(hub=meta.get(ownership.META_HUB, ""), user=meta.get(ownership.META_USER, ""),
+                                server=meta.get(ownership.META_SERVER, ""), service=service_id,
+                                incarnation=meta.get(ownership.META_INCARNATION, ""))
+        if orphaned(owner):
             await consul.deregister_service(service_id)
-            removed.append(f"service {service_id} (user {meta.get(ownership.META_USER)!r})")
+            removed.append(Orphan("service", service_id, owner.user, owner.service, owner.incarnation))
     for token in tokens:
         owner = ownership.parse(token.get("Description"))
         if orphaned(owner):
             await consul.delete_token(token["AccessorID"])
-            removed.append(f"token {token['AccessorID']} (user {owner.user!r})")
-    for line in removed:
-        (logger or log).info("Removed orphaned %s of hub %s", line, hub_instance)
+            removed.append(Orphan("token", token["AccessorID"], owner.user, owner.service, owner.incarnation))
+    for orphan in removed:
+        (logger or log).info("Removed orphaned %s of hub %s", orphan.line(), hub_instance)
     return removed

@@ -108,8 +108,10 @@ class MeshPlan:
     def registration(self, address: str | None = None) -> dict:
         """The agent service definition (docs: services/configuration/services-reference).
 
-        The TTL check is the server's heartbeat: the hub refreshes it on every poll, and if the
-        hub dies the agent deregisters the service ``deregister_critical_after`` later.
+        The TTL check is the server's heartbeat: the hub's keeper passes it, and if the hub dies
+        the agent deregisters the service ``deregister_critical_after`` later. It is registered
+        already passing (``Status``, docs: api-docs/agent/check), since the notebook runs by then:
+        one call instead of a registration and a first heartbeat.
         """
         settings = self.settings
         meta = {**self.extra_meta, **self.owner.service_meta()}
@@ -124,6 +126,7 @@ class MeshPlan:
                 "Name": "JupyterHub server alive",
                 "TTL": f"{settings.check_ttl}s",
                 "DeregisterCriticalServiceAfter": f"{settings.deregister_critical_after}s",
+                "Status": "passing",
             },
             "Connect": {
                 "SidecarService": {
@@ -179,16 +182,19 @@ def build_plan(
     trino_user: str | None = None,
     service_port: int = 8888,
     service_id: str | None = None,
+    incarnation: str = "",
 ) -> MeshPlan:
-    """The plan for one server. ``service_id`` pins a name recorded in spawner state, so a
-    template changed while the server runs never loses track of what was registered."""
+    """The plan for one incarnation of one server. ``service_id`` pins a name recorded in
+    spawner state, so a template changed while the server runs never loses track of what was
+    registered; ``incarnation`` goes into every marker."""
     trino_user = user_name if trino_user is None else trino_user
     if not _valid_trino_user(trino_user):
         # It becomes an HTTP header value (L7) and an environment variable: no control
         # characters (no header injection), no surrounding blanks, a sane length.
         raise ValueError(f"Trino user {trino_user!r} for hub user {user_name!r} is not a printable name")
     name = service_id or naming.service_name(user_name, server_name, settings.name_template)
-    owner = ownership.Owner(hub=settings.hub_instance, user=user_name, server=server_name, service=name)
+    owner = ownership.Owner(hub=settings.hub_instance, user=user_name, server=server_name, service=name,
+                            incarnation=incarnation)
     return MeshPlan(
         settings=settings, owner=owner, service_id=name, service_name=name,
         trino_user=trino_user, service_port=int(service_port),

@@ -19,6 +19,7 @@ from typing import Any
 
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
+from jupyterhub.utils import exponential_backoff
 from traitlets import (
     Callable,
     CaselessStrEnum,
@@ -36,12 +37,15 @@ from traitlets import (
 from . import naming
 from .consul import ConsulClient, ConsulError, parse_address
 from .intentions import L4, L7, IntentionWriter
-from .mesh import MeshState, ServerMesh, SidecarNotReady, sweep_orphans
+from .mesh import MeshState, ServerMesh, SidecarNotReady, new_incarnation, sweep_orphans
 from .plan import TRINO_DESTINATION, MeshPlan, MeshSettings, Upstream, build_plan
 
 SIDECAR_TOKEN_DIR = "consul"
 SIDECAR_TOKEN_FILE = "/consul/token"
 LABEL_PREFIX = "org.jupyter.consulspawner"
+# How long a sidecar that is neither running nor being restarted by Docker may stay so before the
+# keeper calls it dead (Docker's restart backoff starts at 100 ms).
+SIDECAR_DOWN_GRACE = 3.0
 
 # One Consul client and one intention writer per hub process and Consul identity, so every
 # spawner's intention changes are coalesced together (keyed by loop: aiohttp sessions are
@@ -89,19 +93,44 @@ class ConsulSpawner(DockerSpawner):
         return proposal.value
 
     consul_token = Unicode(
-        help="""The hub's own Consul ACL token (secret).
+        help="""The hub's own Consul ACL token (secret). Prefer ``consul_token_file``.
 
-        Needs acl:write (to mint per-server tokens), service:write on the managed services and
-        intentions:write on the intention destinations. Defaults to $CONSUL_HTTP_TOKEN. It is
-        only ever sent in the X-Consul-Token header and never logged.
+        Needs the policy in docker/consul/hub-policy.hcl: acl:write (to mint per-server tokens),
+        service:write on the managed services, intentions:write on the intention destinations
+        and node:read. Defaults to $CONSUL_HTTP_TOKEN. It is only ever sent in the
+        X-Consul-Token header and never logged.
 
-            c.ConsulSpawner.consul_token = open("/run/secrets/hub-consul-token").read().strip()
+            c.ConsulSpawner.consul_token = os.environ["HUB_CONSUL_TOKEN"]
+        """,
+    ).tag(config=True)
+
+    consul_token_file = Unicode(
+        help="""File holding the hub's Consul ACL token, read when the first Consul client is made.
+
+        Defaults to $CONSUL_HTTP_TOKEN_FILE (the variable Consul's own CLI reads). Wins over
+        ``consul_token``. Keep it mode 0600.
+
+            c.ConsulSpawner.consul_token_file = "/run/secrets/hub-consul-token"
         """,
     ).tag(config=True)
 
     @default("consul_token")
     def _consul_token_default(self):
         return os.environ.get("CONSUL_HTTP_TOKEN", "")
+
+    @default("consul_token_file")
+    def _consul_token_file_default(self):
+        return os.environ.get("CONSUL_HTTP_TOKEN_FILE", "")
+
+    @property
+    def _hub_token(self) -> str:
+        if self.consul_token_file:
+            try:
+                with open(self.consul_token_file) as f:
+                    return f.read().strip()
+            except OSError as e:
+                raise RuntimeError(f"c.ConsulSpawner.consul_token_file: cannot read it: {e.strerror}") from e
+        return self.consul_token
 
     consul_ca_file = Unicode(
         "", help="""CA bundle to verify Consul's HTTPS certificate.
@@ -307,9 +336,9 @@ class ConsulSpawner(DockerSpawner):
 
     check_ttl = Int(
         60,
-        help="""TTL (s) of the server's Consul check; the hub refreshes it on every poll.
+        help="""TTL (s) of the server's Consul check; the keeper passes it every keeper_interval.
 
-        Keep it above JupyterHub's poll_interval (30 s by default).
+        Keep it at least twice keeper_interval, so one missed round does not flap it.
 
             c.ConsulSpawner.check_ttl = 90
         """,
@@ -325,8 +354,14 @@ class ConsulSpawner(DockerSpawner):
     ).tag(config=True)
 
     token_ttl = Int(
-        3600,
+        24 * 3600,
         help="""Lifetime (s) of each server's Consul token (Consul allows 60 s to 24 h).
+
+        Consul cannot extend a token, so the keeper rotates it before it expires, which restarts
+        the sidecar and cuts the user's open Trino connections (the upstream is back within a
+        second or two). The default, Consul's maximum, makes that happen at most once a day; a
+        dead hub's tokens do not live that long anyway: the janitor deletes them once their
+        service is gone.
 
             c.ConsulSpawner.token_ttl = 8 * 3600
         """,
@@ -335,7 +370,7 @@ class ConsulSpawner(DockerSpawner):
     token_rotation_margin = Int(
         0,
         help="""Replace a server's token (and restart its sidecar) this many seconds before it
-        expires. 0 (default): a quarter of token_ttl, at least 120 s.
+        expires. 0 (default): a twelfth of token_ttl (2 h of the default day), at least 120 s.
 
             c.ConsulSpawner.token_rotation_margin = 600
         """,
@@ -343,17 +378,99 @@ class ConsulSpawner(DockerSpawner):
 
     @property
     def _rotation_margin(self) -> float:
-        return self.token_rotation_margin or max(120, self.token_ttl // 4)
+        return self.token_rotation_margin or max(120, self.token_ttl // 12)
 
     intention_ttl = Int(
         600,
-        help="""Lifetime (s) written into each intention; extended by polls while the server runs.
+        help="""Lifetime (s) written into each intention; the keeper extends it at half-life.
 
         Intentions have no expiry in Consul: the janitor removes ours once this has passed.
 
             c.ConsulSpawner.intention_ttl = 900
         """,
     ).tag(config=True)
+
+    keeper_interval = Float(
+        15.0,
+        help="""Seconds between two rounds of a running server's keeper: it passes the TTL
+        check, restores a registration Consul lost, extends the intentions at half-life, rotates
+        the token when due, and takes the server down if its sidecar stays dead. poll() does
+        none of this: it only reads.
+
+            c.ConsulSpawner.keeper_interval = 10
+        """,
+    ).tag(config=True)
+
+    sidecar_restart_attempts = Int(
+        5,
+        help="""How often Docker restarts a crashed sidecar (restart policy on-failure) before the
+        keeper takes the server down. A sidecar stopped or killed on purpose is not restarted.
+
+            c.ConsulSpawner.sidecar_restart_attempts = 3
+        """,
+    ).tag(config=True)
+
+    @validate("check_ttl")
+    def _valid_check_ttl(self, proposal):
+        if proposal.value < 5:
+            raise TraitError("c.ConsulSpawner.check_ttl below 5 s would flap on any hiccup")
+        return proposal.value
+
+    @validate("deregister_critical_after")
+    def _valid_deregister_after(self, proposal):
+        # agent/config/default.go check_deregister_interval_min = "1m"
+        if proposal.value < 60:
+            raise TraitError("c.ConsulSpawner.deregister_critical_after must be at least 60 s (Consul's minimum)")
+        return proposal.value
+
+    @validate("token_ttl")
+    def _valid_token_ttl(self, proposal):
+        # acl.token_min_expiration_ttl "1m", token_max_expiration_ttl "24h" (agent/config/default.go)
+        if not 60 <= proposal.value <= 24 * 3600:
+            raise TraitError("c.ConsulSpawner.token_ttl must be between 60 s and 24 h (Consul's ExpirationTTL range)")
+        return proposal.value
+
+    @validate("token_rotation_margin", "sidecar_restart_attempts")
+    def _valid_not_negative(self, proposal):
+        if proposal.value < 0:
+            raise TraitError(f"c.ConsulSpawner.{proposal.trait.name} must not be negative")
+        return proposal.value
+
+    @validate("intention_ttl")
+    def _valid_intention_ttl(self, proposal):
+        if proposal.value < 60:
+            raise TraitError("c.ConsulSpawner.intention_ttl must be at least 60 s")
+        return proposal.value
+
+    @validate("keeper_interval", "consul_request_timeout", "sidecar_ready_timeout")
+    def _valid_positive(self, proposal):
+        if proposal.value <= 0:
+            raise TraitError(f"c.ConsulSpawner.{proposal.trait.name} must be positive")
+        return proposal.value
+
+    @validate("trino_user")
+    def _valid_trino_user(self, proposal):
+        value = proposal.value
+        if isinstance(value, str):
+            try:
+                value.format(username="x")
+            except (KeyError, IndexError, ValueError) as e:
+                raise TraitError(
+                    f"c.ConsulSpawner.trino_user {value!r}: only the placeholder {{username}} is known ({e!r})"
+                ) from e
+        return value
+
+    @validate("network_name")
+    def _valid_network_name(self, proposal):
+        # The sidecar joins the notebook's network namespace and Consul must reach the notebook
+        # at an address of its own: host, none and container: networking give it none.
+        value = proposal.value
+        if value in ("host", "none") or value.startswith("container:"):
+            raise TraitError(
+                f"c.DockerSpawner.network_name = {value!r} is not supported by ConsulSpawner: the notebook "
+                "needs an address of its own on a bridge or user-defined network"
+            )
+        return value
 
     orphan_sweep_delay = Float(
         60.0,
@@ -366,7 +483,7 @@ class ConsulSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
-    # -- state --------------------------------------------------------------------------------
+    # -- state ----------------------------------------------------------------------------------
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -375,14 +492,20 @@ class ConsulSpawner(DockerSpawner):
         self._plan: MeshPlan | None = None
         self._progress_events: list[dict] = []
         self._progress_changed = asyncio.Event()
-        # Set by load_state: the first poll of a restored server re-arms its mesh membership.
-        self._needs_reconcile = False
+        self._lifecycle_lock: asyncio.Lock | None = None
+        self._keeper: asyncio.Task | None = None
+        # Set by the keeper when it had to take the server down (its sidecar stayed dead, a
+        # rotation failed): poll reports it.
+        self._mesh_failure = ""
+        self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
 
     def load_state(self, state):
         super().load_state(state)
         self.mesh_state = MeshState.from_dict(state.get("consul"))
         self.sidecar_container_id = state.get("sidecar_container_id", "")
-        self._needs_reconcile = not self.mesh_state.empty
+        if not self.mesh_state.empty:
+            # A server restored by a restarted hub: its keeper reconciles it with Consul at once.
+            self._start_keeper(reconcile=True)
 
     def get_state(self):
         state = super().get_state()
@@ -402,13 +525,13 @@ class ConsulSpawner(DockerSpawner):
     def _client_and_writer(self) -> tuple[ConsulClient, IntentionWriter]:
         loop = asyncio.get_running_loop()
         key = (
-            self.consul_address, hash(self.consul_token), self.consul_ca_file, self.consul_client_cert,
+            self.consul_address, hash(self._hub_token), self.consul_ca_file, self.consul_client_cert,
             self.consul_client_key, self.consul_datacenter, self.hub_instance, self.consul_retry_budget,
             self.consul_request_timeout, id(loop),
         )
         if key not in _shared_clients:
             client = ConsulClient(
-                self.consul_address, self.consul_token or None,
+                self.consul_address, self._hub_token or None,
                 ca_file=self.consul_ca_file or None, client_cert=self.consul_client_cert or None,
                 client_key=self.consul_client_key or None, datacenter=self.consul_datacenter or None,
                 request_timeout=self.consul_request_timeout,
@@ -433,44 +556,52 @@ class ConsulSpawner(DockerSpawner):
 
     async def _resolve_trino_user(self) -> str:
         value = self.trino_user
-        if callable(value):
-            value = value(self)
-            if inspect.isawaitable(value):
-                value = await value
-            return value
-        return value.format(username=self.user.name)
+        try:
+            if callable(value):
+                value = value(self)
+                if inspect.isawaitable(value):
+                    value = await value
+                return value
+            return value.format(username=self.user.name)
+        except Exception as e:
+            raise RuntimeError(
+                f"c.ConsulSpawner.trino_user failed for user {self.user.name!r}: {type(e).__name__}: {e}"
+            ) from e
 
-    async def _make_plan(self) -> MeshPlan:
+    async def _make_plan(self, incarnation: str) -> MeshPlan:
+        trino_user = await self._resolve_trino_user()
         try:
             return build_plan(
                 self.mesh_settings(), self.user.name, self.name or "",
-                trino_user=await self._resolve_trino_user(), service_port=self.port,
-                service_id=self.mesh_state.service_id or None,
+                trino_user=trino_user, service_port=self.port, incarnation=incarnation,
             )
         except (ValueError, TypeError) as e:
             raise RuntimeError(f"ConsulSpawner configuration for user {self.user.name!r}: {e}") from e
 
-    async def _running_plan(self) -> MeshPlan:
-        """The plan of the running server (after a hub restart: rebuilt, its service ID pinned
-        by state), with the real Trino user, for anything that grants."""
+    def _running_plan(self) -> MeshPlan:
+        """The plan of the running server, rebuilt after a hub restart from state: its service ID,
+        incarnation and Trino user as recorded, so the keeper re-grants exactly what was granted
+        and evaluates no user callable."""
         if self._plan is None:
-            self._plan = await self._make_plan()
+            state = self.mesh_state
+            self._plan = build_plan(
+                self.mesh_settings(), self.user.name, self.name or "", trino_user=state.trino_user or None,
+                service_port=self.port, service_id=state.service_id or None, incarnation=state.incarnation,
+            )
         return self._plan
 
-    def _teardown_plan(self) -> MeshPlan:
-        """The plan for teardown: names come from state, and nothing user-specific is evaluated
-        (a failing trino_user callable must never stop a revocation)."""
-        if self._plan is not None:
-            return self._plan
-        return build_plan(
-            self.mesh_settings(), self.user.name, self.name or "", trino_user="unused-for-teardown",
-            service_port=self.port, service_id=self.mesh_state.service_id or None,
-        )
-
-    def _mesh(self, plan: MeshPlan) -> ServerMesh:
+    def _mesh(self, plan: MeshPlan | None) -> ServerMesh:
+        """Mesh steps for this server; ``plan=None`` for teardown, which needs only state."""
         client, writer = self._client_and_writer()
         return ServerMesh(client, writer, plan, self.mesh_state, retry_budget=self.consul_retry_budget,
                           logger=self.log)
+
+    def _lock(self) -> asyncio.Lock:
+        """The per-server lock: start, stop, the keeper's work and background teardown of this
+        server never overlap."""
+        if self._lifecycle_lock is None:
+            self._lifecycle_lock = asyncio.Lock()
+        return self._lifecycle_lock
 
     def _report(self, progress: int, message: str) -> None:
         self.log.info("%s: %s", self._log_name, message)
@@ -499,16 +630,62 @@ class ConsulSpawner(DockerSpawner):
             env.pop(key, None)
         return env
 
-    # -- sidecar container ----------------------------------------------------------------------
+    # -- containers -----------------------------------------------------------------------------
 
     @property
     def sidecar_container_name(self) -> str:
-        return f"{self.container_name}-sidecar"
+        # A dot: DockerSpawner's escaping never produces one, so no notebook has this name.
+        service_id = self.mesh_state.service_id or (self._plan.service_id if self._plan else "")
+        return f"{service_id}.consul-sidecar"
+
+    def _sidecar_labels(self, plan: MeshPlan) -> dict[str, str]:
+        return {
+            f"{LABEL_PREFIX}.role": "sidecar",
+            f"{LABEL_PREFIX}.hub-instance": self.hub_instance,
+            f"{LABEL_PREFIX}.service-id": plan.service_id,
+            f"{LABEL_PREFIX}.incarnation": plan.owner.incarnation,
+        }
+
+    def _is_our_sidecar(self, info: dict) -> bool:
+        labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
+        return (
+            labels.get(f"{LABEL_PREFIX}.role") == "sidecar"
+            and labels.get(f"{LABEL_PREFIX}.hub-instance") == self.hub_instance
+            and labels.get(f"{LABEL_PREFIX}.service-id") == self.mesh_state.service_id
+        )
+
+    async def _inspect(self, container: str) -> dict | None:
+        if not container:
+            return None
+        try:
+            return await self.docker("inspect_container", container)
+        except NotFound:
+            return None
+
+    async def _mesh_address(self) -> str:
+        """The notebook's address on its Docker network, as other mesh members reach it (not the
+        hub's route to it, which with ``use_internal_ip = False`` is a host port)."""
+        info = await self._inspect(self.container_id) or {}
+        settings = info.get("NetworkSettings") or {}
+        network = (settings.get("Networks") or {}).get(self.network_name) or {}
+        address = network.get("IPAddress") or settings.get("IPAddress")
+        if not address:
+            raise RuntimeError(
+                f"notebook container {self.container_name} has no address on network "
+                f"{self.network_name!r} (c.DockerSpawner.network_name)"
+            )
+        return address
 
     async def _start_sidecar(self, plan: MeshPlan, token_secret: str) -> None:
-        await self._remove_sidecar(by_name=True)
+        await self._remove_sidecar()
+        if self.sidecar_container_name == self.container_name:
+            raise RuntimeError(f"sidecar and notebook would share the container name {self.container_name!r}")
         host_config = self.client.create_host_config(
             network_mode=f"container:{self.container_id}", auto_remove=False,
+            # A crash is healed by Docker (the token file survives in the container); a sidecar
+            # stopped or killed on purpose, or failing for good, stays down and the keeper
+            # takes the server down with it.
+            restart_policy={"Name": "on-failure", "MaximumRetryCount": self.sidecar_restart_attempts},
         )
         environment = {**self.sidecar_env, "CONSUL_HTTP_ADDR": self.sidecar_consul_address}
         container = await self.docker(
@@ -517,11 +694,7 @@ class ConsulSpawner(DockerSpawner):
             command=plan.sidecar_args(self.sidecar_command, token_file=SIDECAR_TOKEN_FILE),
             name=self.sidecar_container_name,
             environment=environment,
-            labels={
-                f"{LABEL_PREFIX}.service-id": plan.service_id,
-                f"{LABEL_PREFIX}.hub-instance": self.hub_instance,
-                f"{LABEL_PREFIX}.role": "sidecar",
-            },
+            labels=self._sidecar_labels(plan),
             host_config=host_config,
         )
         self.sidecar_container_id = container["Id"]
@@ -532,11 +705,8 @@ class ConsulSpawner(DockerSpawner):
         self.log.info("Started sidecar %s for %s", self.sidecar_container_name, plan.service_id)
 
     async def _container_running(self, container: str) -> bool:
-        try:
-            info = await self.docker("inspect_container", container)
-        except NotFound:
-            return False
-        return bool(info["State"]["Running"])
+        info = await self._inspect(container)
+        return bool(info and info["State"]["Running"])
 
     async def _sidecar_and_notebook_running(self) -> bool:
         return (
@@ -545,37 +715,53 @@ class ConsulSpawner(DockerSpawner):
             and await self._container_running(self.container_id)
         )
 
-    async def _remove_sidecar(self, by_name: bool = False) -> None:
-        target = self.sidecar_container_name if by_name else self.sidecar_container_id
-        if not target:
-            return
-        try:
-            await self.docker("remove_container", target, force=True, v=True)
-            self.log.info("Removed sidecar %s", target[:12])
-        except APIError as e:
-            if e.status_code not in (404, 409):
-                raise
-            self.log.debug("Sidecar %s already gone", target[:12])
-        if not by_name:
-            self.sidecar_container_id = ""
+    async def _remove_sidecar(self) -> None:
+        """Remove this server's sidecar: the recorded one, and any container under its name
+        whose labels prove it is this server's (one created by an interrupted start). A
+        container under that name that is not ours is never touched."""
+        for target in dict.fromkeys(t for t in (self.sidecar_container_id, self.sidecar_container_name) if t):
+            info = await self._inspect(target)
+            if info is None:
+                continue
+            if not self._is_our_sidecar(info):
+                if target == self.sidecar_container_name:
+                    raise RuntimeError(
+                        f"a container named {target!r} exists and is not this server's sidecar; left alone"
+                    )
+                continue
+            try:
+                await self.docker("remove_container", info["Id"], force=True, v=True)
+                self.log.info("Removed sidecar %s (%s)", target, info["Id"][:12])
+            except APIError as e:
+                if e.status_code not in (404, 409):
+                    raise
+                self.log.debug("Sidecar %s already gone", target)
+        self.sidecar_container_id = ""
+
+    async def _notebook_exists(self) -> bool:
+        return await self._inspect(self.container_name) is not None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self):
         self._schedule_orphan_sweep()
+        await self._stop_keeper()
+        async with self._lock():
+            return await self._start_locked()
+
+    async def _start_locked(self):
         self._progress_events = []
+        self._mesh_failure = ""
         self.mesh_state = MeshState()
-        plan = self._plan = await self._make_plan()
+        plan = self._plan = await self._make_plan(new_incarnation())
         mesh = self._mesh(plan)
         try:
             self._report(10, f"Creating a Consul token for {plan.service_name}")
             token_secret = await mesh.mint_token()
-            self._report(20, f"Registering {plan.service_name} in Consul")
-            await mesh.register()
-            self._report(35, "Starting the notebook container")
+            self._report(25, "Starting the notebook container")
             ip, port = await super().start()
-            await mesh.register(address=ip)
-            await mesh.heartbeat("notebook container started")
+            self._report(45, f"Registering {plan.service_name} in Consul")
+            await mesh.register(await self._mesh_address())
             self._report(55, "Starting the Connect sidecar")
             await self._start_sidecar(plan, token_secret)
             self._report(70, "Waiting for the sidecar to pass its Consul checks")
@@ -583,46 +769,266 @@ class ConsulSpawner(DockerSpawner):
             self._report(85, "Granting access to " + ", ".join(self.intention_destinations))
             await mesh.grant()
             self._report(95, "Connected to the service mesh")
-            return ip, port
         except BaseException as e:
             self.log.warning("Start of %s failed (%s); undoing what was created", self._log_name, e)
-            await self._teardown(mesh, stop_notebook=True)
+            # Shielded: a cancelled spawn (start_timeout, the user's cancel) still undoes everything.
+            await asyncio.shield(self._teardown(stop_notebook=True))
             if isinstance(e, SidecarNotReady | ConsulError):
                 raise RuntimeError(f"Could not connect your server to the service mesh: {e}") from e
             raise
+        self._start_keeper()
+        return ip, port
 
     async def stop(self, now=False):
-        mesh = self._mesh(self._teardown_plan())
-        await self._teardown(mesh, stop_notebook=True, now=now)
+        await self._stop_keeper()
+        async with self._lock():
+            await self._teardown(stop_notebook=True, now=now)
 
     async def poll(self):
+        """A read, as ``Popen.poll``: None while the notebook runs with its mesh membership
+        intact. All repair work is the keeper's."""
+        if self._mesh_failure:
+            return f"removed from the service mesh: {self._mesh_failure}"
         status = await super().poll()
         if status is not None:
             return status
-        if self.mesh_state.empty:
-            return None
-        self._schedule_orphan_sweep()
-        try:
-            mesh = self._mesh(await self._running_plan())
-        except RuntimeError as e:
-            self.log.warning("Cannot refresh %s in Consul: %s", self._log_name, e)
-            return None
-        if self._needs_reconcile:
-            try:
-                await self._reconcile(mesh)
-            except (ConsulError, SidecarNotReady, APIError) as e:
-                self.log.warning("Could not reconcile %s in Consul yet: %s", self._log_name, e)
-        if self.sidecar_container_id and not await self._container_running(self.sidecar_container_id):
-            return f"sidecar {self.sidecar_container_name} is not running"
-        try:
-            await mesh.keep_alive()
-            if mesh.token_due(self._rotation_margin):
-                await self._rotate_token(mesh)
-        except (ConsulError, SidecarNotReady) as e:
-            # Consul trouble is not the server's death: the check TTL and intention expiry
-            # leave room for the next poll to succeed.
-            self.log.warning("Could not refresh %s in Consul: %s", self._log_name, e)
+        if not self.mesh_state.empty and not self.sidecar_container_id:
+            return "the server has mesh state but no sidecar"
+        if not self.mesh_state.empty and (self._keeper is None or self._keeper.done()):
+            # Restored without a running loop at load_state (tools): the keeper starts here.
+            self._start_keeper(reconcile=True)
         return None
+
+    async def run_post_stop_hook(self):
+        # JupyterHub skips stop() when poll() already found the server dead (crash, container
+        # killed), but always runs this hook: tear down here too, notebook included, so nothing
+        # is left running out of the hub's sight. After a normal stop this finds nothing to do.
+        await self._stop_keeper()
+        async with self._lock():
+            if not self.mesh_state.empty or self.sidecar_container_id:
+                await self._teardown(stop_notebook=True)
+        result = super().run_post_stop_hook()
+        if inspect.isawaitable(result):
+            await result
+
+    async def _teardown(self, *, stop_notebook: bool, now: bool = False) -> None:
+        """Intention first (access ends before anything else), then sidecar, notebook,
+        service and tokens, from state alone.
+
+        Bounded: each Consul phase gets ``consul_request_timeout``; what Consul does not finish
+        in time goes on in the background, guarded by this incarnation, while the containers
+        are removed regardless."""
+        state = self.mesh_state
+        mesh = self._mesh(None)
+        failed: list[str] = []
+        if state.granted and not await self._bounded(mesh.undo(["revoke"])):
+            failed.append("revoke")
+        try:
+            await self._remove_sidecar()
+        except Exception as e:
+            self.log.warning("Could not remove the sidecar of %s: %s", self._log_name, e)
+        if stop_notebook and (self.object_id or await self._notebook_exists()):
+            try:
+                await DockerSpawner.stop(self, now=now)
+            except Exception as e:
+                self.log.warning("Could not stop the notebook of %s: %s", self._log_name, e)
+            # DockerSpawner.stop clears all state; the mesh still holds what is left to undo.
+            self.mesh_state = state
+        steps = [step for step in ("deregister", "delete_tokens")
+                 if (step == "deregister" and state.registered) or (step == "delete_tokens" and not state.empty)]
+        results = await asyncio.gather(*(self._bounded(mesh.undo([step])) for step in steps))
+        failed += [step for step, ok in zip(steps, results, strict=True) if not ok]
+        self._plan = None
+        if failed:
+            self._defer_teardown(state, failed)
+        self.mesh_state = MeshState()
+        self.sidecar_container_id = ""
+
+    async def _bounded(self, undo: Any) -> bool:
+        """Await a teardown step for at most consul_request_timeout; True when it succeeded."""
+        try:
+            errors = await asyncio.wait_for(undo, self.consul_request_timeout)
+        except asyncio.TimeoutError:
+            self.log.warning("Consul did not finish a teardown step of %s within %gs; continuing in the background",
+                             self._log_name, self.consul_request_timeout)
+            return False
+        return not errors
+
+    def _defer_teardown(self, state: MeshState, steps: list[str]) -> None:
+        """Keep retrying teardown steps Consul refused or did not answer, with JupyterHub's
+        exponential backoff, for ``intention_ttl``; after that the expiry and the janitor take
+        over. Each attempt holds this server's lock and is guarded by the old incarnation, so it
+        never touches a newer server of the same user."""
+        state = MeshState.from_dict(state.to_dict())
+        client, writer = self._client_and_writer()
+        mesh = ServerMesh(client, writer, None, state, retry_budget=0, logger=self.log)
+        remaining = list(steps)
+
+        async def attempt() -> bool:
+            async with self._lock():
+                for step in list(remaining):
+                    if not await self._bounded(mesh.undo([step])):
+                        return False
+                    remaining.remove(step)
+            return True
+
+        async def retry():
+            try:
+                await exponential_backoff(
+                    attempt, f"Background teardown of {state.service_id} gave up",
+                    start_wait=1, max_wait=30, timeout=self.intention_ttl,
+                )
+                self.log.info("Background teardown of %s (%s) completed", state.service_id, ", ".join(steps))
+            except asyncio.TimeoutError:
+                self.log.error("Gave up retrying %s for %s; the janitor removes them after expiry",
+                               remaining, state.service_id)
+
+        task = asyncio.get_running_loop().create_task(retry())
+        _pending_teardowns.add(task)
+        task.add_done_callback(_pending_teardowns.discard)
+
+    # -- the keeper -----------------------------------------------------------------------------
+
+    async def keep_now(self) -> None:
+        """Run one keeper round now, under the server's lock (what the keeper does every
+        ``keeper_interval``): heartbeat, restore, extend, rotate when due, supervise."""
+        async with self._lock():
+            await self._keep(reconcile=False)
+
+    async def forget(self) -> None:
+        """Stop this server's keeper and touch nothing else: what a hub process leaves when it
+        exits with the server running (``cleanup_servers = False``)."""
+        await self._stop_keeper()
+
+    def _start_keeper(self, reconcile: bool = False) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet (load_state from a tool): the first poll starts it
+        if self._keeper is None or self._keeper.done():
+            self._keeper = loop.create_task(self._keeper_loop(reconcile))
+
+    async def _stop_keeper(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is None or keeper is asyncio.current_task():
+            return
+        keeper.cancel()
+        try:
+            await keeper
+        except (asyncio.CancelledError, Exception):
+            pass
+
+    async def _keeper_loop(self, reconcile: bool) -> None:
+        """The one place that heartbeats, extends, rotates, restores and supervises a running
+        server, every ``keeper_interval`` (jittered), under the server's lock."""
+        if not reconcile:
+            await asyncio.sleep(self._keeper_pause())
+        while True:
+            async with self._lock():
+                if self.mesh_state.empty:
+                    return
+                try:
+                    if await self._keep(reconcile):
+                        reconcile = False
+                    self.keeper_rounds += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    # Consul trouble is not the server's death: the check TTL and intention
+                    # expiry leave room for the next round.
+                    self.log.warning("Could not refresh %s in the mesh: %s", self._log_name, e)
+                if self._mesh_failure:
+                    return
+            await asyncio.sleep(self._keeper_pause())
+
+    def _keeper_pause(self) -> float:
+        return random.uniform(0.8, 1.2) * self.keeper_interval
+
+    async def _keep(self, reconcile: bool) -> bool:
+        """One round of the keeper; True when a restored server is reconciled."""
+        if not await self._container_running(self.container_id or self.container_name):
+            return False  # the notebook is gone: poll reports it and JupyterHub stops the server
+        mesh = self._mesh(self._running_plan())
+        if not await self._sidecar_alive():
+            if not reconcile:
+                await self._fail_server(f"sidecar {self.sidecar_container_name} stopped and stayed down")
+                return False
+            self.log.warning("The sidecar of %s is gone; minting a new token and restarting it", self._log_name)
+            await self._rotate_token(mesh)
+        if reconcile or not await self._heartbeat_or_restore(mesh):
+            if not await mesh.registered_in_consul():
+                self.log.warning("Consul lost %s; registering it again", mesh.plan.service_id)
+            await mesh.register(await self._mesh_address())
+        if reconcile and not await mesh.token_exists():
+            self.log.warning("The token of %s is gone; minting a new one and restarting the sidecar", self._log_name)
+            await self._rotate_token(mesh)
+        if reconcile or mesh.grant_due():
+            await mesh.grant()
+        if mesh.token_due(self._rotation_margin):
+            await self._rotate_token(mesh)
+        if reconcile:
+            await mesh.delete_stale_tokens()
+            self.log.info("Reconciled %s with Consul", mesh.plan.service_id)
+        self._save_state()
+        return True
+
+    async def _heartbeat_or_restore(self, mesh: ServerMesh) -> bool:
+        """Pass the TTL check; False when Consul no longer has it (the registration was lost)."""
+        try:
+            await mesh.heartbeat()
+            return True
+        except ConsulError as e:
+            # 404 "Unknown check ID" (Consul's agent/agent_endpoint.go AgentCheckPass).
+            if e.status == 404:
+                return False
+            raise
+
+    async def _sidecar_alive(self) -> bool:
+        """Running or being restarted by Docker's policy; a sidecar that stays down for a few
+        seconds is dead (stopped, killed, or out of restarts)."""
+        deadline = time.monotonic() + SIDECAR_DOWN_GRACE
+        while True:
+            info = await self._inspect(self.sidecar_container_id)
+            if info is None:
+                return False
+            state = info["State"]
+            if state.get("Running") or state.get("Restarting"):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.5)
+
+    async def _fail_server(self, reason: str) -> None:
+        """Take the whole server down (notebook included, so nothing runs out of the hub's
+        sight), then let poll report it."""
+        self.log.error("Taking %s down: %s", self._log_name, reason)
+        await self._teardown(stop_notebook=True)
+        self._mesh_failure = reason  # only now may poll report it: the notebook is stopped
+
+    def _save_state(self) -> None:
+        """Write state to the hub database now: JupyterHub itself saves it only at start and
+        stop, and a rotated token must not be forgotten if the hub restarts before then."""
+        if self.orm_spawner is not None and self.db is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+
+    async def _rotate_token(self, mesh: ServerMesh) -> None:
+        """Mint a new token, restart the sidecar with it, wait until it is ready, then delete
+        the old token (Consul tokens cannot be extended). A rotation that fails takes the
+        server down: a server without a working sidecar is not healthy."""
+        secret = await mesh.mint_token()
+        self._save_state()  # the new accessor is known before anything else can fail
+        try:
+            await self._start_sidecar(mesh.plan, secret)
+            await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
+        except (APIError, SidecarNotReady, RuntimeError) as e:
+            await self._fail_server(f"token rotation could not restart the sidecar: {e}")
+            return
+        await mesh.delete_retired_tokens()
+        self._save_state()
+        self.log.info("Rotated the Consul token of %s", mesh.plan.service_id)
+
+    # -- orphans ----------------------------------------------------------------------------------
 
     def _schedule_orphan_sweep(self) -> None:
         """Start, once per hub process, the sweep of objects this hub owns but no server holds."""
@@ -634,119 +1040,45 @@ class ConsulSpawner(DockerSpawner):
         if key in _orphan_sweeps:
             return
 
-        def live_services() -> set[str]:
-            alive = set()
+        def live_incarnations() -> dict[str, str | None]:
+            alive: dict[str, str | None] = {}
             for user in list(users.values()):
                 for spawner in list(user.spawners.values()):
                     if not isinstance(spawner, ConsulSpawner):
                         continue
                     if spawner.mesh_state.service_id:
-                        alive.add(spawner.mesh_state.service_id)
+                        alive[spawner.mesh_state.service_id] = spawner.mesh_state.incarnation or None
                     if spawner.pending or spawner.active:
-                        alive.add(naming.service_name(user.name, spawner.name or "", spawner.service_name_template))
+                        # Mid-start its incarnation may not be recorded yet: keep all of its objects.
+                        name = naming.service_name(user.name, spawner.name or "", spawner.service_name_template)
+                        if spawner.pending or name not in alive:
+                            alive[name] = None
             return alive
 
         async def sweep():
             await asyncio.sleep(self.orphan_sweep_delay)
             try:
-                await sweep_orphans(client, writer, self.hub_instance, live_services, self.log)
-                await self._remove_orphan_sidecars(live_services())
+                removed = await sweep_orphans(client, writer, self.hub_instance, live_incarnations, self.log)
+                await self._remove_orphan_sidecars({(o.service, o.incarnation) for o in removed})
             except Exception as e:
                 self.log.warning("Orphan sweep of hub %s failed; the janitor remains: %s", self.hub_instance, e)
 
         _orphan_sweeps[key] = asyncio.get_running_loop().create_task(sweep())
 
-    async def _remove_orphan_sidecars(self, alive: set[str]) -> None:
+    async def _remove_orphan_sidecars(self, orphaned: set[tuple[str, str]]) -> None:
+        """Remove sidecar containers whose labels name an incarnation the sweep just found
+        orphaned in this hub's Consul: both Docker and Consul must say it is our leftover (a
+        second hub on the same Docker daemon has other incarnations)."""
         containers = await self.docker(
             "containers", all=True,
             filters={"label": [f"{LABEL_PREFIX}.role=sidecar", f"{LABEL_PREFIX}.hub-instance={self.hub_instance}"]},
         )
         for container in containers:
-            service_id = (container.get("Labels") or {}).get(f"{LABEL_PREFIX}.service-id")
-            if service_id and service_id not in alive:
+            labels = container.get("Labels") or {}
+            key = (labels.get(f"{LABEL_PREFIX}.service-id"), labels.get(f"{LABEL_PREFIX}.incarnation"))
+            if key[1] and key in orphaned:
                 await self.docker("remove_container", container["Id"], force=True, v=True)
-                self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], service_id)
-
-    async def _reconcile(self, mesh: ServerMesh) -> None:
-        """After a hub restart: re-register if Consul lost the service, replace a token that is
-        gone or a sidecar that died meanwhile (a sidecar whose token vanished exits, as Envoy
-        would), and re-grant. Idempotent: registering or granting the same ID replaces it."""
-        plan = mesh.plan
-        if not await mesh.registered_in_consul():
-            ip, _ = await self.get_ip_and_port()
-            self.log.warning("Consul lost %s; registering it again", plan.service_id)
-            await mesh.register(address=ip)
-            await mesh.heartbeat("re-registered after hub restart")
-        sidecar_alive = bool(self.sidecar_container_id) and await self._container_running(self.sidecar_container_id)
-        if not sidecar_alive or not await mesh.token_exists():
-            self.log.warning("Token or sidecar of %s is gone; minting a new token, restarting the sidecar",
-                             plan.service_id)
-            await self._rotate_token(mesh)
-        await mesh.grant()
-        await mesh.delete_stale_tokens()
-        self._needs_reconcile = False
-        self._save_state()
-        self.log.info("Reconciled %s in Consul after hub start", plan.service_id)
-
-    def _save_state(self) -> None:
-        """Write state to the hub database now: JupyterHub itself saves it only at start and
-        stop, and a rotated token must not be forgotten if the hub restarts before then."""
-        if self.orm_spawner is not None and self.db is not None:
-            self.orm_spawner.state = self.get_state()
-            self.db.commit()
-
-    async def _rotate_token(self, mesh: ServerMesh) -> None:
-        """Mint a new token, restart the sidecar with it, wait until it is ready, then delete
-        the old token (Consul tokens cannot be extended)."""
-        old_accessor = mesh.state.token_accessor
-        secret = await mesh.mint_token()
-        try:
-            await self._remove_sidecar()
-            await self._start_sidecar(mesh.plan, secret)
-            await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
-        finally:
-            # Delete the old one whatever happened: it is about to expire anyway, and if the
-            # new sidecar failed the next poll reports the server dead.
-            if old_accessor and old_accessor != mesh.state.token_accessor:
-                await mesh.delete_token_by_accessor(old_accessor)
-            self._save_state()
-        self.log.info("Rotated the Consul token of %s", mesh.plan.service_id)
-
-    async def run_post_stop_hook(self):
-        # JupyterHub skips stop() when poll() already found the server dead (crash, container
-        # killed), but always runs this hook: revoke and remove here too. After a normal stop
-        # the state is already clear and this does nothing.
-        if not self.mesh_state.empty or self.sidecar_container_id:
-            await self._teardown(self._mesh(self._teardown_plan()), stop_notebook=False)
-        result = super().run_post_stop_hook()
-        if inspect.isawaitable(result):
-            await result
-
-    async def _teardown(self, mesh: ServerMesh, *, stop_notebook: bool, now: bool = False) -> None:
-        """Intention first (access ends before anything else), then sidecar, notebook,
-        service and token. Consul failures do not stop the rest; they are retried in the
-        background."""
-        failed = await mesh.undo(["revoke"])
-        try:
-            if self.sidecar_container_id:
-                await self._remove_sidecar()
-            else:
-                await self._remove_sidecar(by_name=True)
-        except Exception as e:
-            self.log.warning("Could not remove sidecar of %s: %s", self._log_name, e)
-        if stop_notebook and self.object_id:
-            state_before = self.mesh_state
-            await DockerSpawner.stop(self, now=now)
-            # DockerSpawner.stop clears state; the mesh still holds what is left to undo.
-            self.mesh_state = state_before
-        failed_steps = ["revoke"] if failed else []
-        for step in ("deregister", "delete_token"):
-            if await mesh.undo([step]):
-                failed_steps.append(step)
-        self._plan = None
-        if failed_steps:
-            _retry_in_background(mesh, failed_steps, self.intention_ttl, self.log)
-        self.mesh_state = MeshState()
+                self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], key[0])
 
 
 def _token_archive(secret: str) -> bytes:
@@ -763,28 +1095,3 @@ def _token_archive(secret: str) -> bytes:
         info.mtime = int(time.time())
         tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
-
-
-def _retry_in_background(mesh: ServerMesh, steps: list[str], limit: float, log: Any) -> None:
-    """Keep retrying teardown steps Consul refused at stop, with backoff, for ``limit`` seconds;
-    after that the intention's expiry and the janitor take over. Never dropped silently."""
-
-    async def retry():
-        deadline = time.monotonic() + limit
-        delay = 1.0
-        remaining = list(steps)
-        while remaining:
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            remaining = [step for step in remaining if await mesh.undo([step])]
-            if remaining and time.monotonic() > deadline:
-                log.error(
-                    "Gave up retrying %s for %s; the janitor will remove them after expiry",
-                    remaining, mesh.plan.service_id,
-                )
-                return
-            delay = min(delay * 2, 30.0)
-        log.info("Background teardown of %s completed", mesh.plan.service_id)
-
-    task = asyncio.get_running_loop().create_task(retry())
-    _pending_teardowns.add(task)
-    task.add_done_callback(_pending_teardowns.discard)

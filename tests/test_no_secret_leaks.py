@@ -40,8 +40,9 @@ async def test_full_cycle_logs_no_token(acl_consul, acl_client, caplog):
 
     await mesh.revoke()
     await mesh.deregister()
-    await mesh.delete_token()
-    assert await acl_client.read_token(mesh.state.token_accessor or "none") is None
+    accessor = mesh.state.token_accessor
+    await mesh.delete_tokens()
+    assert await acl_client.read_token(accessor) is None
 
     logged = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in caplog.records)
     assert "Registered Consul service jupyter-alice" in logged  # the log really was captured

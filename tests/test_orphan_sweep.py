@@ -4,12 +4,12 @@ intention first; live servers, other hubs and foreign objects stay."""
 import time
 
 from consulspawner.intentions import KIND, IntentionWriter
-from consulspawner.mesh import sweep_orphans
+from consulspawner.mesh import new_incarnation, sweep_orphans
 from consulspawner.plan import MeshSettings, build_plan
 
 
 async def create_server(client, hub, user):
-    plan = build_plan(MeshSettings(hub_instance=hub), user)
+    plan = build_plan(MeshSettings(hub_instance=hub), user, incarnation=new_incarnation())
     await client.create_service_token(plan.service_name, plan.token_description(), 3600)
     await client.register_service(plan.registration("127.0.0.1"))
     [(destination, entry)] = plan.grants(time.time())
@@ -24,10 +24,10 @@ async def test_sweep_removes_only_this_hubs_orphans(acl_client):
     await acl_client.register_service({"ID": "web", "Name": "web", "Port": 80})
     writer = IntentionWriter(acl_client, "hub-a")
 
-    removed = await sweep_orphans(acl_client, writer, "hub-a", lambda: {live.service_name})
+    removed = await sweep_orphans(acl_client, writer, "hub-a", lambda: {live.service_name: live.owner.incarnation})
 
-    assert [line.split()[0] for line in removed] == ["intention", "service", "token"]
-    assert all(orphan.service_name in line or "user 'orphan'" in line for line in removed)
+    assert [o.kind for o in removed] == ["intention", "service", "token"]
+    assert {(o.service, o.incarnation) for o in removed} == {(orphan.service_name, orphan.owner.incarnation)}
     services = await acl_client.agent_services()
     assert orphan.service_id not in services and orphan.sidecar_id not in services
     assert {live.service_id, elsewhere.service_id, "web"} <= set(services)
@@ -40,15 +40,30 @@ async def test_sweep_removes_only_this_hubs_orphans(acl_client):
 
 async def test_a_server_spawned_during_the_sweep_is_left_alone(acl_client):
     plan = await create_server(acl_client, "hub-a", "racer")
-    alive: set[str] = set()
+    alive: dict[str, str | None] = {}
     calls = []
 
     def keep():
-        # The user spawns right after the sweep has read Consul: from then on it is alive.
+        # The user spawns right after the sweep has read Consul: from then on it is alive (its
+        # incarnation not recorded yet, as mid-start).
         calls.append(1)
-        alive.add(plan.service_name)
+        alive[plan.service_name] = None
         return alive
 
     removed = await sweep_orphans(acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a", keep)
     assert removed == [] and calls
     assert plan.service_id in await acl_client.agent_services()
+
+
+async def test_an_older_incarnation_of_a_live_server_is_an_orphan(acl_client):
+    """A hub killed mid-spawn, then the user started again: the service name is live, but the
+    objects of the earlier start carry another incarnation and go; the live ones stay."""
+    old = await create_server(acl_client, "hub-a", "again")
+    token_of_old = [t["AccessorID"] for t in await acl_client.list_tokens(service_name=old.service_name)]
+    new = await create_server(acl_client, "hub-a", "again")  # re-registers the same ID, re-grants
+    removed = await sweep_orphans(acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a",
+                                  lambda: {new.service_name: new.owner.incarnation})
+    assert [(o.kind, o.target) for o in removed] == [("token", token_of_old[0])]
+    assert new.service_id in await acl_client.agent_services()
+    sources = (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"]
+    assert [s["Name"] for s in sources] == [new.service_name]

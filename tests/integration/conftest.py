@@ -102,7 +102,7 @@ def user_name():
 
 
 @pytest.fixture
-def make_spawner(images, test_network, mesh_consul, docker_client, request):
+async def make_spawner(images, test_network, mesh_consul, docker_client, request):
     made = []
 
     def make(name, **overrides):
@@ -125,6 +125,8 @@ def make_spawner(images, test_network, mesh_consul, docker_client, request):
         return spawner
 
     yield make
+    for spawner in made:
+        await spawner.forget()
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
     remove_containers(docker_client, container_ids(docker_client, name=f"jupyter-{NAME_PREFIX}"), show_logs=failed)
 
@@ -197,6 +199,9 @@ def remove_containers(docker_client, ids, show_logs=False):
             container.remove(force=True)
         except docker.errors.NotFound:
             pass  # auto_remove got there first
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # "removal already in progress": auto_remove is at it
+                raise
 
 
 async def containers_gone(docker_client, name, timeout=30):

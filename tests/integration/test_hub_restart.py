@@ -13,6 +13,7 @@ import sys
 import time
 
 from consulspawner.intentions import KIND, IntentionWriter
+from consulspawner.mesh import new_incarnation
 from consulspawner.plan import MeshSettings, build_plan
 
 from ..conftest import MASTER_TOKEN
@@ -37,7 +38,7 @@ async def test_graceful_restarts_reconcile_without_duplicates(hub_runner, admin,
     api = await hub_runner.start()
     await api.spawn(lost_service, lost_token)
     before = {u: await mesh_objects(admin, f"jupyter-{u}") for u in (lost_service, lost_token)}
-    old_sidecar = docker_client.containers.get(f"jupyter-{lost_token}-sidecar").id
+    old_sidecar = docker_client.containers.get(f"jupyter-{lost_token}.consul-sidecar").id
 
     hub_runner.stop()
     # While the hub is down, Consul loses one server's registration and the other's token.
@@ -65,7 +66,7 @@ async def test_graceful_restarts_reconcile_without_duplicates(hub_runner, admin,
 
     after = await mesh_objects(admin, f"jupyter-{lost_token}")
     assert after["tokens"] != before[lost_token]["tokens"], "a token that was gone must be replaced"
-    assert docker_client.containers.get(f"jupyter-{lost_token}-sidecar").id != old_sidecar
+    assert docker_client.containers.get(f"jupyter-{lost_token}.consul-sidecar").id != old_sidecar
     assert (await mesh_objects(admin, f"jupyter-{lost_service}"))["tokens"] == before[lost_service]["tokens"]
 
 
@@ -89,9 +90,10 @@ async def test_after_sigkill_consul_and_the_janitor_remove_everything(hub_runner
     hub_runner.kill_hub_only()
     janitor = start_janitor(mesh_consul.url)
     try:
-        # The documented limit: check_ttl (60 s) + deregister_critical_after (180 s), then the
-        # janitor's grace. The fake clock jumps over the Consul part.
-        mesh_consul.advance(60 + 180 + 1)
+        # The documented limit: check_ttl (60 s) + deregister_critical_after (180 s) + the
+        # agent's reaper interval (30 s), then the janitor's grace. The fake clock jumps over the
+        # Consul part.
+        mesh_consul.advance(60 + 180 + 30 + 1)
 
         async def all_gone():
             objects = [await mesh_objects(admin, f"jupyter-{u}") for u in users]
@@ -114,15 +116,16 @@ async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, adm
     """A hub killed mid-spawn leaves a token, a registration, an intention and a sidecar that no
     saved state names. The next hub start removes them, and leaves live servers alone."""
     orphan_user, live_user = f"{user_name}o", f"{user_name}l"
-    plan = build_plan(MeshSettings(hub_instance="jupyterhub"), orphan_user)
+    plan = build_plan(MeshSettings(hub_instance="jupyterhub"), orphan_user, incarnation=new_incarnation())
     await admin.create_service_token(plan.service_name, plan.token_description(), 3600)
     await admin.register_service(plan.registration("127.0.0.1"))
     [(destination, entry)] = plan.grants(time.time())
     await IntentionWriter(admin, "jupyterhub").grant(destination, entry)
     docker_client.containers.run(
-        images["sidecar"], ["sleep", "600"], name=f"{plan.service_id}-sidecar", detach=True,
+        images["sidecar"], ["sleep", "600"], name=f"{plan.service_id}.consul-sidecar", detach=True,
         labels={"org.jupyter.consulspawner.role": "sidecar", "org.jupyter.consulspawner.hub-instance": "jupyterhub",
-                "org.jupyter.consulspawner.service-id": plan.service_id},
+                "org.jupyter.consulspawner.service-id": plan.service_id,
+                "org.jupyter.consulspawner.incarnation": plan.owner.incarnation},
     )
     # Another hub's objects are not this hub's to remove.
     other = build_plan(MeshSettings(hub_instance="other-hub"), f"{user_name}z")
@@ -131,7 +134,7 @@ async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, adm
     api = await hub_runner.start(CONSULSPAWNER_ORPHAN_SWEEP_DELAY="3")
     await api.spawn(live_user)
     await wait_for(lambda: _gone(admin, plan.service_name), timeout=90, message="the orphan sweep")
-    await containers_gone(docker_client, f"{plan.service_id}-sidecar")
+    await containers_gone(docker_client, f"{plan.service_id}.consul-sidecar")
     live = await mesh_objects(admin, f"jupyter-{live_user}")
     assert len(live["services"]) == 2 and len(live["tokens"]) == 1 and live["sources"]
     assert other.service_id in await admin.agent_services()

@@ -1,6 +1,7 @@
 """Short-lived by construction, on real containers: token rotation, Consul faults at start and
 stop (every call failing once), Consul down or slow, and Consul restarted with state kept."""
 
+import asyncio
 import json
 import time
 
@@ -19,14 +20,17 @@ async def upstream_answers(docker_client, spawner):
 
 async def test_token_rotation_keeps_the_server_usable_with_one_live_token(make_spawner, admin, docker_client,
                                                                           user_name):
-    spawner = make_spawner(user_name, token_ttl=60, token_rotation_margin=59)
+    spawner = make_spawner(user_name, token_ttl=60, token_rotation_margin=59, keeper_interval=3600)
     await spawner.start()
     name = f"jupyter-{user_name}"
     [first] = (await mesh_objects(admin, name))["tokens"]
     first_sidecar = spawner.sidecar_container_id
 
+    # Measure the upstream's gap: probe it from inside the notebook while the keeper rotates.
+    gap = await _upstream_gap_during(docker_client, spawner, spawner.keep_now())
+    print(f"\nthe upstream was unreachable for {gap:.2f}s during the rotation")
+    assert gap < 30
     rotated_at = time.monotonic()
-    assert await spawner.poll() is None  # 60 s TTL, 59 s margin: due at once
     [second] = (await mesh_objects(admin, name))["tokens"]
     assert second != first and await admin.read_token(first) is None
     assert spawner.mesh_state.token_accessor == second
@@ -44,7 +48,6 @@ async def test_token_rotation_keeps_the_server_usable_with_one_live_token(make_s
 START_CALLS = [
     ("PUT", r"^/v1/acl/token$"),
     ("PUT", r"^/v1/agent/service/register$"),
-    ("PUT", r"^/v1/agent/check/pass/"),
     ("GET", r"^/v1/health/service/"),
     ("GET", r"^/v1/config/service-intentions/"),
     ("PUT", r"^/v1/config$"),
@@ -52,6 +55,32 @@ START_CALLS = [
 
 
 @pytest.mark.parametrize(("method", "path"), START_CALLS)
+async def _upstream_gap_during(docker_client, spawner, work):
+    """Longest stretch (s) in which the notebook's upstream refused connections while ``work``
+    ran (a connection attempt every 50 ms from inside the notebook's network namespace)."""
+    probe = docker_client.api.exec_create(spawner.container_id, [
+        "python3", "-c",
+        "import socket, time\n"
+        "gap = worst = 0.0; last_ok = time.monotonic(); end = time.monotonic() + 60\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        socket.create_connection(('127.0.0.1', 28080), timeout=1).close(); now = time.monotonic()\n"
+        "        worst = max(worst, now - last_ok); last_ok = now\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    time.sleep(0.05)\n"
+        "    if open('/tmp/stop-probe', 'a') and __import__('os').path.getsize('/tmp/stop-probe'): break\n"
+        "print(round(worst, 3))\n",
+    ])
+    output = asyncio.get_running_loop().run_in_executor(None, docker_client.api.exec_start, probe["Id"])
+    await asyncio.sleep(0.5)
+    await work
+    await asyncio.get_running_loop().run_in_executor(
+        None, lambda: docker_client.containers.get(spawner.container_id).exec_run(
+            ["sh", "-c", "echo stop > /tmp/stop-probe"]))
+    return float((await output).decode().strip().splitlines()[-1])
+
+
 async def test_each_start_call_failing_once_leaves_consul_consistent(make_spawner, admin, mesh_consul,
                                                                      docker_client, user_name, method, path):
     spawner = make_spawner(user_name)
@@ -136,10 +165,12 @@ async def test_consul_down_at_stop_then_back(make_spawner, admin, mesh_consul, d
 
 async def test_consul_restarted_with_state_kept_running_servers_keep_working(make_spawner, admin, mesh_consul,
                                                                               docker_client, user_name):
-    spawner = make_spawner(user_name)
+    spawner = make_spawner(user_name, keeper_interval=0.5)
     await spawner.start()
     mesh_consul.stop()
     mesh_consul.restart()
+    rounds = spawner.keeper_rounds
+    await wait_for(lambda: spawner.keeper_rounds > rounds + 1, message="keeper rounds after the restart")
     assert await spawner.poll() is None
     assert await upstream_answers(docker_client, spawner)
     objects = await mesh_objects(admin, f"jupyter-{user_name}")

@@ -60,18 +60,16 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
     await containers_gone(docker_client, name)
 
 
-async def test_poll_refreshes_the_check_and_reports_a_dead_sidecar(make_spawner, admin, mesh_consul,
-                                                                    docker_client, user_name):
-    spawner = make_spawner(user_name, check_ttl=60)
+async def test_the_keeper_refreshes_the_check(make_spawner, admin, mesh_consul, user_name):
+    spawner = make_spawner(user_name, check_ttl=60, keeper_interval=0.5)
     await spawner.start()
     check_id = f"jupyter-{user_name}:alive"
-    for _ in range(3):  # 150 s of fake time: past the TTL unless poll refreshes it
+    for _ in range(3):  # 150 s of fake time: past the TTL unless the keeper passes it
         mesh_consul.advance(50)
-        assert await spawner.poll() is None
+        rounds = spawner.keeper_rounds
+        await wait_for(lambda rounds=rounds: spawner.keeper_rounds > rounds, message="a keeper round")
     assert (await admin.agent_checks())[check_id]["Status"] == "passing"
-
-    docker_client.containers.get(spawner.sidecar_container_id).kill()
-    assert "sidecar" in await spawner.poll()
+    assert await spawner.poll() is None
     await hub_stop(spawner)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
 
@@ -95,6 +93,7 @@ async def test_restarted_hub_can_stop_from_state(make_spawner, admin, user_name)
     state = json.loads(json.dumps(first.get_state()))  # as the hub database stores it
     assert state["consul"]["token_accessor"] and state["sidecar_container_id"]
 
+    await first.forget()  # the old hub process is gone
     second = make_spawner(user_name)
     second.load_state(state)
     assert await second.poll() is None
@@ -151,9 +150,16 @@ async def test_l7_grant_keeps_the_trino_user_across_a_hub_restart(make_spawner, 
         return source["Permissions"][0]["HTTP"]["Header"][0]["Exact"]
 
     assert await header_value() == f"{user_name}_trino"
+    await first.forget()  # the old hub process is gone
+    await admin.delete_config("service-intentions", "trino-coordinator")
     restored = make_spawner(user_name, **settings)
     restored.load_state(json.loads(json.dumps(first.get_state())))
-    assert await restored.poll() is None  # reconciles, re-granting the intention
-    assert await header_value() == f"{user_name}_trino"
+    assert await restored.poll() is None
+
+    async def regranted():
+        entry = await admin.get_config("service-intentions", "trino-coordinator")
+        return entry is not None and await header_value() == f"{user_name}_trino"
+
+    await wait_for(regranted, message="the keeper to reconcile the restored server, re-granting")
     await hub_stop(restored)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING

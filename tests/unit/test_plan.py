@@ -12,8 +12,9 @@ SETTINGS = MeshSettings(hub_instance="hub-a", check_ttl=60, deregister_critical_
 
 
 def test_registration_of_a_plain_user():
-    plan = build_plan(SETTINGS, "alice", service_port=8888)
-    meta = {"managed-by": "consulspawner", "hub-instance": "hub-a", "hub-user": "alice", "hub-server": ""}
+    plan = build_plan(SETTINGS, "alice", service_port=8888, incarnation="c0ffee")
+    meta = {"managed-by": "consulspawner", "hub-instance": "hub-a", "hub-user": "alice", "hub-server": "",
+            "incarnation": "c0ffee"}
     assert plan.registration("172.18.0.5") == {
         "ID": "jupyter-alice",
         "Name": "jupyter-alice",
@@ -26,6 +27,7 @@ def test_registration_of_a_plain_user():
             "Name": "JupyterHub server alive",
             "TTL": "60s",
             "DeregisterCriticalServiceAfter": "90s",
+            "Status": "passing",
         },
         "Connect": {
             "SidecarService": {

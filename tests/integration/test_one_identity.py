@@ -1,0 +1,306 @@
+"""One server, one identity (issue 8), on real containers and the fake agent: every finding
+the review reproduced, as a test that failed on the code before incarnations and the keeper.
+
+Each server start is an incarnation; deferred deletions are guarded by it; poll only reads; one
+keeper per server does all repair work under the server's lock; a dead sidecar takes its
+notebook with it; stop is bounded when Consul hangs.
+"""
+
+import asyncio
+import os
+import time
+
+import pytest
+from traitlets import TraitError
+
+from consulspawner import ownership
+from consulspawner import spawner as spawner_module
+from consulspawner.consul import ConsulClient
+from consulspawner.intentions import KIND, L7
+from consulspawner.testing.fakeconsul import FakeConsul
+
+from ..conftest import MASTER_TOKEN
+from .conftest import NOTHING, container_ids, containers_gone, hub_stop, mesh_objects, wait_for
+
+DEST = "trino-coordinator"
+
+
+def notebook_ids(docker_client, user_name):
+    """Running notebook containers of this user (a stopped one may linger while auto_remove works)."""
+    return container_ids(docker_client, name=f"^/jupyter-{user_name}$", status="running")
+
+
+def sidecar_state(docker_client, spawner):
+    return docker_client.api.inspect_container(spawner.sidecar_container_id)["State"]
+
+
+async def background_teardowns_done():
+    return not spawner_module._pending_teardowns
+
+
+async def test_a_crashed_sidecar_is_restarted_by_docker(make_spawner, admin, docker_client, user_name):
+    spawner = make_spawner(user_name, keeper_interval=1)
+    await spawner.start()
+    first_pid = sidecar_state(docker_client, spawner)["Pid"]
+    os.kill(first_pid, 9)  # a crash, not a `docker kill`: the restart policy applies
+
+    await wait_for(lambda: sidecar_state(docker_client, spawner)["Pid"] not in (0, first_pid)
+                   and sidecar_state(docker_client, spawner)["Running"], message="the sidecar restarted by Docker")
+    assert docker_client.api.inspect_container(spawner.sidecar_container_id)["RestartCount"] >= 1
+    # Several keeper rounds later the server is still whole.
+    rounds = spawner.keeper_rounds
+    await wait_for(lambda: spawner.keeper_rounds >= rounds + 3, message="three more keeper rounds")
+    assert await spawner.poll() is None
+    assert notebook_ids(docker_client, user_name)
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_killed_sidecar_takes_its_notebook_down_and_the_next_start_works(make_spawner, admin, docker_client,
+                                                                               user_name):
+    spawner = make_spawner(user_name, keeper_interval=1)
+    await spawner.start()
+    docker_client.api.kill(spawner.sidecar_container_id)  # Docker does not restart what was killed on purpose
+
+    status = await wait_for(spawner.poll, message="poll to report the server dead")
+    assert "sidecar" in str(status)
+    # Reported dead only once the notebook is gone: nothing runs out of the hub's sight.
+    assert not notebook_ids(docker_client, user_name)
+    await hub_stop(spawner)  # JupyterHub skips stop() here and runs only the post-stop hook
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+    await spawner.start()  # first try: no stale name in the way
+    assert await spawner.poll() is None
+    await hub_stop(spawner)
+
+
+async def test_a_late_teardown_of_the_old_server_never_touches_the_new_one(make_spawner, admin, mesh_consul,
+                                                                         docker_client, user_name):
+    spawner = make_spawner(user_name, consul_request_timeout=2)
+    name = f"jupyter-{user_name}"
+    await spawner.start()
+    old_incarnation = spawner.mesh_state.incarnation
+    # A Consul hiccup at stop: every revoke and deregister fails until cleared.
+    mesh_consul.fail("PUT", r"^/v1/config$", status=500, times=10_000)
+    mesh_consul.fail("DELETE", r"^/v1/config/", status=500, times=10_000)
+    mesh_consul.fail("PUT", r"^/v1/agent/service/deregister/", status=500, times=10_000)
+    await hub_stop(spawner)
+    assert spawner_module._pending_teardowns, "the failed steps go on in the background"
+    mesh_consul.clear_faults()
+
+    await spawner.start()
+    new_incarnation = spawner.mesh_state.incarnation
+    assert new_incarnation != old_incarnation
+    await wait_for(background_teardowns_done, timeout=90, message="the old server's background teardown")
+
+    objects = await mesh_objects(admin, name)
+    assert objects["services"] == [name, f"{name}-sidecar-proxy"] and objects["sources"] == [name]
+    assert objects["tokens"] == [spawner.mesh_state.token_accessor]
+    entry = await admin.get_config(KIND, DEST)
+    [source] = [s for s in entry["Sources"] if s["Name"] == name]
+    assert ownership.parse(source["Description"]).incarnation == new_incarnation
+    service = (await admin.agent_services())[name]
+    assert service["Meta"][ownership.META_INCARNATION] == new_incarnation
+    assert await spawner.poll() is None
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, name) == NOTHING
+
+
+async def test_a_token_consul_commits_but_answers_late_is_neither_lost_nor_doubled(make_spawner, admin, mesh_consul,
+                                                                                 user_name):
+    spawner = make_spawner(user_name, consul_request_timeout=1)
+    name = f"jupyter-{user_name}"
+    mesh_consul.delay_response("PUT", r"^/v1/acl/token$", seconds=3)
+    await spawner.start()
+    assert (await mesh_objects(admin, name))["tokens"] == [spawner.mesh_state.token_accessor]
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, name) == NOTHING
+
+
+async def test_a_spawn_cancelled_during_the_mint_leaves_no_token(make_spawner, admin, mesh_consul, user_name):
+    spawner = make_spawner(user_name, consul_request_timeout=5)
+    name = f"jupyter-{user_name}"
+    mesh_consul.delay_response("PUT", r"^/v1/acl/token$", seconds=None)  # committed, answer held
+    start = asyncio.ensure_future(spawner.start())
+    await wait_for(lambda: mesh_consul.count("PUT", r"^/v1/acl/token$") >= 1, message="the mint to reach Consul")
+    start.cancel()  # start_timeout, or the user pressing cancel
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    mesh_consul.clear_faults()
+    await wait_for(lambda: _nothing(admin, name), timeout=30, message="the committed token to be deleted")
+
+
+async def _nothing(admin, name):
+    return await mesh_objects(admin, name) == NOTHING
+
+
+def test_range_checks_fail_when_the_config_loads_naming_the_setting(make_spawner, user_name):
+    with pytest.raises(TraitError, match="deregister_critical_after"):
+        make_spawner(user_name, deregister_critical_after=30)
+    with pytest.raises(TraitError, match="trino_user"):
+        make_spawner(user_name, trino_user="{foo}")
+    with pytest.raises(TraitError, match="token_ttl"):
+        make_spawner(user_name, token_ttl=48 * 3600)
+
+
+async def test_teardown_needs_only_state(make_spawner, admin, docker_client, user_name):
+    assert await admin.set_config({"Kind": "service-defaults", "Name": DEST, "Protocol": "http"})
+    running = make_spawner(user_name, intention_mode=L7)
+    await running.start()
+    state = running.get_state()
+
+    def broken(_spawner):
+        raise RuntimeError("the directory is down")
+
+    # After a hub restart with configuration that could not even plan a spawn (intention TTL
+    # below the check TTL) and a Trino-user callable that fails: the stop still revokes all.
+    restored = make_spawner(user_name, intention_mode=L7, trino_user=broken, check_ttl=600, intention_ttl=60,
+                            keeper_interval=3600)
+    restored.load_state(state)
+    await restored.stop()
+    await restored.run_post_stop_hook()
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+    await containers_gone(docker_client, f"jupyter-{user_name}")
+
+
+async def test_a_failing_trino_user_callable_fails_the_spawn_naming_the_setting(make_spawner, admin, user_name):
+    spawner = make_spawner(user_name, trino_user=lambda s: {}["missing"])
+    with pytest.raises(RuntimeError, match="trino_user"):
+        await spawner.start()
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_concurrent_polls_with_a_token_due_only_read(make_spawner, admin, mesh_consul, user_name):
+    spawner = make_spawner(user_name, token_ttl=60, token_rotation_margin=59, keeper_interval=3600)
+    await spawner.start()
+    name = f"jupyter-{user_name}"
+    [token] = (await mesh_objects(admin, name))["tokens"]
+    sidecar = spawner.sidecar_container_id
+    writes_before = len([r for r in mesh_consul.requests if r[0] in ("PUT", "POST", "DELETE")])
+
+    assert await asyncio.gather(*(spawner.poll() for _ in range(4))) == [None] * 4
+    assert (await mesh_objects(admin, name))["tokens"] == [token]
+    assert spawner.sidecar_container_id == sidecar
+    assert len([r for r in mesh_consul.requests if r[0] in ("PUT", "POST", "DELETE")]) == writes_before
+    await hub_stop(spawner)
+
+
+async def test_stop_during_a_rotation_leaves_nothing_behind(make_spawner, admin, docker_client, user_name):
+    spawner = make_spawner(user_name, token_ttl=60, token_rotation_margin=59, keeper_interval=0.2)
+    name = f"jupyter-{user_name}"
+    await spawner.start()
+
+    async def rotating():  # the new token minted, the old one not deleted yet
+        return len((await mesh_objects(admin, name))["tokens"]) == 2
+
+    await wait_for(rotating, interval=0.05, message="the keeper to be mid-rotation")
+    await hub_stop(spawner)
+    await containers_gone(docker_client, f"jupyter-{user_name}")
+    assert await mesh_objects(admin, name) == NOTHING
+    # Nothing comes back afterwards: the keeper is gone with the server.
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert not container_ids(docker_client, name=f"jupyter-{user_name}")
+        await asyncio.sleep(0.25)
+
+
+async def test_a_failed_rotation_takes_the_server_down(make_spawner, admin, docker_client, user_name):
+    spawner = make_spawner(user_name, keeper_interval=0.5)
+    await spawner.start()
+    spawner.sidecar_image = "consulspawner/no-such-image:0"  # Docker refuses the new sidecar
+    spawner.mesh_state.token_expires_at = time.time()  # due now
+    status = await wait_for(spawner.poll, message="poll to report the server dead")
+    assert "rotation" in str(status)
+    assert not notebook_ids(docker_client, user_name)
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_registration_lost_while_running_is_restored_at_once(make_spawner, admin, user_name):
+    spawner = make_spawner(user_name, keeper_interval=0.5)
+    await spawner.start()
+    name = f"jupyter-{user_name}"
+    assert await admin.deregister_service(name)  # the agent lost it (restarted without state)
+
+    async def restored():
+        service = (await admin.agent_services()).get(name)
+        return service and service["Meta"][ownership.META_INCARNATION] == spawner.mesh_state.incarnation
+
+    await wait_for(restored, timeout=30, message="the keeper to register the server again")
+    objects = await mesh_objects(admin, name)
+    assert objects["services"] == [name, f"{name}-sidecar-proxy"] and objects["sources"] == [name]
+    assert await spawner.poll() is None
+    await hub_stop(spawner)
+
+
+async def test_stop_is_bounded_when_consul_hangs(make_spawner, admin, mesh_consul, docker_client, user_name):
+    spawner = make_spawner(user_name, consul_request_timeout=2)
+    await spawner.start()
+    mesh_consul.hang(".*", ".*", times=10_000)  # the agent is paused: nothing answers
+    began = time.monotonic()
+    await hub_stop(spawner)
+    took = time.monotonic() - began
+    print(f"\nstop with Consul hung took {took:.1f}s")
+    # Two bounded Consul phases (revoke; deregister and token together) plus Docker's own time.
+    assert took < 2 * 2 + 20
+    assert not container_ids(docker_client, name=f"jupyter-{user_name}")
+    mesh_consul.clear_faults()
+    await wait_for(lambda: _nothing(admin, f"jupyter-{user_name}"), timeout=90,
+                   message="the background teardown once Consul answers")
+
+
+async def test_a_long_name_in_any_script_spawns_beside_others(mesh_consul, admin):
+    """Any name JupyterHub accepts spawns, and one long name never fails other users' grants in
+    the same coalesced write (Consul counts the 512-byte limits in bytes)."""
+    from consulspawner.intentions import IntentionWriter
+    from consulspawner.mesh import MeshState, ServerMesh, new_incarnation
+    from consulspawner.plan import MeshSettings, build_plan
+
+    settings = MeshSettings(hub_instance="hub-bytes")
+    names = [f"user{i}" for i in range(13)] + ["界" * 255, "🙂" * 255, "É" * 255]
+    client = ConsulClient(mesh_consul.url, MASTER_TOKEN)
+    try:
+        writer = IntentionWriter(client, "hub-bytes")
+        meshes = [ServerMesh(client, writer, build_plan(settings, n, incarnation=new_incarnation()), MeshState(),
+                             retry_budget=2) for n in names]
+        results = await asyncio.gather(*(m.grant() for m in meshes), return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        entry = await admin.get_config(KIND, DEST)
+        assert {m.plan.service_name for m in meshes} <= {s["Name"] for s in entry["Sources"]}
+        for mesh in meshes:
+            await mesh.revoke()
+    finally:
+        await client.close()
+
+
+async def test_default_networking_of_dockerspawner_works(make_spawner, admin, docker_client, user_name):
+    """use_internal_ip = False (DockerSpawner's default): the hub reaches the notebook on a host
+    port, but Consul is given the notebook's own address on its network."""
+    spawner = make_spawner(user_name, use_internal_ip=False)
+    ip, port = await spawner.start()
+    container = docker_client.api.inspect_container(spawner.container_id)
+    network_ip = container["NetworkSettings"]["Networks"][spawner.network_name]["IPAddress"]
+    service = (await admin.agent_services())[f"jupyter-{user_name}"]
+    assert service["Address"] == network_ip and service["Port"] == 8888
+    assert port != 8888 or ip != network_ip  # the hub's route is not the mesh address
+    await hub_stop(spawner)
+
+
+@pytest.mark.parametrize("network", ["host", "none", "container:other"])
+def test_networking_without_an_address_of_its_own_is_refused_at_config(make_spawner, user_name, network):
+    with pytest.raises(TraitError, match="network_name"):
+        make_spawner(user_name, network_name=network)
+
+
+async def test_another_hubs_sidecars_survive_the_orphan_sweep(make_spawner, docker_client, test_network, user_name):
+    """Two hubs, both with the default hub_instance, share one Docker daemon but not Consul."""
+    other_consul = FakeConsul(acl_master_token=MASTER_TOKEN, host=test_network["gateway"], check_interval_override=0.5)
+    with other_consul.start():
+        other_hub = make_spawner(user_name, consul_address=other_consul.url, hub_instance="jupyterhub")
+        await other_hub.start()
+        this_hub = make_spawner(f"{user_name}x", hub_instance="jupyterhub")
+        client, writer = this_hub._client_and_writer()
+        removed = await spawner_module.sweep_orphans(client, writer, "jupyterhub", dict)
+        await this_hub._remove_orphan_sidecars({(o.service, o.incarnation) for o in removed})
+        assert docker_client.api.inspect_container(other_hub.sidecar_container_id)["State"]["Running"]
+        await hub_stop(other_hub)
