@@ -1054,7 +1054,9 @@ class ConnectProxy:
         try:
             tls = material.server.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError) as e:
-            log.info("inbound TLS handshake refused: %s", e)
+            # Consul's TCP check connects and hangs up: an EOF before any handshake is not news.
+            quiet = isinstance(e, (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError))
+            log.log(logging.DEBUG if quiet else logging.INFO, "inbound TLS handshake refused: %s", e)
             _close(raw)
             return
         peer = tls.getpeercert() or {}
