@@ -13,29 +13,42 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["consulspawner", "consulspawner.*"]),
+    # What production needs, and nothing else: the hub talks to Consul through our own small
+    # aiohttp client (consulspawner/consul.py).
     install_requires=[
-        # py-consul, not python-consul2: both install the top-level `consul` package, and only
-        # py-consul has sidecar registration, intentions/exact and cas=0 on config writes.
-        "py-consul[asyncio]>=1.8,<2",
         "aiohttp>=3.9,<4",
         "dockerspawner>=13,<15",
         "jupyterhub>=5,<7",
         "traitlets>=5.9",
         "tornado>=6.2",
-        "cryptography>=41",
     ],
     extras_require={
+        # The development stand-ins under consulspawner/testing/ (fake Consul agent with its
+        # Connect CA, Connect proxy, Trino): for the tests and the demo, never for production.
+        "dev": [
+            "cryptography>=41",
+        ],
         "test": [
+            "cryptography>=41",
             "pytest>=8",
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
             "jupyterhub-idle-culler>=1.4",
             "ruff>=0.5",
+            # py-consul, not python-consul2: the fake agent's own tests go through a real
+            # third-party Consul client, so the fake is checked against more than our client.
+            "py-consul[asyncio]>=1.8,<2",
+            # The official Trino client, driving the Trino stand-in through the mesh.
+            "trino>=0.330",
         ],
     },
     entry_points={
         "console_scripts": [
             "consulspawner-janitor = consulspawner.janitor:main",
+        ],
+        # spawner_class = "consul", and `jupyterhub --help-all` lists every ConsulSpawner trait.
+        "jupyterhub.spawners": [
+            "consul = consulspawner.spawner:ConsulSpawner",
         ],
     },
 )

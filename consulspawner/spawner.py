@@ -21,6 +21,7 @@ from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import exponential_backoff
 from traitlets import (
+    Bool,
     Callable,
     CaselessStrEnum,
     Dict,
@@ -51,6 +52,9 @@ SIDECAR_DOWN_GRACE = 3.0
 # spawner's intention changes are coalesced together (keyed by loop: aiohttp sessions are
 # bound to the loop that made them).
 _shared_clients: dict[tuple, tuple[ConsulClient, IntentionWriter]] = {}
+# One task per shared client that closes it when the hub shuts down (JupyterHub cancels every
+# task of its loop then: shutdown_cancel_tasks).
+_client_closers: set[asyncio.Task] = set()
 # Background revocations still retrying; kept referenced so they are not garbage collected.
 _pending_teardowns: set[asyncio.Task] = set()
 # One orphan sweep per hub process and hub instance (keyed with the loop, as the clients).
@@ -410,6 +414,30 @@ class ConsulSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    # -- the notebook's privileges --------------------------------------------------------------
+
+    notebook_cap_drop = List(
+        Unicode(),
+        default_value=["NET_RAW", "NET_ADMIN"],
+        help="""Capabilities dropped from the notebook container, added to any the site drops.
+
+        The notebook shares its network namespace with the sidecar, whose Consul token and
+        traffic cross that namespace: without NET_RAW a notebook user cannot open a packet
+        socket to capture them, and without NET_ADMIN cannot reroute them.
+
+            c.ConsulSpawner.notebook_cap_drop = ["NET_RAW", "NET_ADMIN", "SYS_PTRACE"]
+        """,
+    ).tag(config=True)
+
+    notebook_no_new_privileges = Bool(
+        True,
+        help="""Start the notebook with Docker's ``no-new-privileges``, so no setuid program can
+        give a notebook user back what ``notebook_cap_drop`` took.
+
+            c.ConsulSpawner.notebook_no_new_privileges = True
+        """,
+    ).tag(config=True)
+
     @validate("check_ttl")
     def _valid_check_ttl(self, proposal):
         if proposal.value < 5:
@@ -538,6 +566,7 @@ class ConsulSpawner(DockerSpawner):
             )
             writer = IntentionWriter(client, self.hub_instance, retry_budget=self.consul_retry_budget, logger=self.log)
             _shared_clients[key] = (client, writer)
+            _client_closers.add(loop.create_task(_close_on_shutdown(client)))
         return _shared_clients[key]
 
     def mesh_settings(self) -> MeshSettings:
@@ -704,6 +733,23 @@ class ConsulSpawner(DockerSpawner):
         await self.docker("start", self.sidecar_container_id)
         self.log.info("Started sidecar %s for %s", self.sidecar_container_name, plan.service_id)
 
+    def docker(self, method, *args, **kwargs):
+        # DockerSpawner builds the notebook's host config from the site's settings; the mesh's
+        # hardening is added to it here, never replacing what the site configured.
+        if method == "create_container" and kwargs.get("name") == self.container_name:
+            kwargs["host_config"] = self._harden(dict(kwargs.get("host_config") or {}))
+        return super().docker(method, *args, **kwargs)
+
+    def _harden(self, host_config: dict) -> dict:
+        dropped = list(host_config.get("CapDrop") or [])
+        host_config["CapDrop"] = dropped + [c for c in self.notebook_cap_drop if c not in dropped]
+        if self.notebook_no_new_privileges:
+            options = list(host_config.get("SecurityOpt") or [])
+            if not any(o.startswith("no-new-privileges") for o in options):
+                options.append("no-new-privileges:true")
+            host_config["SecurityOpt"] = options
+        return host_config
+
     async def _container_running(self, container: str) -> bool:
         info = await self._inspect(container)
         return bool(info and info["State"]["Running"])
@@ -787,11 +833,10 @@ class ConsulSpawner(DockerSpawner):
     async def poll(self):
         """A read, as ``Popen.poll``: None while the notebook runs with its mesh membership
         intact. All repair work is the keeper's."""
-        if self._mesh_failure:
-            return f"removed from the service mesh: {self._mesh_failure}"
         status = await super().poll()
         if status is not None:
-            return status
+            # Once the keeper has taken a server down, say why, not just the notebook's exit.
+            return f"removed from the service mesh: {self._mesh_failure}" if self._mesh_failure else status
         if not self.mesh_state.empty and not self.sidecar_container_id:
             return "the server has mesh state but no sidecar"
         if not self.mesh_state.empty and (self._keeper is None or self._keeper.done()):
@@ -1002,8 +1047,8 @@ class ConsulSpawner(DockerSpawner):
         """Take the whole server down (notebook included, so nothing runs out of the hub's
         sight), then let poll report it."""
         self.log.error("Taking %s down: %s", self._log_name, reason)
+        self._mesh_failure = reason  # poll reports it once the notebook has stopped
         await self._teardown(stop_notebook=True)
-        self._mesh_failure = reason  # only now may poll report it: the notebook is stopped
 
     def _save_state(self) -> None:
         """Write state to the hub database now: JupyterHub itself saves it only at start and
@@ -1079,6 +1124,13 @@ class ConsulSpawner(DockerSpawner):
             if key[1] and key in orphaned:
                 await self.docker("remove_container", container["Id"], force=True, v=True)
                 self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], key[0])
+
+
+async def _close_on_shutdown(client: ConsulClient) -> None:
+    try:
+        await asyncio.get_running_loop().create_future()  # until the hub cancels its tasks
+    finally:
+        await client.close()
 
 
 def _token_archive(secret: str) -> bytes:

@@ -242,3 +242,6 @@ async def close_shared_consul_clients():
     for client, _ in spawner._shared_clients.values():
         await client.close()
     spawner._shared_clients.clear()
+    for closer in list(spawner._client_closers):  # as the hub's shutdown cancels its tasks
+        closer.cancel()
+    spawner._client_closers.clear()

@@ -141,9 +141,30 @@ class HubRunner:
         self.process.kill()
         self.process.wait(timeout=10)
 
+    def proxy_pid(self):
+        """The configurable-http-proxy JupyterHub started (it writes the pid into its working
+        directory), while that process lives."""
+        pid_file = self.workdir / "jupyterhub-proxy.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError):
+            return None
+        return pid if b"configurable-http-proxy" in cmdline else None
+
     def kill_everything(self):
         if self.process:
             self._signal_group(signal.SIGKILL)
+        # JupyterHub starts the proxy in a session of its own, so a hub that was SIGKILLed
+        # leaves it running outside the hub's process group: kill it by its pid file.
+        pid = self.proxy_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
     def logs(self):
         return "\n".join(

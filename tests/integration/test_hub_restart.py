@@ -109,6 +109,9 @@ async def test_after_sigkill_consul_and_the_janitor_remove_everything(hub_runner
     deleted = [line for line in output.splitlines() if "Deleted" in line]
     assert len(deleted) == 4, output  # two intentions and two tokens; the agent reaped the services
     assert all(any(u in line for u in users) for line in deleted)
+    # The suite leaves nothing behind: the proxy the killed hub started goes too.
+    hub_runner.kill_everything()
+    await wait_for(lambda: hub_runner.proxy_pid() is None, timeout=30, message="the orphaned proxy to be gone")
 
 
 async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, admin, docker_client, images,

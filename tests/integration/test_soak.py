@@ -1,0 +1,105 @@
+"""Soak: 200 start/stop cycles of 5 users on real containers while the fake agent misbehaves at
+random (5xx answers, slow answers, answers that never arrive, the agent paused), then Consul
+holds exactly the live servers' objects (none), Docker exactly their containers (none), and a
+foreign intention source is byte-identical to what it was."""
+
+import asyncio
+import copy
+import os
+import random
+import time
+
+from consulspawner import spawner as spawner_module
+from consulspawner.intentions import KIND
+
+from .conftest import NAME_PREFIX, NOTHING, container_ids, hub_stop, mesh_objects, wait_for
+
+DEST = "trino-coordinator"
+ORCHESTRATOR = {"Name": "orchestrator", "Action": "allow", "Description": "the report orchestrator (ops)"}
+CYCLES = 200
+USERS = 5
+# Every kind of call a lifecycle makes, so every step meets faults.
+CALLS = [
+    ("PUT", r"^/v1/acl/token$"),
+    ("DELETE", r"^/v1/acl/token/"),
+    ("PUT", r"^/v1/agent/service/register$"),
+    ("PUT", r"^/v1/agent/service/deregister/"),
+    ("GET", r"^/v1/agent/service/"),
+    ("PUT", r"^/v1/agent/check/pass/"),
+    ("GET", r"^/v1/health/service/"),
+    ("GET", r"^/v1/config/service-intentions/"),
+    ("PUT", r"^/v1/config$"),
+    ("DELETE", r"^/v1/config/service-intentions/"),
+]
+
+
+async def test_soak_start_stop_cycles_with_random_consul_faults(make_spawner, admin, mesh_consul, docker_client,
+                                                              user_name):
+    seed = int(os.environ.get("CONSULSPAWNER_SOAK_SEED", time.time()))
+    rng = random.Random(seed)
+    print(f"\nsoak seed {seed}")
+    assert await admin.set_config({"Kind": KIND, "Name": DEST, "Sources": [ORCHESTRATOR]}, cas=0)
+    orchestrator = copy.deepcopy((await admin.get_config(KIND, DEST))["Sources"][0])
+
+    users = [f"{user_name}{i}" for i in range(USERS)]
+    spawners = {
+        user: make_spawner(user, consul_request_timeout=1.5, consul_retry_budget=3, keeper_interval=0.5,
+                           sidecar_ready_timeout=30)
+        for user in users
+    }
+    counts = {"cycles": 0, "started": 0, "failed_starts": 0, "faults": 0}
+    done = asyncio.Event()
+
+    async def misbehave():
+        while not done.is_set():
+            method, path = rng.choice(CALLS)
+            kind = rng.choice(["5xx", "slow", "lost answer", "paused", "calm"])
+            if kind == "5xx":
+                mesh_consul.fail(method, path, status=rng.choice([500, 503]), times=rng.randint(1, 3))
+            elif kind == "slow":
+                mesh_consul.hang(method, path, times=rng.randint(1, 2), seconds=rng.uniform(0.2, 2.5))
+            elif kind == "lost answer":  # Consul acts, the client times out without the answer
+                mesh_consul.delay_response(method, path, seconds=3, times=1)
+            elif kind == "paused":
+                mesh_consul.stop()
+                await asyncio.sleep(rng.uniform(0.3, 2.0))
+                mesh_consul.restart()
+            counts["faults"] += kind != "calm"
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+
+    async def cycle_user(user):
+        spawner = spawners[user]
+        while counts["cycles"] < CYCLES:
+            counts["cycles"] += 1
+            try:
+                await spawner.start()
+            except Exception:
+                counts["failed_starts"] += 1  # a clean failure: rolled back, checked at the end
+                spawner.clear_state()
+                continue
+            counts["started"] += 1
+            if rng.random() < 0.5:
+                await spawner.poll()
+            await hub_stop(spawner)
+
+    faults = asyncio.ensure_future(misbehave())
+    began = time.monotonic()
+    try:
+        await asyncio.gather(*(cycle_user(user) for user in users))
+    finally:
+        done.set()
+        await faults
+        mesh_consul.clear_faults()
+        mesh_consul.start()  # serving again if the last fault left it paused (no-op otherwise)
+    print(f"soak: {counts} in {time.monotonic() - began:.0f}s")
+    assert counts["started"] >= CYCLES // 4, counts  # the faults left room for real work
+
+    async def clean():
+        if spawner_module._pending_teardowns:
+            return False
+        return all([await mesh_objects(admin, f"jupyter-{user}") == NOTHING for user in users])
+
+    await wait_for(clean, timeout=180, interval=1, message="Consul to hold nothing of the stopped servers")
+    await wait_for(lambda: not container_ids(docker_client, name=f"jupyter-{NAME_PREFIX}"), timeout=60,
+                   message="Docker to hold no container of the stopped servers")
+    assert (await admin.get_config(KIND, DEST))["Sources"] == [orchestrator]
