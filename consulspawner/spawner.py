@@ -47,6 +47,8 @@ LABEL_PREFIX = "org.jupyter.consulspawner"
 # How long a sidecar that is neither running nor being restarted by Docker may stay so before the
 # keeper calls it dead (Docker's restart backoff starts at 100 ms).
 SIDECAR_DOWN_GRACE = 3.0
+# When the rollback of a failed start is repeated, in case a call that timed out lands late (s).
+LINGER_DELAYS = (2, 5, 10, 20, 30)
 
 # One Consul client and one intention writer per hub process and Consul identity, so every
 # spawner's intention changes are coalesced together (keyed by loop: aiohttp sessions are
@@ -818,7 +820,9 @@ class ConsulSpawner(DockerSpawner):
         except BaseException as e:
             self.log.warning("Start of %s failed (%s); undoing what was created", self._log_name, e)
             # Shielded: a cancelled spawn (start_timeout, the user's cancel) still undoes everything.
+            attempted = MeshState.from_dict(self.mesh_state.to_dict())
             await asyncio.shield(self._teardown(stop_notebook=True))
+            self._linger(attempted)
             if isinstance(e, SidecarNotReady | ConsulError):
                 raise RuntimeError(f"Could not connect your server to the service mesh: {e}") from e
             raise
@@ -928,9 +932,28 @@ class ConsulSpawner(DockerSpawner):
                 self.log.error("Gave up retrying %s for %s; the janitor removes them after expiry",
                                remaining, state.service_id)
 
-        task = asyncio.get_running_loop().create_task(retry())
-        _pending_teardowns.add(task)
-        task.add_done_callback(_pending_teardowns.discard)
+        _keep_referenced(asyncio.get_running_loop().create_task(retry()))
+
+    def _linger(self, attempted: MeshState) -> None:
+        """After a failed start, undo its incarnation again a few times over the next minute.
+
+        A Consul call that timed out may still be applied later (Consul finishes a request
+        whose client left): a registration or token landing after the rollback would outlive
+        the failed spawn. Every round is guarded by the incarnation and holds the server's lock,
+        so a new start of the same server is never touched."""
+        if attempted.empty:
+            return
+        client, writer = self._client_and_writer()
+
+        async def rounds():
+            for delay in LINGER_DELAYS:
+                await asyncio.sleep(delay)
+                mesh = ServerMesh(client, writer, None, MeshState.from_dict(attempted.to_dict()),
+                                  retry_budget=0, logger=self.log)
+                async with self._lock():
+                    await self._bounded(mesh.undo(["revoke", "deregister", "delete_tokens"]))
+
+        _keep_referenced(asyncio.get_running_loop().create_task(rounds()))
 
     # -- the keeper -----------------------------------------------------------------------------
 
@@ -1124,6 +1147,12 @@ class ConsulSpawner(DockerSpawner):
             if key[1] and key in orphaned:
                 await self.docker("remove_container", container["Id"], force=True, v=True)
                 self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], key[0])
+
+
+def _keep_referenced(task: asyncio.Task) -> None:
+    """Hold a background teardown task until it ends (the loop keeps only weak references)."""
+    _pending_teardowns.add(task)
+    task.add_done_callback(_pending_teardowns.discard)
 
 
 async def _close_on_shutdown(client: ConsulClient) -> None:

@@ -45,16 +45,6 @@ async def test_token_rotation_keeps_the_server_usable_with_one_live_token(make_s
     assert await mesh_objects(admin, name) == NOTHING
 
 
-START_CALLS = [
-    ("PUT", r"^/v1/acl/token$"),
-    ("PUT", r"^/v1/agent/service/register$"),
-    ("GET", r"^/v1/health/service/"),
-    ("GET", r"^/v1/config/service-intentions/"),
-    ("PUT", r"^/v1/config$"),
-]
-
-
-@pytest.mark.parametrize(("method", "path"), START_CALLS)
 async def _upstream_gap_during(docker_client, spawner, work):
     """Longest stretch (s) in which the notebook's upstream refused connections while ``work``
     ran (a connection attempt every 50 ms from inside the notebook's network namespace)."""
@@ -81,6 +71,16 @@ async def _upstream_gap_during(docker_client, spawner, work):
     return float((await output).decode().strip().splitlines()[-1])
 
 
+START_CALLS = [
+    ("PUT", r"^/v1/acl/token$"),
+    ("PUT", r"^/v1/agent/service/register$"),
+    ("GET", r"^/v1/health/service/"),
+    ("GET", r"^/v1/config/service-intentions/"),
+    ("PUT", r"^/v1/config$"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), START_CALLS)
 async def test_each_start_call_failing_once_leaves_consul_consistent(make_spawner, admin, mesh_consul,
                                                                      docker_client, user_name, method, path):
     spawner = make_spawner(user_name)
