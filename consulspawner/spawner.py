@@ -332,9 +332,25 @@ class ConsulSpawner(DockerSpawner):
 
     sidecar_ready_timeout = Float(
         60.0,
-        help="""Seconds to wait for the sidecar's Consul checks to pass before the spawn fails.
+        help="""Seconds to wait for the sidecar to be ready before the spawn fails.
 
             c.ConsulSpawner.sidecar_ready_timeout = 120
+        """,
+    ).tag(config=True)
+
+    sidecar_ready_command = List(
+        Unicode(),
+        default_value=["sidecar-ready"],
+        help="""Command run in the sidecar container (docker exec) that exits 0 once the proxy is
+        ready: listeners bound, certificates loaded. The spawner runs it every 0.1 s until then,
+        so readiness does not wait for Consul's TCP check interval (10 s by default).
+
+        The sidecar images in docker/ provide ``sidecar-ready``: for Envoy it asks the admin
+        interface's ``/ready`` on a unix socket in the sidecar's own filesystem (never a TCP
+        port: the notebook shares the network namespace). An empty list waits for the sidecar's
+        Consul checks instead.
+
+            c.ConsulSpawner.sidecar_ready_command = ["connectproxy", "ready", "-admin-socket", "/consul/admin.sock"]
         """,
     ).tag(config=True)
 
@@ -752,6 +768,34 @@ class ConsulSpawner(DockerSpawner):
             host_config["SecurityOpt"] = options
         return host_config
 
+    async def _wait_for_sidecar(self, mesh: ServerMesh) -> None:
+        """Until the sidecar says it is ready (``sidecar_ready_command``), or, without one, until
+        its Consul checks pass; failing fast if the sidecar or the notebook dies."""
+        if not self.sidecar_ready_command:
+            await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
+            return
+        deadline = time.monotonic() + self.sidecar_ready_timeout
+        last = ""
+        while True:
+            if not await self._sidecar_and_notebook_running():
+                raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready")
+            try:
+                exec_id = (await self.docker("exec_create", self.sidecar_container_id, self.sidecar_ready_command,
+                                             stdout=True, stderr=True))["Id"]
+            except APIError as e:
+                if e.status_code != 409:  # 409: not running (exited, or Docker restarting it)
+                    raise
+                raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready") from e
+            last = (await self.docker("exec_start", exec_id)).decode(errors="replace").strip()[-200:]
+            if (await self.docker("exec_inspect", exec_id))["ExitCode"] == 0:
+                self.log.info("Sidecar %s is ready", self.sidecar_container_name)
+                return
+            if time.monotonic() > deadline:
+                raise SidecarNotReady(
+                    f"sidecar {self.sidecar_container_name} not ready after {self.sidecar_ready_timeout:g}s: {last}"
+                )
+            await asyncio.sleep(0.1)
+
     async def _container_running(self, container: str) -> bool:
         info = await self._inspect(container)
         return bool(info and info["State"]["Running"])
@@ -812,8 +856,8 @@ class ConsulSpawner(DockerSpawner):
             await mesh.register(await self._mesh_address())
             self._report(55, "Starting the Connect sidecar")
             await self._start_sidecar(plan, token_secret)
-            self._report(70, "Waiting for the sidecar to pass its Consul checks")
-            await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
+            self._report(70, "Waiting for the Connect sidecar to be ready")
+            await self._wait_for_sidecar(mesh)
             self._report(85, "Granting access to " + ", ".join(self.intention_destinations))
             await mesh.grant()
             self._report(95, "Connected to the service mesh")
@@ -1088,7 +1132,7 @@ class ConsulSpawner(DockerSpawner):
         self._save_state()  # the new accessor is known before anything else can fail
         try:
             await self._start_sidecar(mesh.plan, secret)
-            await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
+            await self._wait_for_sidecar(mesh)
         except (APIError, SidecarNotReady, RuntimeError) as e:
             await self._fail_server(f"token rotation could not restart the sidecar: {e}")
             return

@@ -3,7 +3,7 @@
 #
 #   consulspawner/debian-base:bookworm   debootstrap --variant=minbase + docker import (built once)
 #   consulspawner/python-base:<hash12>   + python3, python3-venv, the host's extra CA certificates
-#   consulspawner/notebook:<hash12>      + venv with jupyterhub==<host version>, jupyter_server
+#   consulspawner/notebook:<hash12>      + venv with jupyterhub==<host version>, JupyterLab, trino; user jovyan
 #   consulspawner/devsidecar:<hash12>    + consulspawner/testing/devsidecar.py as `devsidecar` on PATH
 #   consulspawner/connectproxy:<hash12>  + consulspawner/testing/connectproxy.py as `connectproxy` on PATH
 #
@@ -176,7 +176,7 @@ if [ -z "$jh_version" ]; then
 fi
 ctx="$WORK/notebook"
 mkdir -p "$ctx"
-cp "$HERE/notebook/Dockerfile" "$HERE/notebook/jupyter_server_config.py" "$ctx/"
+cp "$HERE/notebook/Dockerfile" "$HERE/notebook/jupyter_server_config.py" "$HERE/notebook/trino-example.ipynb" "$ctx/"
 notebook="$(build consulspawner/notebook "$ctx" "$python_base" "JUPYTERHUB_VERSION=$jh_version")"
 
 # 4. Dev sidecar.

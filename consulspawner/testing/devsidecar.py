@@ -36,6 +36,9 @@ from dataclasses import dataclass
 log = logging.getLogger("devsidecar")
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8500"
+# Written once every listener is bound, removed first at start (a restarted container keeps its
+# files): the image's ``sidecar-ready`` tests for it, as ConsulSpawner's readiness command.
+READY_FILE = "/tmp/devsidecar.ready"
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _mark_ready(ready: bool) -> None:
+    try:
+        if ready:
+            with open(READY_FILE, "w") as f:
+                f.write("LIVE\n")
+        else:
+            os.unlink(READY_FILE)
+    except OSError:
+        pass  # not writable (tests on the host) or already gone
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s devsidecar %(levelname)s %(message)s"
@@ -344,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot read the token file: %s", e)
         return 1
     sidecar = Sidecar(ConsulAgent(args.http_addr, token, args.ca_file), args.proxy_id)
+    _mark_ready(False)
 
     def on_signal(signum, _frame):
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -374,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     threading.Thread(target=sidecar.follow, args=(content_hash, args.refresh), daemon=True).start()
+    _mark_ready(True)
     sidecar.stop.wait()
+    _mark_ready(False)
     sidecar.close()
     log.info("sidecar %s stopped", args.proxy_id)
     return 0
