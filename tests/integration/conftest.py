@@ -23,8 +23,10 @@ from consulspawner.testing.standalone import standalone_spawner
 
 from ..conftest import MASTER_TOKEN
 
-NETWORK = "consulspawner-test"
-NAME_PREFIX = "cstest"
+# Overridable so two test sessions can share one Docker daemon without removing each other's
+# network and containers.
+NETWORK = os.environ.get("CONSULSPAWNER_TEST_NETWORK", "consulspawner-test")
+NAME_PREFIX = os.environ.get("CONSULSPAWNER_TEST_PREFIX", "cstest")
 DEVSIDECAR_COMMAND = ["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
 # The notebook server itself is not under test here (the end-to-end hub test runs the real
 # jupyterhub-singleuser); a plain HTTP server on the port keeps these tests independent of a hub.
