@@ -35,7 +35,7 @@ from traitlets import (
     validate,
 )
 
-from . import naming
+from . import naming, ownership
 from .consul import ConsulClient, ConsulError, parse_address
 from .intentions import L4, L7, IntentionWriter
 from .mesh import MeshState, ServerMesh, SidecarNotReady, new_incarnation, sweep_orphans
@@ -43,7 +43,12 @@ from .plan import TRINO_DESTINATION, MeshPlan, MeshSettings, Upstream, build_pla
 
 SIDECAR_TOKEN_DIR = "consul"
 SIDECAR_TOKEN_FILE = "/consul/token"
+SIDECAR_CA_FILE = "/consul/ca.pem"
 LABEL_PREFIX = "org.jupyter.consulspawner"
+# The hub's Consul token must not reach the processes the hub starts (configurable-http-proxy,
+# managed services): JupyterHub hands them its environment. Taken out when JupyterHub loads
+# this spawner class, before it starts any of them; ConsulSpawner.consul_token defaults to it.
+_HUB_ENV_TOKEN = os.environ.pop("CONSUL_HTTP_TOKEN", "")
 # How long a sidecar that is neither running nor being restarted by Docker may stay so before the
 # keeper calls it dead (Docker's restart backoff starts at 100 ms).
 SIDECAR_DOWN_GRACE = 3.0
@@ -59,6 +64,8 @@ _shared_clients: dict[tuple, tuple[ConsulClient, IntentionWriter]] = {}
 _client_closers: set[asyncio.Task] = set()
 # Background revocations still retrying; kept referenced so they are not garbage collected.
 _pending_teardowns: set[asyncio.Task] = set()
+# (Consul address, destination) whose protocol was found http-like, for L7 intentions.
+_l7_ready: set[tuple[str, str]] = set()
 # One orphan sweep per hub process and hub instance (keyed with the loop, as the clients).
 _orphan_sweeps: dict[tuple, asyncio.Task] = {}
 
@@ -122,7 +129,7 @@ class ConsulSpawner(DockerSpawner):
 
     @default("consul_token")
     def _consul_token_default(self):
-        return os.environ.get("CONSUL_HTTP_TOKEN", "")
+        return os.environ.get("CONSUL_HTTP_TOKEN", "") or _HUB_ENV_TOKEN
 
     @default("consul_token_file")
     def _consul_token_file_default(self):
@@ -267,6 +274,19 @@ class ConsulSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    manage_l7_service_defaults = Bool(
+        False,
+        help="""With intention_mode L7, write a ``service-defaults`` entry with protocol http for
+        a destination that has none (marked as this hub's; a foreign entry is never replaced).
+
+        Off by default: L7 intentions need the destination's protocol to be http, and the hub
+        refuses to spawn until an operator has written that entry (the message names it). On,
+        the hub's token also needs service:write on the destinations.
+
+            c.ConsulSpawner.manage_l7_service_defaults = True
+        """,
+    ).tag(config=True)
+
     trino_user = Union(
         [Unicode(), Callable()],
         default_value="{username}",
@@ -316,6 +336,32 @@ class ConsulSpawner(DockerSpawner):
             c.ConsulSpawner.sidecar_env = {"CONSUL_CACERT": "/consul/ca.pem"}
         """,
     ).tag(config=True)
+
+    sidecar_file_owner = Unicode(
+        "0:0",
+        help="""``uid:gid`` owning the token (and CA) files copied into the sidecar's /consul.
+
+        The token file is mode 0400: give it to the user the proxy runs as (Envoy images often
+        run as uid 101).
+
+            c.ConsulSpawner.sidecar_file_owner = "101:101"
+        """,
+    ).tag(config=True)
+
+    @validate("sidecar_file_owner")
+    def _valid_owner(self, proposal):
+        try:
+            uid, gid = (int(part) for part in proposal.value.split(":"))
+            if uid < 0 or gid < 0:
+                raise ValueError
+        except ValueError:
+            raise TraitError(f"c.ConsulSpawner.sidecar_file_owner {proposal.value!r} is not uid:gid") from None
+        return proposal.value
+
+    @property
+    def _sidecar_file_owner(self) -> tuple[int, int]:
+        uid, gid = self.sidecar_file_owner.split(":")
+        return int(uid), int(gid)
 
     sidecar_consul_address = Unicode(
         help="""Consul HTTP address as seen from inside the sidecar container.
@@ -677,6 +723,48 @@ class ConsulSpawner(DockerSpawner):
             env.pop(key, None)
         return env
 
+    async def _check_l7_destinations(self) -> None:
+        """L7 intentions need each destination's protocol to be http (Consul refuses the write
+        otherwise: agent/structs/config_entry_intentions.go). Check it before creating anything,
+        once per destination and hub process, and say which entry to write."""
+        client, _ = self._client_and_writer()
+        for destination in self.intention_destinations:
+            if (self.consul_address, destination) in _l7_ready:
+                continue
+            try:
+                entry = await client.get_config("service-defaults", destination)
+                protocol = (entry or {}).get("Protocol") or await self._global_protocol(client)
+                if not protocol and entry is None and self.manage_l7_service_defaults:
+                    await self._write_service_defaults(client, destination)
+                    protocol = "http"
+            except ConsulError as e:
+                raise RuntimeError(f"Could not check the protocol of {destination!r} for L7 intentions: {e}") from e
+            if protocol not in ("http", "http2", "grpc"):
+                raise RuntimeError(
+                    f"c.ConsulSpawner.intention_mode = 'L7' needs {destination!r} to speak http, but its protocol "
+                    f"is {protocol or 'tcp'!r}: write the config entry "
+                    f'{{"Kind": "service-defaults", "Name": "{destination}", "Protocol": "http"}} '
+                    "(or set c.ConsulSpawner.manage_l7_service_defaults = True)"
+                )
+            _l7_ready.add((self.consul_address, destination))
+
+    @staticmethod
+    async def _global_protocol(client: ConsulClient) -> str:
+        try:
+            entry = await client.get_config("proxy-defaults", "global")
+        except ConsulError:
+            return ""  # not readable with this token: only service-defaults counts
+        return ((entry or {}).get("Config") or {}).get("protocol", "")
+
+    async def _write_service_defaults(self, client: ConsulClient, destination: str) -> None:
+        entry = {
+            "Kind": "service-defaults", "Name": destination, "Protocol": "http",
+            "Meta": {ownership.META_MANAGED_BY: ownership.MANAGED_BY, ownership.META_HUB: self.hub_instance},
+        }
+        # cas=0: create only, so an entry an operator wrote meanwhile is never replaced.
+        if await client.set_config(entry, cas=0):
+            self.log.info("Wrote service-defaults %s with protocol http for L7 intentions", destination)
+
     # -- containers -----------------------------------------------------------------------------
 
     @property
@@ -735,6 +823,11 @@ class ConsulSpawner(DockerSpawner):
             restart_policy={"Name": "on-failure", "MaximumRetryCount": self.sidecar_restart_attempts},
         )
         environment = {**self.sidecar_env, "CONSUL_HTTP_ADDR": self.sidecar_consul_address}
+        ca_pem = None
+        if self.sidecar_consul_address.startswith("https") and self.consul_ca_file:
+            # Delivered like the token (a file in the sidecar alone), so CONSUL_CACERT works.
+            ca_pem = await asyncio.to_thread(_read_bytes, self.consul_ca_file)
+            environment.setdefault("CONSUL_CACERT", SIDECAR_CA_FILE)
         container = await self.docker(
             "create_container",
             image=self.sidecar_image,
@@ -747,7 +840,8 @@ class ConsulSpawner(DockerSpawner):
         self.sidecar_container_id = container["Id"]
         # The token goes in as a file copied into this container alone, so it is in no
         # container config (docker inspect), no environment and no mount of the notebook's.
-        await self.docker("put_archive", self.sidecar_container_id, "/", _token_archive(token_secret))
+        archive = _sidecar_archive(token_secret, ca_pem, self._sidecar_file_owner)
+        await self.docker("put_archive", self.sidecar_container_id, "/", archive)
         await self.docker("start", self.sidecar_container_id)
         self.log.info("Started sidecar %s for %s", self.sidecar_container_name, plan.service_id)
 
@@ -847,6 +941,8 @@ class ConsulSpawner(DockerSpawner):
         self.mesh_state = MeshState()
         plan = self._plan = await self._make_plan(new_incarnation())
         mesh = self._mesh(plan)
+        if plan.settings.intention_mode == L7:
+            await self._check_l7_destinations()
         try:
             self._report(10, f"Creating a Consul token for {plan.service_name}")
             token_secret = await mesh.mint_token()
@@ -1193,6 +1289,11 @@ class ConsulSpawner(DockerSpawner):
                 self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], key[0])
 
 
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _keep_referenced(task: asyncio.Task) -> None:
     """Hold a background teardown task until it ends (the loop keeps only weak references)."""
     _pending_teardowns.add(task)
@@ -1206,17 +1307,25 @@ async def _close_on_shutdown(client: ConsulClient) -> None:
         await client.close()
 
 
-def _token_archive(secret: str) -> bytes:
-    data = secret.encode()
+def _sidecar_archive(secret: str, ca_pem: bytes | None = None, owner: tuple[int, int] = (0, 0)) -> bytes:
+    """The sidecar's /consul directory: its token (0400) and, for an HTTPS agent, the CA that
+    verifies it, owned by ``owner`` so a proxy image running as non-root can read them."""
     buffer = io.BytesIO()
+    uid, gid = owner
+
+    def add(name: str, mode: int, data: bytes | None = None) -> None:
+        info = tarfile.TarInfo(name)
+        info.mode, info.uid, info.gid, info.mtime = mode, uid, gid, int(time.time())
+        if data is None:
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        else:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        directory = tarfile.TarInfo(SIDECAR_TOKEN_DIR)
-        directory.type = tarfile.DIRTYPE
-        directory.mode = 0o700
-        tar.addfile(directory)
-        info = tarfile.TarInfo(SIDECAR_TOKEN_FILE.lstrip("/"))
-        info.size = len(data)
-        info.mode = 0o400
-        info.mtime = int(time.time())
-        tar.addfile(info, io.BytesIO(data))
+        add(SIDECAR_TOKEN_DIR, 0o700)
+        add(SIDECAR_TOKEN_FILE.lstrip("/"), 0o400, secret.encode())
+        if ca_pem is not None:
+            add(SIDECAR_CA_FILE.lstrip("/"), 0o444, ca_pem)
     return buffer.getvalue()

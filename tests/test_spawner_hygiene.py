@@ -2,7 +2,14 @@
 ``jupyterhub.spawners`` entry point, and shared Consul clients closed at hub shutdown."""
 
 import asyncio
+import io
+import os
+import subprocess
+import sys
+import tarfile
 from importlib.metadata import entry_points
+
+import pytest
 
 from consulspawner import spawner as spawner_module
 from consulspawner.spawner import ConsulSpawner
@@ -27,3 +34,35 @@ async def test_shared_clients_are_closed_when_the_hub_cancels_its_tasks():
     assert client._session is None
     spawner_module._shared_clients.clear()
     spawner_module._client_closers.clear()
+
+
+def test_the_sidecar_gets_its_token_and_ca_as_files_of_its_user():
+    archive = spawner_module._sidecar_archive("the-secret", b"-----BEGIN CERTIFICATE-----\n", owner=(101, 102))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert tar.extractfile(members["consul/token"]).read() == b"the-secret"
+    assert {name: (m.mode, m.uid, m.gid) for name, m in members.items()} == {
+        "consul": (0o700, 101, 102), "consul/token": (0o400, 101, 102), "consul/ca.pem": (0o444, 101, 102),
+    }
+
+
+def test_the_hubs_token_leaves_the_environment_its_children_inherit():
+    """JupyterHub hands its environment to configurable-http-proxy and managed services."""
+    script = (
+        "import os; from consulspawner.testing.standalone import standalone_spawner\n"
+        "assert 'CONSUL_HTTP_TOKEN' not in os.environ\n"
+        "print(standalone_spawner('alice').consul_token)\n"
+    )
+    env = {**os.environ, "CONSUL_HTTP_TOKEN": "hub-secret"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "hub-secret"
+
+
+def test_a_token_file_wins_and_unreadable_names_the_setting(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    both = standalone_spawner("alice", consul_token="inline", consul_token_file=str(token_file))
+    assert both._hub_token == "from-file"
+    missing = standalone_spawner("alice", consul_token_file=str(tmp_path / "nope"))
+    with pytest.raises(RuntimeError, match="consul_token_file"):
+        assert missing._hub_token

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 
 import docker
 import pytest
@@ -98,13 +99,34 @@ async def admin(mesh_consul):
     await client.close()
 
 
+POLICY_DIR = Path(__file__).resolve().parents[2] / "docker" / "consul"
+
+
+async def policy_token(admin, role):
+    """A token of the least-privilege policy docker/consul/<role>-policy.hcl ("hub" or
+    "janitor"), as the ACL bootstrap creates it: the hub in these tests never holds more."""
+    name = f"consulspawner-{role}"
+    rules = (POLICY_DIR / f"{role}-policy.hcl").read_text()
+    existing = await admin.request("GET", f"/v1/acl/policy/name/{name}", ok=(200, 403, 404))
+    if existing.status != 200:
+        await admin.request("PUT", "/v1/acl/policy", body={"Name": name, "Rules": rules})
+    token = await admin.request("PUT", "/v1/acl/token", body={"Description": f"{role} token (tests)",
+                                                               "Policies": [{"Name": name}]})
+    return token.body["SecretID"]
+
+
+@pytest.fixture
+async def hub_token(admin):
+    return await policy_token(admin, "hub")
+
+
 @pytest.fixture
 def user_name():
     return f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
-async def make_spawner(images, test_network, mesh_consul, docker_client, request):
+async def make_spawner(images, test_network, mesh_consul, hub_token, docker_client, request):
     made = []
 
     def make(name, **overrides):
@@ -116,7 +138,7 @@ async def make_spawner(images, test_network, mesh_consul, docker_client, request
             remove=True,
             pull_policy="never",
             consul_address=mesh_consul.url,
-            consul_token=MASTER_TOKEN,
+            consul_token=hub_token,
             sidecar_image=images["sidecar"],
             sidecar_command=DEVSIDECAR_COMMAND,
             sidecar_ready_timeout=60,
@@ -214,12 +236,12 @@ async def containers_gone(docker_client, name, timeout=30):
 
 
 @pytest.fixture
-async def hub_runner(tmp_path, images, test_network, mesh_consul, docker_client, request):
+async def hub_runner(tmp_path, images, test_network, mesh_consul, hub_token, docker_client, request):
     from .hubrunner import HubRunner  # imported here: hubrunner imports this module
 
     if not shutil.which("configurable-http-proxy"):
         pytest.fail("configurable-http-proxy is not installed: scripts/test.sh installs it with npm")
-    runner = HubRunner(tmp_path, mesh_consul, images, test_network)
+    runner = HubRunner(tmp_path, mesh_consul, images, test_network, hub_token)
     try:
         yield runner
     finally:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import aiohttp
 
-from ..conftest import MASTER_TOKEN
 from .conftest import DEVSIDECAR_COMMAND, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,14 +67,20 @@ class HubAPI:
 class HubRunner:
     """One hub's working directory (database, cookie secret) across any number of runs."""
 
-    def __init__(self, workdir, mesh_consul, images, network):
+    def __init__(self, workdir, mesh_consul, images, network, hub_consul_token):
         self.workdir = workdir
         self.token = uuid.uuid4().hex
+        # The hub's Consul token (of docker/consul/hub-policy.hcl) reaches it only as a 0600
+        # file, as in production: never in its environment, so never in its children's.
+        self.consul_token_file = workdir / "hub-consul-token"
+        self.consul_token_file.touch(mode=0o600)
+        self.consul_token_file.write_text(hub_consul_token)
+        self.consul_token = hub_consul_token
         self.proxy_port = free_port()
         self.base_env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "CONSUL_HTTP_TOKEN"},
             "CONSUL_HTTP_ADDR": mesh_consul.url,
-            "CONSUL_HTTP_TOKEN": MASTER_TOKEN,
+            "CONSUL_HTTP_TOKEN_FILE": str(self.consul_token_file),
             "CONSULSPAWNER_SIDECAR_CONSUL_ADDR": mesh_consul.url,
             "CONSULSPAWNER_NETWORK": network["name"],
             "CONSULSPAWNER_HUB_IP": network["gateway"],

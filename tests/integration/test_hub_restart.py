@@ -17,7 +17,7 @@ from consulspawner.mesh import new_incarnation
 from consulspawner.plan import MeshSettings, build_plan
 
 from ..conftest import MASTER_TOKEN
-from .conftest import NOTHING, container_exec, containers_gone, mesh_objects, wait_for
+from .conftest import NOTHING, container_exec, containers_gone, mesh_objects, policy_token, wait_for
 
 DEST = "trino-coordinator"
 ORCHESTRATOR = {"Name": "orchestrator", "Action": "allow", "Description": "the report orchestrator (ops)"}
@@ -70,11 +70,13 @@ async def test_graceful_restarts_reconcile_without_duplicates(hub_runner, admin,
     assert (await mesh_objects(admin, f"jupyter-{lost_service}"))["tokens"] == before[lost_service]["tokens"]
 
 
-def start_janitor(consul_url):
-    """The janitor as its own process (as in its own container): it needs only Consul."""
-    env = {**os.environ, "CONSUL_HTTP_ADDR": consul_url, "CONSUL_HTTP_TOKEN": MASTER_TOKEN}
-    return subprocess.Popen([sys.executable, "-m", "consulspawner.janitor", "--interval", "1", "--grace", "5"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_janitor(consul_url, token_file):
+    """The janitor as its own process (as in its own container): it needs only Consul, and a
+    token of docker/consul/janitor-policy.hcl."""
+    env = {**os.environ, "CONSUL_HTTP_ADDR": consul_url}
+    command = [sys.executable, "-m", "consulspawner.janitor", "--interval", "1", "--grace", "5",
+               "--token-file", str(token_file)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 async def test_after_sigkill_consul_and_the_janitor_remove_everything(hub_runner, admin, mesh_consul,
@@ -88,7 +90,10 @@ async def test_after_sigkill_consul_and_the_janitor_remove_everything(hub_runner
         assert (await mesh_objects(admin, f"jupyter-{user}"))["sources"]
 
     hub_runner.kill_hub_only()
-    janitor = start_janitor(mesh_consul.url)
+    token_file = hub_runner.workdir / "janitor-token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(await policy_token(admin, "janitor"))
+    janitor = start_janitor(mesh_consul.url, token_file)
     try:
         # The documented limit: check_ttl (60 s) + deregister_critical_after (180 s) + the
         # agent's reaper interval (30 s), then the janitor's grace. The fake clock jumps over the

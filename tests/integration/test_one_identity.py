@@ -20,7 +20,7 @@ from consulspawner.intentions import KIND, L7
 from consulspawner.testing.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN
-from .conftest import NOTHING, container_ids, containers_gone, hub_stop, mesh_objects, wait_for
+from .conftest import NOTHING, container_ids, containers_gone, hub_stop, mesh_objects, policy_token, wait_for
 
 DEST = "trino-coordinator"
 
@@ -298,7 +298,10 @@ async def test_another_hubs_sidecars_survive_the_orphan_sweep(make_spawner, dock
     """Two hubs, both with the default hub_instance, share one Docker daemon but not Consul."""
     other_consul = FakeConsul(acl_master_token=MASTER_TOKEN, host=test_network["gateway"], check_interval_override=0.5)
     with other_consul.start():
-        other_hub = make_spawner(user_name, consul_address=other_consul.url, hub_instance="jupyterhub")
+        async with ConsulClient(other_consul.url, MASTER_TOKEN) as other_admin:
+            other_token = await policy_token(other_admin, "hub")
+        other_hub = make_spawner(user_name, consul_address=other_consul.url, consul_token=other_token,
+                                 hub_instance="jupyterhub")
         await other_hub.start()
         this_hub = make_spawner(f"{user_name}x", hub_instance="jupyterhub")
         client, writer = this_hub._client_and_writer()
