@@ -138,3 +138,19 @@ async def test_no_consul_secret_at_rest_in_children_or_in_containers(hub_runner,
         for secret in secrets:
             assert secret.encode() not in content, f"a Consul secret is in the {place}"
     assert stat.S_IMODE(os.stat(hub_runner.consul_token_file).st_mode) == 0o600
+
+
+async def test_a_users_sidecar_never_takes_another_users_container_name(make_spawner, docker_client, user_name):
+    """DockerSpawner's documented escape = "legacy": user alice's sidecar was once named exactly
+    like user alice-sidecar's notebook, and alice's start deleted it."""
+    other = make_spawner(f"{user_name}-sidecar", escape="legacy")
+    await other.start()
+    alice = make_spawner(user_name, escape="legacy")
+    await alice.start()
+    assert docker_client.api.inspect_container(other.container_id)["State"]["Running"]
+    assert await other.poll() is None and await alice.poll() is None
+    names = {other.container_name, alice.container_name, other.sidecar_container_name, alice.sidecar_container_name}
+    assert len(names) == 4
+    await hub_stop(alice)
+    assert docker_client.api.inspect_container(other.container_id)["State"]["Running"]
+    await hub_stop(other)
