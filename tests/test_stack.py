@@ -1,0 +1,399 @@
+"""The production stack (docker/stack/), checked as far as it can be without its images:
+the compose file by `docker compose config`, every Consul HCL file parsed and held to the fields
+Consul requires, every file the compose file and Dockerfiles name present, and the stack's
+jupyterhub_config.py loaded through JupyterHub's own loader into a working ConsulSpawner."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = ROOT / "docker" / "stack"
+COMPOSE = STACK / "compose.yaml"
+
+
+# -- a small reader for the HCL that Consul's files use ------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+|\#[^\n]*|//[^\n]*|/\*.*?\*/)
+  | (?P<string>"(?:[^"\\\n]|\\.)*")
+  | (?P<number>-?\d+(?:\.\d+)?)
+  | (?P<word>[A-Za-z_][A-Za-z0-9_\-.]*)
+  | (?P<punct>[{}\[\]=,:])
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+class HCLError(ValueError):
+    pass
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            line = text.count("\n", 0, pos) + 1
+            raise HCLError(f"line {line}: unexpected {text[pos:pos + 20]!r}")
+        pos = m.end()
+        if m.lastgroup != "ws":
+            out.append((m.lastgroup, m.group()))
+    return out
+
+
+def parse_hcl(text: str) -> dict:
+    """HCL 1 as Consul reads it: ``key = value``, ``block "label" { ... }`` (repeated blocks become
+    a list), lists, objects, strings, numbers and booleans. Duplicate attributes are an error."""
+    tokens = _tokens(text)
+    pos = 0
+
+    def peek(k=0):
+        return tokens[pos + k] if pos + k < len(tokens) else ("eof", "")
+
+    def take(kind=None, value=None):
+        nonlocal pos
+        tok = peek()
+        if (kind and tok[0] != kind) or (value and tok[1] != value):
+            raise HCLError(f"expected {value or kind}, found {tok[1]!r}")
+        pos += 1
+        return tok
+
+    def value():
+        kind, text_ = peek()
+        if kind == "string":
+            take()
+            return bytes(text_[1:-1], "utf-8").decode("unicode_escape")
+        if kind == "number":
+            take()
+            return float(text_) if "." in text_ else int(text_)
+        if kind == "word" and text_ in ("true", "false"):
+            take()
+            return text_ == "true"
+        if text_ == "[":
+            take()
+            items = []
+            while peek()[1] != "]":
+                items.append(value())
+                if peek()[1] == ",":
+                    take()
+            take(value="]")
+            return items
+        if text_ == "{":
+            take()
+            body = entries("}")
+            take(value="}")
+            return body
+        raise HCLError(f"unexpected {text_!r}")
+
+    def entries(end):
+        body: dict = {}
+        while peek()[1] != end and peek()[0] != "eof":
+            kind, key = take()
+            if kind not in ("word", "string"):
+                raise HCLError(f"expected a key, found {key!r}")
+            key = key.strip('"')
+            if peek()[1] in ("=", ":"):
+                take()
+                if key in body:
+                    raise HCLError(f"{key!r} set twice")
+                body[key] = value()
+            else:
+                labels = []
+                while peek()[0] == "string":
+                    labels.append(take()[1][1:-1])
+                take(value="{")
+                block = entries("}")
+                take(value="}")
+                for label in reversed(labels):
+                    block = {label: block}
+                if key in body and not labels:
+                    previous = body[key]
+                    body[key] = (previous if isinstance(previous, list) else [previous]) + [block]
+                elif key in body:
+                    body[key] = {**body[key], **block}
+                else:
+                    body[key] = block
+            if peek()[1] == ",":
+                take()
+        return body
+
+    result = entries("eof")
+    if peek()[0] != "eof":
+        raise HCLError(f"unexpected {peek()[1]!r}")
+    return result
+
+
+def test_hcl_reader_reads_what_consul_files_hold():
+    parsed = parse_hcl(
+        '# c\nacl { enabled = true }\nservice_prefix "jupyter-" { policy = "write" }\n'
+        'Sources = [ { Name = "a", Action = "allow" }, ]\nupstreams { x = 1 }\nupstreams { x = 2 }\n'
+        "ports { https = 8501  grpc = -1 } /* c */ // c\n"
+    )
+    assert parsed == {
+        "acl": {"enabled": True}, "service_prefix": {"jupyter-": {"policy": "write"}},
+        "Sources": [{"Name": "a", "Action": "allow"}], "upstreams": [{"x": 1}, {"x": 2}],
+        "ports": {"https": 8501, "grpc": -1},
+    }
+    with pytest.raises(HCLError):
+        parse_hcl('a = "x"\na = "y"')
+    with pytest.raises(HCLError):
+        parse_hcl("acl { enabled = true")
+
+
+def load(path: Path) -> dict:
+    return parse_hcl(path.read_text())
+
+
+# -- docker compose config ---------------------------------------------------------------------------------
+
+
+def _compose_command() -> list[str]:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail(
+        "Neither `docker compose` nor `docker-compose` is installed, so docker/stack/compose.yaml cannot be "
+        "validated. Install Debian's package: apt-get install -y --no-install-recommends docker-compose"
+    )
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*_compose_command(), "-f", str(COMPOSE), *args], capture_output=True, text=True,
+                          cwd=STACK)
+
+
+def test_compose_file_is_valid():
+    result = _compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+    result = _compose("--profile", "images", "config", "--services")
+    assert result.returncode == 0, result.stderr
+    services = set(result.stdout.split())
+    assert services >= {
+        "consul-tls-init", "consul-server", "consul-client", "consul-acl-init", "trino-coordinator",
+        "trino-coordinator-sidecar", "trino-worker", "trino-worker-sidecar", "hub", "janitor",
+        "envoy-sidecar", "notebook",
+    }
+
+
+def _compose_model() -> dict:
+    import yaml  # PyYAML: a dependency of jupyterhub (through jupyter_events)
+
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_every_file_the_compose_file_names_exists():
+    model = _compose_model()
+    missing = []
+    for name, service in model["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")) and not source.startswith("/var/run/docker.sock"):
+                if not (STACK / source).exists():
+                    missing.append(f"{name}: {source}")
+        build = service.get("build")
+        if build:
+            context = STACK / build["context"]
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            if not dockerfile.is_file():
+                missing.append(f"{name}: {dockerfile}")
+            missing += [f"{name}: {p}" for p in _dockerfile_sources(dockerfile, context) if not p.exists()]
+    for dockerfile in STACK.glob("*/Dockerfile"):
+        context = ROOT if dockerfile.parent.name == "hub" else dockerfile.parent
+        missing += [str(p) for p in _dockerfile_sources(dockerfile, context) if not p.exists()]
+    assert not missing, missing
+
+
+def _dockerfile_sources(dockerfile: Path, context: Path) -> list[Path]:
+    sources = []
+    for line in dockerfile.read_text().splitlines():
+        parts = line.split()
+        if parts[:1] in (["COPY"], ["ADD"]) and not any(p.startswith("--from") for p in parts):
+            sources += [context / p for p in parts[1:-1] if not p.startswith("--")]
+    return sources
+
+
+def test_scripts_the_compose_file_runs_are_in_their_mounts():
+    model = _compose_model()
+    for name in ("consul-tls-init", "consul-acl-init"):
+        script = model["services"][name]["entrypoint"][-1]
+        assert script.startswith("/stack/consul/")
+        assert (STACK / "consul" / Path(script).name).is_file()
+    for name in ("trino-coordinator", "trino-worker"):
+        model_ips = model["services"][name]["networks"]["mesh"]["ipv4_address"]
+        assert load(STACK / "consul" / "services" / f"{name}.hcl")["service"]["address"] == model_ips
+
+
+# -- Consul files --------------------------------------------------------------------------------------------
+
+# Top-level keys of an agent config file, from agent/config/config.go (struct Config) in
+# hashicorp/consul; only those the stack uses, each checked there.
+AGENT_KEYS = {"datacenter", "data_dir", "node_name", "server", "bootstrap_expect", "client_addr", "bind_addr",
+              "retry_join", "ui_config", "ports", "connect", "acl", "tls", "encrypt"}
+TLS_PROTOCOL_KEYS = {"ca_file", "ca_path", "cert_file", "key_file", "tls_min_version", "tls_cipher_suites",
+                     "verify_incoming", "verify_outgoing", "verify_server_hostname", "use_auto_cert"}
+
+
+@pytest.mark.parametrize("name", ["server", "client"])
+def test_agent_config_has_acls_tls_and_connect(name):
+    config = load(STACK / "consul" / f"{name}.hcl")
+    assert set(config) <= AGENT_KEYS, set(config) - AGENT_KEYS
+    assert config["datacenter"] and config["data_dir"] and config["retry_join"]
+    assert config["server"] is (name == "server")
+    if name == "server":
+        assert config["bootstrap_expect"] >= 1
+    acl = config["acl"]
+    assert acl["enabled"] is True and acl["default_policy"] == "deny"
+    assert config["connect"]["enabled"] is True
+    assert config["ports"]["http"] == -1 and config["ports"]["https"] == 8501 and config["ports"]["grpc_tls"] == 8503
+    tls = config["tls"]
+    assert set(tls) <= {"defaults", "internal_rpc", "https", "grpc"}
+    for section in tls.values():
+        assert set(section) <= TLS_PROTOCOL_KEYS, set(section) - TLS_PROTOCOL_KEYS
+    defaults = tls["defaults"]
+    assert defaults["verify_incoming"] and defaults["verify_outgoing"]
+    assert tls["internal_rpc"]["verify_server_hostname"] is True
+    for key in ("ca_file", "cert_file", "key_file"):
+        # made by tls-init.sh under these names (consul tls ca/cert create)
+        assert Path(defaults[key]).name in (STACK / "consul" / "tls-init.sh").read_text()
+
+
+def test_tls_init_names_match_consul_tls_cert_create():
+    script = (STACK / "consul" / "tls-init.sh").read_text()
+    for name in ("consul-agent-ca.pem", "dc1-server-consul-0.pem", "dc1-client-consul-0-key.pem"):
+        assert name in script
+
+
+@pytest.mark.parametrize("path", sorted((STACK / "consul" / "config-entries").glob("*.hcl")), ids=lambda p: p.name)
+def test_config_entries(path):
+    entry = load(path)
+    assert entry["Kind"] in ("service-defaults", "service-intentions")
+    assert entry["Name"]
+    if entry["Kind"] == "service-defaults":
+        assert entry["Protocol"] in ("tcp", "http", "http2", "grpc")
+    else:
+        assert entry["Sources"]
+        for source in entry["Sources"]:
+            assert set(source) <= {"Name", "Action", "Description", "Permissions", "Type", "Peer", "Partition",
+                                   "Namespace", "SamenessGroup", "Precedence", "LegacyID", "LegacyMeta"}
+            assert source["Name"]
+            assert ("Action" in source) != ("Permissions" in source), "a source is L4 or L7, never both"
+            assert source.get("Action", "allow") in ("allow", "deny")
+
+
+def test_trino_coordinator_is_http_and_the_orchestrator_may_call_it():
+    entries = [load(p) for p in (STACK / "consul" / "config-entries").glob("*.hcl")]
+    defaults = [e for e in entries if e["Kind"] == "service-defaults" and e["Name"] == "trino-coordinator"]
+    assert defaults and defaults[0]["Protocol"] == "http"
+    intentions = [e for e in entries if e["Kind"] == "service-intentions" and e["Name"] == "trino-coordinator"]
+    assert {"Name": "orchestrator", "Action": "allow"}.items() <= intentions[0]["Sources"][0].items()
+
+
+@pytest.mark.parametrize("name", ["trino-coordinator", "trino-worker"])
+def test_service_definitions(name):
+    service = load(STACK / "consul" / "services" / f"{name}.hcl")["service"]
+    assert service["name"] == name and service["id"] and isinstance(service["port"], int)
+    proxy = service["connect"]["sidecar_service"]["proxy"]
+    upstreams = proxy["upstreams"] if isinstance(proxy["upstreams"], list) else [proxy["upstreams"]]
+    for upstream in upstreams:
+        assert upstream["destination_name"] and upstream["local_bind_port"]
+    check = service["check"]
+    assert check["http"] and check["interval"]
+
+
+@pytest.mark.parametrize("name", ["hub", "janitor"])
+def test_policies_parse_and_are_what_acl_init_uses(name):
+    policy = load(ROOT / "docker" / "consul" / f"{name}-policy.hcl")
+    assert set(policy) <= {"acl", "service", "service_prefix", "node", "node_prefix", "key_prefix", "operator",
+                           "agent", "agent_prefix", "query_prefix", "session_prefix", "event_prefix", "keyring",
+                           "mesh", "peering", "key"}
+    assert policy["service"]["trino-coordinator"]["intentions"] == "write"
+    assert "write" not in str(policy.get("operator", "")) and "mesh" not in policy
+    assert f"{name}-policy.hcl" in (STACK / "consul" / "acl-init.sh").read_text()
+
+
+def test_acl_init_writes_each_token_for_its_consumer_only():
+    script = (STACK / "consul" / "acl-init.sh").read_text()
+    assert "chmod 0600" in script and "umask 077" in script
+    model = _compose_model()["services"]
+    mounts = {name: " ".join(s.get("volumes", [])) for name, s in model.items()}
+    for volume, consumers in {
+        "hub-secrets": {"hub", "consul-tls-init", "consul-acl-init"},
+        "janitor-secrets": {"janitor", "consul-tls-init", "consul-acl-init"},
+        "consul-mgmt": {"consul-acl-init"},
+        "consul-ca": {"consul-tls-init"},
+    }.items():
+        assert {name for name, m in mounts.items() if f"{volume}:" in m} == consumers, volume
+    assert "--token-file" in model["janitor"]["command"]
+    assert model["hub"]["environment"]["CONSUL_HTTP_TOKEN_FILE"].startswith("/run/secrets/consul/")
+
+
+# -- the sidecar image -----------------------------------------------------------------------------------
+
+
+def test_sidecar_admin_interface_is_a_unix_socket_and_ready_asks_it():
+    entry = (STACK / "envoy-sidecar" / "consul-envoy-sidecar").read_text()
+    ready = (STACK / "envoy-sidecar" / "sidecar-ready").read_text()
+    assert "consul connect envoy -bootstrap" in entry
+    assert '"pipe"' in entry and "envoy-admin.sock" in entry
+    assert "--unix-socket" in ready and "/ready" in ready
+    dockerfile = (STACK / "envoy-sidecar" / "Dockerfile").read_text()
+    assert "FROM hashicorp/consul:" in dockerfile and "FROM envoyproxy/envoy:" in dockerfile
+    assert "ENTRYPOINT []" in dockerfile and "USER 101" in dockerfile
+
+
+# -- jupyterhub_config.py -------------------------------------------------------------------------------
+
+
+def test_stack_jupyterhub_config_loads_into_a_working_spawner(monkeypatch):
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.objects import Hub
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from consulspawner import ConsulSpawner
+
+    for key in ("CONSUL_HTTP_ADDR", "CONSUL_CACERT", "CONSUL_HTTP_TOKEN_FILE", "CONSULSPAWNER_NETWORK",
+                "CONSULSPAWNER_SIDECAR_IMAGE", "CONSULSPAWNER_NOTEBOOK_IMAGE"):
+        monkeypatch.delenv(key, raising=False)
+    config = PyFileConfigLoader("jupyterhub_config.py", path=str(STACK)).load_config()
+
+    hub = JupyterHub(config=config)
+    assert hub.spawner_class is ConsulSpawner  # "consul", through the jupyterhub.spawners entry point
+    assert hub.cleanup_servers is False
+    assert [s["name"] for s in hub.services] == ["idle-culler"]
+    assert "jupyterhub_idle_culler" in hub.services[0]["command"]
+
+    from types import SimpleNamespace
+
+    user = SimpleNamespace(name="alice", url="/user/alice/", escaped_name="alice", id=1, settings={})
+    spawner = ConsulSpawner(user=user, hub=Hub(), config=config, api_token="x" * 32,
+                            oauth_client_id="jupyterhub-user-alice")
+    assert spawner.consul_address == "https://consul-client:8501"
+    assert spawner.consul_ca_file == "/run/secrets/consul/ca.pem"
+    assert spawner.consul_token_file == "/run/secrets/consul/token"
+    assert spawner.consul_token == ""  # the secret is only ever in the file
+    assert spawner.network_name == "consulspawner-mesh"
+    assert spawner.intention_mode == "L7"
+    assert spawner.upstreams == [{"destination_name": "trino-coordinator", "local_bind_port": 28080}]
+    assert spawner.sidecar_ready_command == ["sidecar-ready"]
+    assert spawner.sidecar_command[0] == "consul-envoy-sidecar"
+    assert spawner.sidecar_env == {"CONSUL_GRPC_ADDR": "https://consul-client:8503"}
+    assert spawner.sidecar_file_owner == "101:101"
+    assert spawner.sidecar_image.startswith("consulspawner/envoy-sidecar:")
+    # The plan builds: the sidecar command gets this server's IDs and the token file.
+    plan = spawner.mesh_settings()
+    assert plan.intention_mode == "L7" and plan.upstreams[0].local_bind_port == 28080
+    model = _compose_model()
+    assert model["networks"]["mesh"]["name"] == spawner.network_name
+    # The hub's image variable in compose.yaml defaults to the same sidecar image.
+    assert model["services"]["hub"]["environment"]["CONSULSPAWNER_SIDECAR_IMAGE"].endswith(
+        f":-{spawner.sidecar_image}}}")
