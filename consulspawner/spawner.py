@@ -15,9 +15,12 @@ import os
 import random
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import docker
 from docker.errors import APIError, NotFound
+from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import exponential_backoff
 from traitlets import (
@@ -575,6 +578,10 @@ class ConsulSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    # The mesh's own Docker client and thread (see sidecar_docker), shared by all servers.
+    _sidecar_client = None
+    _sidecar_executor: ThreadPoolExecutor | None = None
+
     # -- state ----------------------------------------------------------------------------------
 
     def __init__(self, **kwargs):
@@ -793,7 +800,7 @@ class ConsulSpawner(DockerSpawner):
         if not container:
             return None
         try:
-            return await self.docker("inspect_container", container)
+            return await self.sidecar_docker("inspect_container", container)
         except NotFound:
             return None
 
@@ -828,7 +835,7 @@ class ConsulSpawner(DockerSpawner):
             # Delivered like the token (a file in the sidecar alone), so CONSUL_CACERT works.
             ca_pem = await asyncio.to_thread(_read_bytes, self.consul_ca_file)
             environment.setdefault("CONSUL_CACERT", SIDECAR_CA_FILE)
-        container = await self.docker(
+        container = await self.sidecar_docker(
             "create_container",
             image=self.sidecar_image,
             command=plan.sidecar_args(self.sidecar_command, token_file=SIDECAR_TOKEN_FILE),
@@ -841,9 +848,25 @@ class ConsulSpawner(DockerSpawner):
         # The token goes in as a file copied into this container alone, so it is in no
         # container config (docker inspect), no environment and no mount of the notebook's.
         archive = _sidecar_archive(token_secret, ca_pem, self._sidecar_file_owner)
-        await self.docker("put_archive", self.sidecar_container_id, "/", archive)
-        await self.docker("start", self.sidecar_container_id)
+        await self.sidecar_docker("put_archive", self.sidecar_container_id, "/", archive)
+        await self.sidecar_docker("start", self.sidecar_container_id)
         self.log.info("Started sidecar %s for %s", self.sidecar_container_name, plan.service_id)
+
+    def sidecar_docker(self, method, *args, **kwargs):
+        """A Docker call of the mesh's own (sidecar, readiness probes, inspections), on a thread
+        and client of its own: DockerSpawner runs every Docker call of every spawner on one
+        shared thread, and a user's sidecar should not queue behind other users' notebooks."""
+        cls = ConsulSpawner
+        if cls._sidecar_client is None:
+            client_kwargs = {"version": "auto"}
+            if self.tls_config:
+                client_kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
+            client_kwargs.update(kwargs_from_env())
+            client_kwargs.update(self.client_kwargs)
+            cls._sidecar_client = docker.APIClient(**client_kwargs)
+            cls._sidecar_executor = ThreadPoolExecutor(1, thread_name_prefix="consulspawner-sidecar")
+        call = getattr(cls._sidecar_client, method)
+        return asyncio.wrap_future(cls._sidecar_executor.submit(call, *args, **kwargs))
 
     def docker(self, method, *args, **kwargs):
         # DockerSpawner builds the notebook's host config from the site's settings; the mesh's
@@ -874,14 +897,15 @@ class ConsulSpawner(DockerSpawner):
             if not await self._sidecar_and_notebook_running():
                 raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready")
             try:
-                exec_id = (await self.docker("exec_create", self.sidecar_container_id, self.sidecar_ready_command,
-                                             stdout=True, stderr=True))["Id"]
+                created = await self.sidecar_docker("exec_create", self.sidecar_container_id,
+                                                    self.sidecar_ready_command, stdout=True, stderr=True)
+                exec_id = created["Id"]
             except APIError as e:
                 if e.status_code != 409:  # 409: not running (exited, or Docker restarting it)
                     raise
                 raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready") from e
-            last = (await self.docker("exec_start", exec_id)).decode(errors="replace").strip()[-200:]
-            if (await self.docker("exec_inspect", exec_id))["ExitCode"] == 0:
+            last = (await self.sidecar_docker("exec_start", exec_id)).decode(errors="replace").strip()[-200:]
+            if (await self.sidecar_docker("exec_inspect", exec_id))["ExitCode"] == 0:
                 self.log.info("Sidecar %s is ready", self.sidecar_container_name)
                 return
             if time.monotonic() > deadline:
@@ -916,7 +940,7 @@ class ConsulSpawner(DockerSpawner):
                     )
                 continue
             try:
-                await self.docker("remove_container", info["Id"], force=True, v=True)
+                await self.sidecar_docker("remove_container", info["Id"], force=True, v=True)
                 self.log.info("Removed sidecar %s (%s)", target, info["Id"][:12])
             except APIError as e:
                 if e.status_code not in (404, 409):
@@ -1023,10 +1047,12 @@ class ConsulSpawner(DockerSpawner):
                 self.log.warning("Could not stop the notebook of %s: %s", self._log_name, e)
             # DockerSpawner.stop clears all state; the mesh still holds what is left to undo.
             self.mesh_state = state
-        steps = [step for step in ("deregister", "delete_tokens")
-                 if (step == "deregister" and state.registered) or (step == "delete_tokens" and not state.empty)]
+        # Under the server's lock no newer incarnation can have registered: no read first. What
+        # goes to the background (run later, maybe after a new start) verifies the incarnation.
+        steps = [step for step in ("deregister_held", "delete_tokens")
+                 if (step == "deregister_held" and state.registered) or (step == "delete_tokens" and not state.empty)]
         results = await asyncio.gather(*(self._bounded(mesh.undo([step])) for step in steps))
-        failed += [step for step, ok in zip(steps, results, strict=True) if not ok]
+        failed += [step.replace("_held", "") for step, ok in zip(steps, results, strict=True) if not ok]
         self._plan = None
         if failed:
             self._defer_teardown(state, failed)
@@ -1277,7 +1303,7 @@ class ConsulSpawner(DockerSpawner):
         """Remove sidecar containers whose labels name an incarnation the sweep just found
         orphaned in this hub's Consul: both Docker and Consul must say it is our leftover (a
         second hub on the same Docker daemon has other incarnations)."""
-        containers = await self.docker(
+        containers = await self.sidecar_docker(
             "containers", all=True,
             filters={"label": [f"{LABEL_PREFIX}.role=sidecar", f"{LABEL_PREFIX}.hub-instance={self.hub_instance}"]},
         )
@@ -1285,7 +1311,7 @@ class ConsulSpawner(DockerSpawner):
             labels = container.get("Labels") or {}
             key = (labels.get(f"{LABEL_PREFIX}.service-id"), labels.get(f"{LABEL_PREFIX}.incarnation"))
             if key[1] and key in orphaned:
-                await self.docker("remove_container", container["Id"], force=True, v=True)
+                await self.sidecar_docker("remove_container", container["Id"], force=True, v=True)
                 self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], key[0])
 
 
