@@ -20,14 +20,18 @@ HUB_UID="${HUB_UID:-0}"
 JANITOR_UID="${JANITOR_UID:-10001}"
 SIDECAR_UID="${SIDECAR_UID:-101}"
 
-secret_of() {  # the SecretID line of `consul acl ... create/bootstrap` output
-    awk '$1 == "SecretID:" { print $2 }'
+secret_of() {  # the SecretID of `consul acl bootstrap/token create -format=json` (jq: in the consul image)
+    jq -r '.SecretID'
 }
 
 write_token() {  # write_token FILE UID: stdin -> FILE, 0600, owned by UID
     file=$1 owner=$2
     cat > "$file.new"
-    [ -s "$file.new" ] || { echo "acl-init: empty token for $file" >&2; exit 1; }
+    if [ ! -s "$file.new" ] || [ "$(cat "$file.new")" = null ]; then
+        echo "acl-init: no token for $file" >&2
+        rm -f "$file.new"
+        exit 1
+    fi
     chown "$owner:$owner" "$file.new"
     chmod 0600 "$file.new"
     mv "$file.new" "$file"
@@ -35,26 +39,27 @@ write_token() {  # write_token FILE UID: stdin -> FILE, 0600, owned by UID
 
 # 1. Bootstrap (once per cluster): the management token never leaves this container's volume.
 if [ ! -s /consul/mgmt/token ]; then
-    until consul acl bootstrap > /consul/mgmt/bootstrap.out 2>&1; do
-        if grep -q "ACL bootstrap no longer allowed" /consul/mgmt/bootstrap.out; then
+    until consul acl bootstrap -format=json > /consul/mgmt/bootstrap.out 2> /consul/mgmt/bootstrap.err; do
+        if grep -q "ACL bootstrap no longer allowed" /consul/mgmt/bootstrap.err; then
             echo "acl-init: ACLs already bootstrapped but /consul/mgmt/token is missing; see docs/troubleshooting.md" >&2
             exit 1
         fi
         sleep 2   # no leader yet
     done
     secret_of < /consul/mgmt/bootstrap.out | write_token /consul/mgmt/token 0
-    rm -f /consul/mgmt/bootstrap.out
+    rm -f /consul/mgmt/bootstrap.out /consul/mgmt/bootstrap.err
 fi
 export CONSUL_HTTP_TOKEN_FILE=/consul/mgmt/token
 
 # 2. Agent tokens (node identities), so each agent may register itself and sync its services.
 for agent in consul-server consul-client; do
     if [ ! -s "/consul/mgmt/agent-$agent" ]; then
-        consul acl token create -description "agent token of $agent" -node-identity "$agent:dc1" \
+        consul acl token create -format=json -description "agent token of $agent" -node-identity "$agent:dc1" \
             | secret_of | write_token "/consul/mgmt/agent-$agent" 0
     fi
     addr=https://$agent:8501
-    consul acl set-agent-token -http-addr="$addr" agent "$(cat "/consul/mgmt/agent-$agent")"
+    # @file: the secret is read from the file, never put on a command line.
+    consul acl set-agent-token -http-addr="$addr" agent "@/consul/mgmt/agent-$agent"
 done
 
 # 3. Policies from the least-privilege files (docker/consul/, mounted at /consul/policies).
@@ -68,18 +73,18 @@ done
 
 # 4. The hub's and the janitor's tokens.
 if [ ! -s /secrets/hub/token ]; then
-    consul acl token create -description "consulspawner hub" -policy-name consulspawner-hub \
+    consul acl token create -format=json -description "consulspawner hub" -policy-name consulspawner-hub \
         | secret_of | write_token /secrets/hub/token "$HUB_UID"
 fi
 if [ ! -s /secrets/janitor/token ]; then
-    consul acl token create -description "consulspawner janitor" -policy-name consulspawner-janitor \
+    consul acl token create -format=json -description "consulspawner janitor" -policy-name consulspawner-janitor \
         | secret_of | write_token /secrets/janitor/token "$JANITOR_UID"
 fi
 
 # 5. Trino: one service-identity token per service, used to register it and by its sidecar.
 for svc in trino-coordinator trino-worker; do
     if [ ! -s "/secrets/$svc/token" ]; then
-        consul acl token create -description "$svc and its sidecar" -service-identity "$svc" \
+        consul acl token create -format=json -description "$svc and its sidecar" -service-identity "$svc" \
             | secret_of | write_token "/secrets/$svc/token" "$SIDECAR_UID"
     fi
     consul services register -http-addr="$CLIENT_ADDR" -token-file="/secrets/$svc/token" \

@@ -8,7 +8,8 @@ service {
 
   connect {
     sidecar_service {
-      port = 21000
+      # Unique per agent: `consul services register` refuses two sidecars with one port.
+      port = 21001
       proxy {
         local_service_address = "127.0.0.1"
         local_service_port    = 28082
