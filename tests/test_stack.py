@@ -239,6 +239,12 @@ def test_scripts_the_compose_file_runs_are_in_their_mounts():
 # hashicorp/consul; only those the stack uses, each checked there.
 AGENT_KEYS = {"datacenter", "data_dir", "node_name", "server", "bootstrap_expect", "client_addr", "bind_addr",
               "retry_join", "ui_config", "ports", "connect", "acl", "tls", "encrypt"}
+# Sub-keys, from the same file: structs ACL, Ports, Connect, RawUIConfig.
+ACL_KEYS = {"enabled", "enable_token_replication", "policy_ttl", "role_ttl", "token_ttl", "down_policy",
+            "default_policy", "enable_key_list_policy", "tokens", "enable_token_persistence"}
+PORTS_KEYS = {"dns", "http", "https", "serf_lan", "serf_wan", "server", "grpc", "grpc_tls", "proxy_min_port",
+              "proxy_max_port", "sidecar_min_port", "sidecar_max_port", "expose_min_port", "expose_max_port"}
+CONNECT_KEYS = {"enabled", "ca_provider", "ca_config", "enable_mesh_gateway_wan_federation"}
 TLS_PROTOCOL_KEYS = {"ca_file", "ca_path", "cert_file", "key_file", "tls_min_version", "tls_cipher_suites",
                      "verify_incoming", "verify_outgoing", "verify_server_hostname", "use_auto_cert"}
 
@@ -251,6 +257,8 @@ def test_agent_config_has_acls_tls_and_connect(name):
     assert config["server"] is (name == "server")
     if name == "server":
         assert config["bootstrap_expect"] >= 1
+    assert set(config["acl"]) <= ACL_KEYS and set(config["ports"]) <= PORTS_KEYS
+    assert set(config["connect"]) <= CONNECT_KEYS
     acl = config["acl"]
     assert acl["enabled"] is True and acl["default_policy"] == "deny"
     assert config["connect"]["enabled"] is True
