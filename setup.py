@@ -35,6 +35,7 @@ setup(
             "hypothesis>=6.100",
             "jupyterhub-idle-culler>=1.4",
             "ruff>=0.5",
+            "mypy>=1.8",
             # py-consul, not python-consul2: the fake agent's own tests go through a real
             # third-party Consul client, so the fake is checked against more than our client.
             "py-consul[asyncio]>=1.8,<2",

@@ -334,13 +334,13 @@ class IntentionWriter:
                     continue
                 if entry is None:
                     condition = conditions[name]
-                    if existing is not None and (condition is None or condition(existing)):
+                    if index is not None and (condition is None or condition(sources[index])):
                         sources[index] = None
                         changed.add(name)
-                elif existing is None:
+                elif index is None:
                     sources.append(entry)
                     changed.add(name)
-                elif {k: existing.get(k) for k in entry} != entry:
+                elif {k: sources[index].get(k) for k in entry} != entry:
                     # Compare only what we set: Consul adds Precedence, Type... on read.
                     sources[index] = entry
                     changed.add(name)
@@ -390,4 +390,5 @@ class IntentionWriter:
                 self.log.info("Revoked intention %s -> %s", name, destination)
             else:
                 owner = ownership.parse(entry["Description"])
-                self.log.info("Granted intention %s -> %s for hub user %r", name, destination, owner.user)
+                user = owner.user if owner else "?"
+                self.log.info("Granted intention %s -> %s for hub user %r", name, destination, user)

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from . import ownership
 from .consul import ConsulClient, ConsulError
@@ -75,7 +76,7 @@ class Janitor:
         self._critical_since: dict[str, float] = {}
         self._writers: dict[str, IntentionWriter] = {}
 
-    def _mine(self, owner: ownership.Owner | None) -> bool:
+    def _mine(self, owner: ownership.Owner | None) -> TypeGuard[ownership.Owner]:
         return owner is not None and (self.hub_instance is None or owner.hub == self.hub_instance)
 
     def _writer(self, hub: str) -> IntentionWriter:

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from typing import TypeGuard
 
 from . import ownership
 from .consul import ConsulClient, ConsulError
@@ -120,7 +121,7 @@ class ServerMesh:
     def user(self) -> str:
         return self.state.user
 
-    def _need_plan(self) -> MeshPlan:
+    def need_plan(self) -> MeshPlan:
         if self.plan is None:
             raise RuntimeError("creating Consul objects needs a mesh plan")
         return self.plan
@@ -138,7 +139,7 @@ class ServerMesh:
         a token Consul committed without our seeing the answer is still known and undone; a
         retry that finds its own accessor already in use checks the secret and moves on.
         """
-        plan = self._need_plan()
+        plan = self.need_plan()
         accessor, secret = str(uuid.uuid4()), str(uuid.uuid4())
         if self.state.token_accessor:
             self.state.retired_accessors.append(self.state.token_accessor)
@@ -167,7 +168,7 @@ class ServerMesh:
     async def register(self, address: str) -> None:
         """Register (or re-register, same ID: idempotent) the service and its sidecar, with the
         server's TTL check already passing."""
-        plan = self._need_plan()
+        plan = self.need_plan()
         self.state.registered = True  # before the call: a registration whose answer was lost is undone too
         await self._retry(lambda: self.consul.register_service(plan.registration(address)))
         self.log.info(
@@ -176,7 +177,7 @@ class ServerMesh:
         )
 
     async def heartbeat(self, note: str = "notebook and sidecar running") -> None:
-        await self.consul.pass_ttl(self._need_plan().check_id, note)
+        await self.consul.pass_ttl(self.need_plan().check_id, note)
 
     async def wait_until_ready(
         self, timeout: float, still_running: Callable[[], Awaitable[bool]] | None = None
@@ -188,7 +189,7 @@ class ServerMesh:
         After a sidecar restart its checks may still say "passing" from the previous sidecar
         (Consul keeps a re-run check's status until its next interval), so readiness also
         dials the sidecar's public address and port itself, as the TCP check would."""
-        plan = self._need_plan()
+        plan = self.need_plan()
         deadline = time.monotonic() + timeout
         index = 0
         failing: list[str] = ["(no instance yet)"]
@@ -218,7 +219,7 @@ class ServerMesh:
 
     async def grant(self) -> None:
         """Grant (or extend) this server's intentions until now + intention_ttl."""
-        plan = self._need_plan()
+        plan = self.need_plan()
         now = self.clock()
         grants = plan.grants(now)
         recorded = {tuple(pair) for pair in self.state.granted}
@@ -232,7 +233,7 @@ class ServerMesh:
     def grant_due(self) -> bool:
         """Whether half the intentions' lifetime is gone (extending costs a config write, so not
         on every heartbeat)."""
-        plan = self._need_plan()
+        plan = self.need_plan()
         remaining = self.state.grant_expires_at - self.clock()
         return bool(self.state.granted) and remaining < plan.settings.intention_ttl / 2
 
@@ -376,6 +377,13 @@ class Orphan:
         return f"{self.kind} {self.target} (user {self.user!r}, incarnation {self.incarnation[:8] or '-'})"
 
 
+def _unchanged_since(seen: dict) -> Callable[[dict], bool]:
+    def unchanged(source: dict) -> bool:
+        return source.get("Description") == seen.get("Description")
+
+    return unchanged
+
+
 async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_instance: str,
                         live: Callable[[], dict[str, str | None]],
                         logger: logging.Logger | logging.LoggerAdapter | None = None) -> list[Orphan]:
@@ -392,7 +400,7 @@ async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_insta
     tokens = await consul.list_tokens()
     removed: list[Orphan] = []
 
-    def orphaned(owner: ownership.Owner | None) -> bool:
+    def orphaned(owner: ownership.Owner | None) -> TypeGuard[ownership.Owner]:
         if owner is None or owner.hub != hub_instance:
             return False
         alive = live()
@@ -406,8 +414,7 @@ async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_insta
             owner = ownership.parse(source.get("Description"))
             if orphaned(owner):
                 # Only the source as we read it: a re-grant changes the Description (expiry).
-                await writer.revoke(entry["Name"], source["Name"],
-                                    only_if=lambda s, seen=source: s.get("Description") == seen.get("Description"))
+                await writer.revoke(entry["Name"], source["Name"], only_if=_unchanged_since(source))
                 removed.append(Orphan("intention", f"{source['Name']} -> {entry['Name']}", owner.user,
                                       owner.service, owner.incarnation))
     for service_id, service in services.items():

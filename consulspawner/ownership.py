@@ -106,7 +106,7 @@ class Owner:
     incarnation: str = ""
 
     def _data(self, user: str, server: str) -> dict:
-        data = {"hub": self.hub, "user": user, "server": server, "service": self.service,
+        data: dict[str, str | int] = {"hub": self.hub, "user": user, "server": server, "service": self.service,
                 "incarnation": self.incarnation}
         if self.expires_at is not None:
             data["expires_at"] = self.expires_at

@@ -1182,7 +1182,8 @@ class ConsulSpawner(DockerSpawner):
         """One round of the keeper; True when a restored server is reconciled."""
         if not await self._container_running(self.container_id or self.container_name):
             return False  # the notebook is gone: poll reports it and JupyterHub stops the server
-        mesh = self._mesh(self._running_plan())
+        plan = self._running_plan()
+        mesh = self._mesh(plan)
         if not await self._sidecar_alive():
             if not reconcile:
                 await self._fail_server(f"sidecar {self.sidecar_container_name} stopped and stayed down")
@@ -1191,7 +1192,7 @@ class ConsulSpawner(DockerSpawner):
             await self._rotate_token(mesh)
         if reconcile or not await self._heartbeat_or_restore(mesh):
             if not await mesh.registered_in_consul():
-                self.log.warning("Consul lost %s; registering it again", mesh.plan.service_id)
+                self.log.warning("Consul lost %s; registering it again", plan.service_id)
             await mesh.register(await self._mesh_address())
         if reconcile and not await mesh.token_exists():
             self.log.warning("The token of %s is gone; minting a new one and restarting the sidecar", self._log_name)
@@ -1202,7 +1203,7 @@ class ConsulSpawner(DockerSpawner):
             await self._rotate_token(mesh)
         if reconcile:
             await mesh.delete_stale_tokens()
-            self.log.info("Reconciled %s with Consul", mesh.plan.service_id)
+            self.log.info("Reconciled %s with Consul", plan.service_id)
         self._save_state()
         return True
 
@@ -1250,17 +1251,18 @@ class ConsulSpawner(DockerSpawner):
         """Mint a new token, restart the sidecar with it, wait until it is ready, then delete
         the old token (Consul tokens cannot be extended). A rotation that fails takes the
         server down: a server without a working sidecar is not healthy."""
+        plan = mesh.need_plan()
         secret = await mesh.mint_token()
         self._save_state()  # the new accessor is known before anything else can fail
         try:
-            await self._start_sidecar(mesh.plan, secret)
+            await self._start_sidecar(plan, secret)
             await self._wait_for_sidecar(mesh)
         except (APIError, SidecarNotReady, RuntimeError) as e:
             await self._fail_server(f"token rotation could not restart the sidecar: {e}")
             return
         await mesh.delete_retired_tokens()
         self._save_state()
-        self.log.info("Rotated the Consul token of %s", mesh.plan.service_id)
+        self.log.info("Rotated the Consul token of %s", plan.service_id)
 
     # -- orphans ----------------------------------------------------------------------------------
 

@@ -25,5 +25,8 @@ done <<<"$images"
 echo "== ruff" >&2
 python3 -m ruff check .
 
+echo "== mypy (mypy.ini: the production package)" >&2
+python3 -m mypy
+
 echo "== pytest" >&2
 exec python3 -m pytest "$@"
