@@ -16,6 +16,14 @@ fi
 echo "== Docker daemon" >&2
 bash scripts/ensure-docker.sh
 
+# tests/test_stack.py validates docker/stack/compose.yaml with `docker compose config`; on
+# Debian bookworm that is the docker-compose package (v1.29).
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    echo "== installing docker-compose (Debian)" >&2
+    apt-get install -y --no-install-recommends docker-compose >&2 \
+        || { apt-get update -qq && apt-get install -y --no-install-recommends docker-compose >&2; }
+fi
+
 echo "== local images (cached by content hash)" >&2
 images=$(bash docker/build-images.sh)
 while IFS= read -r line; do
