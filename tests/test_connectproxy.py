@@ -25,7 +25,6 @@ import pytest
 from consulspawner.testing import connectproxy
 from consulspawner.testing.connectproxy import Agent, ConnectProxy, Request, evaluate, probe_ready
 from consulspawner.testing.fakeconsul import FakeConsul
-from consulspawner.testing.fakeconsul.ca import ConnectCA
 from consulspawner.testing.trinostandin import TrinoStandIn
 
 from .conftest import MASTER_TOKEN
@@ -409,43 +408,34 @@ def test_l7_first_match_and_defaults():
 
 
 # ------------------------------------------------------------------------------------ certificates
-def rotate_root(fake: FakeConsul) -> str:
-    """Replace the fake's Connect CA root, keeping the trust domain, and re-issue every leaf.
-
-    The fake has no CA rotation of its own; this stands in for Consul's (new active root, leaf
-    certificates re-issued by the agent's leaf cache). It is harsher than Consul: the old root
-    leaves ``Roots`` at once (as after pruning), so only a proxy that re-read both the roots
-    and its leaf can still connect.
-    """
-    state = fake.state
-    with state.lock:
-        old = state.ca
-        new = ConnectCA(state.now(), old.datacenter)
-        new.cluster_id, new.trust_domain = old.cluster_id, old.trust_domain
-        state.ca = new
-        state._bump("ca-roots")
-        for service in list(state.leaves):
-            state._issue_leaf(service)
-        state.notify()
-        return new.root_id
-
-
-def test_rotated_root_keeps_the_mesh_working(mesh):
+@pytest.mark.parametrize("keep_old", [True, False], ids=["old-root-kept", "old-root-pruned"])
+def test_rotated_root_keeps_the_mesh_working(mesh, keep_old):
+    """FakeConsul.rotate_ca: a new root of the same trust domain, leaves re-issued. Kept, the old
+    root cross-signs the new one (Consul's rotation); pruned, only a proxy that re-read both its
+    roots and its leaf can still connect."""
     mesh.consul.allow()
     server, client = mesh.start_both()
     cur = mesh.trino_cursor("alice")
     cur.execute("SELECT current_user")
     assert cur.fetchall() == [["alice"]]
     old_leaves = {p.proxy_id: p.status()["leaf_index"] for p in (server, client)}
-    new_root = rotate_root(mesh.fake)
+    status, _body, sock = http_get(mesh.upstream)  # a connection opened before the rotation
+    assert status == 200
+    new_root = mesh.fake.rotate_ca(keep_old=keep_old)
     for proxy in (server, client):
         wait_for(lambda p=proxy: p.status()["active_root_id"] == new_root, f"{proxy.proxy_id} to load the new root")
         wait_for(
             lambda p=proxy: p.status()["leaf_index"] != old_leaves[p.proxy_id], f"{proxy.proxy_id} to load a new leaf"
         )
+    try:
+        status, _body, sock = http_get(mesh.upstream, sock=sock)  # its session outlives the rotation
+        assert status == 200
+    finally:
+        sock.close()
     cur = mesh.trino_cursor("alice")
     cur.execute("SELECT * FROM tpch.tiny.nation")
     assert len(cur.fetchall()) == 25
+    assert len(server.status()["listeners"]) == 1  # nothing was restarted
 
 
 # ------------------------------------------------------------------------------------ process

@@ -5,6 +5,13 @@ built-in provider's conventions: root ``ID`` is the colon-hex SHA-1 fingerprint 
 certificate, ``SigningKeyID`` the colon-hex key id (SHA-256 of the public key, also used as the
 subject key identifier), leaf serials are small increasing integers printed colon-hex, the
 default leaf TTL is 72h and the root TTL 10 years (87600h).
+
+Rotation (``State.rotate_ca``) follows ``agent/consul/leader_connect_ca.go``
+(``CAManager.UpdateConfiguration``): the new root keeps the cluster's trust domain, the old
+provider cross-signs it (``CrossSignCA``) and the cross-signed certificate becomes the new root's
+``IntermediateCerts``, which ``SignCertificate`` appends to every leaf's ``CertPEM`` ("Append any
+intermediates needed by this root"), so a peer that still trusts only the old root verifies new
+leaves; the old root stays in ``Roots`` with ``Active: false`` until pruned.
 """
 
 from __future__ import annotations
@@ -48,14 +55,18 @@ def serial_text(serial: int) -> str:
 class ConnectCA:
     """The cluster's trust domain, active root and leaf issuance."""
 
-    def __init__(self, now: float, datacenter: str):
+    def __init__(self, now: float, datacenter: str, cluster_id: str | None = None, root_serial: int = 1):
         self.datacenter = datacenter
-        self.cluster_id = str(uuid.uuid4())
+        # A rotation keeps the cluster ID, hence the trust domain (connect.SpiffeIDSigningForCluster).
+        self.cluster_id = cluster_id or str(uuid.uuid4())
         self.trust_domain = f"{self.cluster_id}.consul"
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._key_id = _key_id(self._key.public_key())
-        self._next_serial = 2
-        root_serial = 1
+        self._next_serial = root_serial + 1
+        # Cross-signed certificates of this root by earlier roots (the CARoot's IntermediateCerts).
+        self.intermediate_pems: list[str] = []
+        self.rotated_out_at: float | None = None
+        self.create_index = 0
         not_before = now - 60
         not_after = now + ROOT_TTL
         name = x509.Name(
@@ -110,29 +121,58 @@ class ConnectCA:
     def spiffe_service(self, service: str, namespace: str = "default") -> str:
         return f"spiffe://{self.trust_domain}/ns/{namespace}/dc/{self.datacenter}/svc/{service}"
 
-    def roots_body(self, index: int) -> dict:
-        """IndexedCARoots as /v1/agent/connect/ca/roots answers it."""
+    def cross_sign(self, newer: ConnectCA, now: float) -> str:
+        """The newer root's certificate signed by this root's key (provider_consul CrossSignCA:
+        the new root as template, issuer and authority key ID of the old one), as PEM."""
+        serial = self._next_serial
+        self._next_serial += 1
+        template = newer.root_cert
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(template.subject)
+            .issuer_name(self.root_cert.subject)
+            .public_key(newer._key.public_key())
+            .serial_number(serial)
+            .not_valid_before(_dt_utc(now - 60))
+            .not_valid_after(_dt_utc(min(newer.root_not_after, self.root_not_after)))
+        )
+        for ext in template.extensions:
+            if isinstance(ext.value, x509.AuthorityKeyIdentifier):
+                continue
+            builder = builder.add_extension(ext.value, critical=ext.critical)
+        builder = builder.add_extension(x509.AuthorityKeyIdentifier(self._key_id, None, None), critical=False)
+        cert = builder.sign(self._key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def root_entry(self, active: bool) -> dict:
+        """One CARoot of /v1/agent/connect/ca/roots."""
+        entry = {
+            "ID": self.root_id,
+            "Name": "Consul CA Primary Cert",
+            "SerialNumber": self.root_serial,
+            "SigningKeyID": colon_hex(self._key_id),
+            "ExternalTrustDomain": self.cluster_id,
+            "NotBefore": format_time_seconds(self.root_not_before),
+            "NotAfter": format_time_seconds(self.root_not_after),
+            "RootCert": self.root_pem,
+            "IntermediateCerts": list(self.intermediate_pems) or None,
+            "Active": active,
+            "PrivateKeyType": "ec",
+            "PrivateKeyBits": 256,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.create_index,
+        }
+        # RotatedOutAt is kept (self.rotated_out_at) but not answered: structs.CARoot tags it
+        # `json:"-"`.
+        return entry
+
+    def roots_body(self, inactive: list[ConnectCA] | None = None) -> dict:
+        """IndexedCARoots as /v1/agent/connect/ca/roots answers it: the rotated-out roots first,
+        then the active one (UpdateConfiguration appends the new root after the old ones)."""
         return {
             "ActiveRootID": self.root_id,
             "TrustDomain": self.trust_domain,
-            "Roots": [
-                {
-                    "ID": self.root_id,
-                    "Name": "Consul CA Primary Cert",
-                    "SerialNumber": self.root_serial,
-                    "SigningKeyID": colon_hex(self._key_id),
-                    "ExternalTrustDomain": self.cluster_id,
-                    "NotBefore": format_time_seconds(self.root_not_before),
-                    "NotAfter": format_time_seconds(self.root_not_after),
-                    "RootCert": self.root_pem,
-                    "IntermediateCerts": None,
-                    "Active": True,
-                    "PrivateKeyType": "ec",
-                    "PrivateKeyBits": 256,
-                    "CreateIndex": index,
-                    "ModifyIndex": index,
-                }
-            ],
+            "Roots": [ca.root_entry(False) for ca in inactive or []] + [self.root_entry(True)],
         }
 
     def issue_leaf(self, service: str, now: float, index: int) -> dict:
@@ -180,7 +220,10 @@ class ConnectCA:
         ).decode()
         return {
             "SerialNumber": serial_text(serial),
-            "CertPEM": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            # SignCertificate: "Append any intermediates needed by this root" (the cross-signed
+            # certificates after a rotation), so peers that trust only the old root verify it.
+            "CertPEM": cert.public_bytes(serialization.Encoding.PEM).decode()
+            + "".join(p if p.endswith("\n") else p + "\n" for p in self.intermediate_pems),
             "PrivateKeyPEM": key_pem,
             "Service": service,
             "ServiceURI": uri,

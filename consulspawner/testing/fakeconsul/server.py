@@ -605,7 +605,11 @@ class FakeConsul:
         reap_interval: float = 0.5,
         check_interval_override: float | None = None,
         default_intention_allow: bool | None = None,
+        check_initial_stagger: bool = False,
     ):
+        """``check_interval_override`` replaces every interval check's interval (tests that are
+        not about intervals); ``check_initial_stagger`` delays each TCP check's first run by a
+        random fraction of its interval, as Consul does, instead of running it at once."""
         self.host = host
         self.port = port
         self.reap_interval = reap_interval
@@ -614,6 +618,7 @@ class FakeConsul:
             acl_master_token=acl_master_token,
             default_intention_allow=default_intention_allow,
             check_interval_override=check_interval_override,
+            check_initial_stagger=check_initial_stagger,
         )
         self._faults: list[_Fault] = []
         self._faults_lock = threading.Lock()
@@ -761,6 +766,16 @@ class FakeConsul:
                 loop.call_soon_threadsafe(self._run_due, due)
             except RuntimeError:
                 pass
+
+    # ------------------------------------------------------------------ Connect CA
+    def rotate_ca(self, keep_old: bool = True) -> str:
+        """Rotate the Connect CA to a new root of the same trust domain; the new root's ID.
+
+        See :meth:`State.rotate_ca`: the old root stays inactive (``keep_old``) and cross-signs
+        the new one, ``ActiveRootID`` changes, the roots index and every cached leaf's index are
+        bumped (leaves re-issued under the new root) and blocked queries wake up.
+        """
+        return self.state.rotate_ca(keep_old=keep_old)
 
     # ------------------------------------------------------------------ faults
     def fail(

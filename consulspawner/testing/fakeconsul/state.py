@@ -179,6 +179,7 @@ class State:
         acl_master_token: str | None = None,
         default_intention_allow: bool | None = None,
         check_interval_override: float | None = None,
+        check_initial_stagger: bool = False,
     ):
         self.lock = threading.RLock()
         self.datacenter = datacenter
@@ -187,6 +188,7 @@ class State:
         self.acl_enabled = acl_master_token is not None
         self.default_intention_allow = default_intention_allow
         self.check_interval_override = check_interval_override
+        self.check_initial_stagger = check_initial_stagger
         self.clock_offset = 0.0
         self._reap_epoch = time.time()
         self._reap_runs = 0
@@ -202,7 +204,8 @@ class State:
         self.leaves: dict[str, dict] = {}
         self._bump("nodes")  # the node itself registers first, as the first raft writes do
         self.ca = ConnectCA(self.now(), datacenter)
-        self._bump("ca-roots")
+        self.ca.create_index = self._bump("ca-roots")
+        self.inactive_cas: list[ConnectCA] = []
         if self.acl_enabled:
             self._add_builtin_tokens(acl_master_token)
 
@@ -1078,6 +1081,12 @@ class State:
                 chk["_ttl_deadline"] = now + chk["_ttl"]  # a new CheckTTL timer starts
             if chk["_tcp"]:
                 chk["_next_run"] = now  # run promptly, then every interval
+                if self.check_initial_stagger:
+                    # As Consul does: every interval check's runner first waits
+                    # lib.RandomStagger(Interval), a uniform draw in [0, Interval)
+                    # (agent/checks/check.go, CheckTCP.run: initialPauseTime).
+                    interval = self.check_interval_override or chk["_interval"] or 10.0
+                    chk["_next_run"] = now + random.uniform(0, interval)
             new_checks.append(chk)
         keys = self._touch_service(ns)
         if prev_svc is not None:
@@ -2004,7 +2013,37 @@ class State:
     def ca_roots(self) -> tuple[int, dict]:
         with self.lock:
             index = self.idx("ca-roots")
-            return index, self.ca.roots_body(self.table_index["ca-roots"])
+            return index, self.ca.roots_body(self.inactive_cas)
+
+    def rotate_ca(self, keep_old: bool = True) -> str:
+        """A new active root in the same trust domain, as a CA configuration change does
+        (agent/consul/leader_connect_ca.go ``UpdateConfiguration``); returns its root ID.
+
+        ``keep_old``: the old root stays in ``Roots`` with ``Active: false`` and cross-signs the
+        new one (its certificate becomes the new root's ``IntermediateCerts``, appended to every
+        leaf). Without it the old roots are gone at once, as after pruning, and nothing chains
+        to them any more.
+
+        Every cached leaf is re-issued under the new root and its index bumped, waking the
+        blocking leaf queries; the agent's leaf manager does this on seeing the new active root
+        (agent/leafcert/generate.go ``attemptLeafRefresh``: ``activeRootHasKey`` is false), after
+        a random delay of up to ``caChangeJitterWindow`` (30 s) that the fake leaves out.
+        """
+        with self.lock:
+            old = self.ca
+            new = ConnectCA(self.now(), self.datacenter, cluster_id=old.cluster_id, root_serial=old.root_serial + 1)
+            if keep_old:
+                new.intermediate_pems = [old.cross_sign(new, self.now())]
+                old.rotated_out_at = self.now()
+                self.inactive_cas.append(old)
+            else:
+                self.inactive_cas = []
+            self.ca = new
+            new.create_index = self._bump("ca-roots")
+            for service in list(self.leaves):
+                self._issue_leaf(service)
+            self.notify()
+            return new.root_id
 
     def _issue_leaf(self, service: str) -> dict:
         idx = self._bump(f"leaf:{service}")
