@@ -155,9 +155,13 @@ NATION_COLUMNS = [_bigint("nationkey"), _varchar("name", 25), _bigint("regionkey
 # (errorCode, errorName) from io.trino.spi.StandardErrorCode; all of these are USER_ERROR.
 NOT_SUPPORTED = (13, "NOT_SUPPORTED")
 TABLE_NOT_FOUND = (46, "TABLE_NOT_FOUND")
+COLUMN_NOT_FOUND = (47, "COLUMN_NOT_FOUND")
 
 _NATION = re.compile(
-    r"^\s*select\s+\*\s+from\s+(?P<name>(?:\"?tpch\"?\s*\.\s*)?(?:\"?\w+\"?\s*\.\s*)?\"?\w+\"?)\s*;?\s*$", re.I
+    r"^\s*select\s+(?P<columns>\*|\w+(?:\s*,\s*\w+)*)\s+from\s+"
+    r"(?P<name>(?:\"?tpch\"?\s*\.\s*)?(?:\"?\w+\"?\s*\.\s*)?\"?\w+\"?)"
+    r"(?:\s+order\s+by\s+(?P<order>\w+))?\s*;?\s*$",
+    re.I,
 )
 _CURRENT_USER = re.compile(r"^\s*select\s+current_user\s*;?\s*$", re.I)
 
@@ -181,10 +185,19 @@ def plan(sql: str, user: str, catalog: str | None, schema: str | None) -> tuple[
         elif len(parts) == 2:
             parts = [catalog or "", *parts]
         if parts == ["tpch", "tiny", "nation"]:
-            return [dict(c) for c in NATION_COLUMNS], [list(r) for r in NATION_ROWS]
+            names = [c["name"] for c in NATION_COLUMNS]
+            wanted = names if m.group("columns") == "*" else [c.strip().lower() for c in m.group("columns").split(",")]
+            order = (m.group("order") or "").lower()
+            for name in [*wanted, *([order] if order else [])]:
+                if name not in names:
+                    raise QueryFailed(COLUMN_NOT_FOUND, f"line 1:8: Column '{name}' cannot be resolved")
+            rows = sorted(NATION_ROWS, key=lambda r: r[names.index(order)]) if order else NATION_ROWS
+            index = [names.index(name) for name in wanted]
+            return [dict(NATION_COLUMNS[i]) for i in index], [[r[i] for i in index] for r in rows]
         raise QueryFailed(TABLE_NOT_FOUND, f"line 1:15: Table '{'.'.join(parts)}' does not exist")
     raise QueryFailed(
-        NOT_SUPPORTED, "This Trino stand-in only runs SELECT * FROM tpch.tiny.nation and SELECT current_user"
+        NOT_SUPPORTED, "This Trino stand-in only runs SELECT <columns or *> FROM tpch.tiny.nation [ORDER BY <column>] "
+        "and SELECT current_user"
     )
 
 
