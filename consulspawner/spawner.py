@@ -788,6 +788,14 @@ class ConsulSpawner(DockerSpawner):
             f"{LABEL_PREFIX}.incarnation": plan.owner.incarnation,
         }
 
+    def _notebook_labels(self) -> dict[str, str]:
+        plan = self._plan
+        labels = {f"{LABEL_PREFIX}.role": "notebook", f"{LABEL_PREFIX}.hub-instance": self.hub_instance}
+        if plan is not None:
+            labels[f"{LABEL_PREFIX}.service-id"] = plan.service_id
+            labels[f"{LABEL_PREFIX}.incarnation"] = plan.owner.incarnation
+        return labels
+
     def _is_our_sidecar(self, info: dict) -> bool:
         labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
         return (
@@ -873,6 +881,8 @@ class ConsulSpawner(DockerSpawner):
         # hardening is added to it here, never replacing what the site configured.
         if method == "create_container" and kwargs.get("name") == self.container_name:
             kwargs["host_config"] = self._harden(dict(kwargs.get("host_config") or {}))
+            # Labelled as the sidecar is, so a notebook left behind can be found and proven ours.
+            kwargs["labels"] = {**(kwargs.get("labels") or {}), **self._notebook_labels()}
         return super().docker(method, *args, **kwargs)
 
     def _harden(self, host_config: dict) -> dict:

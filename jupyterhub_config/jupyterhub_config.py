@@ -63,13 +63,8 @@ c.ConsulSpawner.use_internal_ip = True
 c.ConsulSpawner.remove = True
 c.ConsulSpawner.pull_policy = "never"
 c.ConsulSpawner.hub_instance = env("CONSULSPAWNER_HUB_INSTANCE", "jupyterhub")
-# Notebook containers carry labels as the sidecars do, so leftovers can be found by label.
-c.ConsulSpawner.extra_create_kwargs = {
-    "labels": {
-        "org.jupyter.consulspawner.role": "notebook",
-        "org.jupyter.consulspawner.hub-instance": c.ConsulSpawner.hub_instance,
-    }
-}
+# ConsulSpawner labels its notebook containers as it does its sidecars
+# (org.jupyter.consulspawner.role=notebook, hub-instance, service-id, incarnation).
 if env("CONSULSPAWNER_DEFAULT_URL"):
     c.Spawner.default_url = env("CONSULSPAWNER_DEFAULT_URL")
 c.ConsulSpawner.intention_mode = env("CONSULSPAWNER_INTENTION_MODE", "L4")

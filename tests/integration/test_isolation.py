@@ -154,3 +154,16 @@ async def test_a_users_sidecar_never_takes_another_users_container_name(make_spa
     await hub_stop(alice)
     assert docker_client.api.inspect_container(other.container_id)["State"]["Running"]
     await hub_stop(other)
+
+
+async def test_both_containers_carry_the_incarnation_that_made_them(make_spawner, docker_client, user_name):
+    spawner = make_spawner(user_name, extra_create_kwargs={"labels": {"site": "kept"}})
+    await spawner.start()
+    prefix = "org.jupyter.consulspawner"
+    for container, role in ((spawner.container_id, "notebook"), (spawner.sidecar_container_id, "sidecar")):
+        labels = docker_client.api.inspect_container(container)["Config"]["Labels"]
+        assert labels[f"{prefix}.role"] == role
+        assert labels[f"{prefix}.incarnation"] == spawner.mesh_state.incarnation
+        assert labels[f"{prefix}.service-id"] == f"jupyter-{user_name}"
+    assert docker_client.api.inspect_container(spawner.container_id)["Config"]["Labels"]["site"] == "kept"
+    await hub_stop(spawner)
