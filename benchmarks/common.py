@@ -90,6 +90,7 @@ def emit(figure: str, args: dict, results: dict, targets: dict) -> dict:
         "figure": figure,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "code": code_version(),
         "args": args,
         "results": results,
         "targets": targets,
@@ -97,6 +98,20 @@ def emit(figure: str, args: dict, results: dict, targets: dict) -> dict:
     print(json.dumps(line, sort_keys=True, default=_jsonable))
     sys.stdout.flush()
     return line
+
+
+def code_version() -> str:
+    """The commit measured, with "+dirty" when consulspawner/ has uncommitted changes."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "consulspawner"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def _jsonable(value):

@@ -1,5 +1,6 @@
-"""Smoke run of the issue-12 figures that need no Docker (3: storm, 5: one destination), with
-tiny sizes: each prints a table and, as its last line, one JSON object of a fixed shape."""
+"""Smoke run of the issue-12 figures that need no Docker (2: Consul calls, with the Docker
+stub; 3: storm; 5: one destination), with tiny sizes: each prints a table and, as its last
+line, one JSON object of a fixed shape."""
 
 import json
 import subprocess
@@ -18,7 +19,7 @@ def run_figure(script: str) -> dict:
     lines = done.stdout.strip().splitlines()
     assert len(lines) > 3, done.stdout  # a table, then the JSON line
     line = json.loads(lines[-1])
-    assert set(line) == {"figure", "date", "host", "args", "results", "targets"}
+    assert set(line) == {"figure", "date", "host", "code", "args", "results", "targets"}
     assert line["args"]["smoke"] is True
     for name, target in line["targets"].items():
         assert set(target) == {"met", "measured", "limit", "what"}, name
@@ -26,11 +27,16 @@ def run_figure(script: str) -> dict:
     return line
 
 
-@pytest.mark.parametrize("script", ["fig3_storm.py", "fig5_one_destination.py"])
+@pytest.mark.parametrize("script", ["fig2_consul_calls.py", "fig3_storm.py", "fig5_one_destination.py"])
 def test_figure_smoke(script):
     line = run_figure(script)
     results = line["results"]
-    if script == "fig3_storm.py":
+    if script == "fig2_consul_calls.py":
+        assert line["args"]["docker"] == "stub"
+        assert len(results["spawns"]) == len(results["stops"]) == 2
+        assert results["per_spawn_max"] >= 1 and results["per_stop_max"] >= 1
+        assert any(endpoint.startswith("PUT /v1/agent/service/register") for endpoint in results["spawns"][0])
+    elif script == "fig3_storm.py":
         assert results["k"] == 20
         assert results["lost_grants"] == 0 and results["left_after_stops"] == 0
         assert results["spawn"]["n"] == 20 and results["stop"]["n"] == 20

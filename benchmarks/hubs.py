@@ -1,0 +1,111 @@
+"""One real JupyterHub (with configurable-http-proxy) for figure 1 (a), driven by its REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import common
+
+CONFIG = Path(__file__).resolve().parent / "hub_config.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BenchHub:
+    def __init__(self, kind: str, images: dict, gateway: str, consul_url: str):
+        self.kind = kind
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"csbench-hub-{kind}-"))
+        self.token = uuid.uuid4().hex
+        self.proxy_port = free_port()
+        self.env = {
+            **os.environ,
+            # This checkout's code, whatever an editable install elsewhere points at.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(common.REPO), os.environ.get("PYTHONPATH")])),
+            "CSBENCH_SPAWNER": kind, "CSBENCH_PROXY_PORT": str(self.proxy_port),
+            "CSBENCH_HUB_IP": gateway, "CSBENCH_HUB_PORT": str(free_port()),
+            "CSBENCH_PROXY_API_PORT": str(free_port()), "CSBENCH_NETWORK": common.NETWORK,
+            "CSBENCH_NOTEBOOK_IMAGE": images["CONSULSPAWNER_NOTEBOOK_IMAGE"],
+            "CSBENCH_SIDECAR_IMAGE": images["CONSULSPAWNER_SIDECAR_IMAGE"],
+            "CSBENCH_SIDECAR_COMMAND": json.dumps(common.DEVSIDECAR_COMMAND),
+            "CSBENCH_CONSUL": consul_url, "CSBENCH_CONSUL_TOKEN": common.MASTER_TOKEN,
+            "CSBENCH_ADMIN_TOKEN": self.token,
+        }
+        self.process = None
+
+    def call(self, method: str, path: str, ok=(200, 201, 202, 204)):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.proxy_port}/hub/api{path}", method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode()
+        if status not in ok:
+            raise RuntimeError(f"{method} {path}: {status} {text[:300]}")
+        return json.loads(text) if text.strip() else None
+
+    def start(self) -> None:
+        with open(self.workdir / "jupyterhub.log", "wb") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(CONFIG)],
+                                            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + 90
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"jupyterhub exited: {(self.workdir / 'jupyterhub.log').read_text()[-3000:]}")
+            try:
+                self.call("GET", "/")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def server(self, user: str):
+        return (self.call("GET", f"/users/{user}") or {}).get("servers", {}).get("")
+
+    def spawn_and_stop(self, user: str, timeout: float = 180) -> tuple[float, float]:
+        self.call("POST", f"/users/{user}", ok=(201, 409))
+        started = time.perf_counter()
+        self.call("POST", f"/users/{user}/server", ok=(201, 202))
+        while not ((server := self.server(user)) and server.get("ready")):
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"{self.kind}: {user}'s server not ready after {timeout}s")
+            time.sleep(0.02)
+        spawn_s = time.perf_counter() - started
+        started = time.perf_counter()
+        self.call("DELETE", f"/users/{user}/server", ok=(202, 204))
+        while self.server(user) is not None:
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"{self.kind}: {user}'s server not gone after {timeout}s")
+            time.sleep(0.02)
+        return spawn_s, time.perf_counter() - started
+
+    def close(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        pid_file = self.workdir / "jupyterhub-proxy.pid"
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
