@@ -23,11 +23,20 @@ from stubdocker import StubDockerAPI
 
 from consulspawner.testing.fakeconsul import FakeConsul
 
+_SIDECAR_ID = re.compile(r"jupyter-[a-z0-9-]+-sidecar-proxy")
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|jupyter-[a-z0-9-]+[a-z0-9]")
+# What the sidecar asks its agent (its registration, certificates, upstream endpoints,
+# intentions), never the hub: with real Docker the fake serves the sidecar's requests too.
+SIDECAR_ENDPOINTS = re.compile(
+    r"^GET /v1/(agent/service/:sidecar-id|agent/connect/|health/connect/|connect/intentions/match)")
 
 
 def endpoint(method: str, path: str) -> str:
-    return f"{method} {_ID.sub(':id', path)}"
+    return f"{method} {_ID.sub(':id', _SIDECAR_ID.sub(':sidecar-id', path))}"
+
+
+def hub_total(counts: Counter) -> int:
+    return sum(n for e, n in counts.items() if not SIDECAR_ENDPOINTS.match(e))
 
 
 def spawner_class(stub: StubDockerAPI | None):
@@ -111,15 +120,17 @@ def main() -> dict:
             spawns, stops = asyncio.run(count(fake, spawner_class(StubDockerAPI()), settings(fake.url, None), runs))
 
     endpoints = sorted(set().union(*spawns, *stops))
-    rows = [[e, *(c[e] for c in spawns), *(c[e] for c in stops)] for e in endpoints]
-    rows.append(["total", *(sum(c.values()) for c in spawns), *(sum(c.values()) for c in stops)])
+    rows = [[e + (" (sidecar's)" if SIDECAR_ENDPOINTS.match(e) else ""), *(c[e] for c in spawns),
+             *(c[e] for c in stops)] for e in endpoints]
+    rows.append(["all requests", *(sum(c.values()) for c in spawns), *(sum(c.values()) for c in stops)])
+    rows.append(["the hub's", *(hub_total(c) for c in spawns), *(hub_total(c) for c in stops)])
     common.table(["endpoint", *(f"spawn{i + 1}" for i in range(runs)), *(f"stop{i + 1}" for i in range(runs))], rows,
                  title=f"Figure 2: HTTP requests to Consul per spawn and per stop, counted at the fake (Docker {mode})")
-    per_spawn = max(sum(c.values()) for c in spawns)
-    per_stop = max(sum(c.values()) for c in stops)
+    per_spawn = max(hub_total(c) for c in spawns)
+    per_stop = max(hub_total(c) for c in stops)
     targets = {
-        "spawn_le_4": common.target(per_spawn <= 4, per_spawn, 4, "requests per spawn (worst run)"),
-        "stop_le_4": common.target(per_stop <= 4, per_stop, 4, "requests per stop (worst run)"),
+        "spawn_le_4": common.target(per_spawn <= 4, per_spawn, 4, "the hub's requests per spawn (worst run)"),
+        "stop_le_4": common.target(per_stop <= 4, per_stop, 4, "the hub's requests per stop (worst run)"),
     }
     results = {"spawns": [dict(c) for c in spawns], "stops": [dict(c) for c in stops],
                "per_spawn_max": per_spawn, "per_stop_max": per_stop}

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -238,6 +240,7 @@ def trino_sidecar(fake: FakeConsul, gateway: str, trino: TrinoStandIn, reauth: f
         })
     token = consul(fake.url, "PUT", "/v1/acl/token", {"ServiceIdentities": [{"ServiceName": DEST}]})["SecretID"]
     admin = tempfile.mkdtemp(prefix="csbench-proxy-")
+    atexit.register(shutil.rmtree, admin, ignore_errors=True)
     proxy = ConnectProxy(Agent(fake.url, token), f"{DEST}-sidecar-proxy", admin_socket=f"{admin}/trino.sock",
                          reauthorize_interval=reauth).start(timeout=60)
     deadline = time.time() + 60

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,7 +68,7 @@ class BenchHub:
         deadline = time.monotonic() + 90
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"jupyterhub exited: {(self.workdir / 'jupyterhub.log').read_text()[-3000:]}")
+                raise RuntimeError(f"jupyterhub exited: {self.log_tail()}")
             try:
                 self.call("GET", "/")
                 return
@@ -75,6 +76,12 @@ class BenchHub:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
+
+    def log_tail(self) -> str:
+        try:
+            return (self.workdir / "jupyterhub.log").read_text()[-3000:]
+        except OSError:
+            return "(no log)"
 
     def server(self, user: str):
         return (self.call("GET", f"/users/{user}") or {}).get("servers", {}).get("")
@@ -109,3 +116,4 @@ class BenchHub:
             os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
