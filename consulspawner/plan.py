@@ -59,6 +59,10 @@ class MeshSettings:
     token_ttl: int = 3600
     intention_ttl: int = 600
     tags: tuple[str, ...] = ("jupyterhub",)
+    # Every sidecar listens on its own notebook's address, so all can share one port. 0 leaves it
+    # to the agent, whose range (sidecar_min_port..sidecar_max_port, 21000..21255 by default:
+    # agent/sidecar_service.go) caps an agent at 256 servers.
+    sidecar_port: int = 21000
 
     def __post_init__(self):
         naming.check_template(self.name_template)
@@ -130,6 +134,7 @@ class MeshPlan:
             },
             "Connect": {
                 "SidecarService": {
+                    **({"Port": settings.sidecar_port} if settings.sidecar_port else {}),
                     "Tags": list(settings.tags),
                     "Meta": meta,
                     "Proxy": {"Upstreams": [u.definition() for u in settings.upstreams]},

@@ -340,6 +340,24 @@ class ConsulSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    sidecar_port = Int(
+        21000,
+        help="""Port of every sidecar's public (inbound) listener, on its notebook's address.
+
+        All sidecars can share it: each listens in its own notebook's network namespace. 0 lets
+        the Consul agent pick one from its sidecar port range (21000..21255 by default), which
+        caps one agent at 256 servers.
+
+            c.ConsulSpawner.sidecar_port = 21000
+        """,
+    ).tag(config=True)
+
+    @validate("sidecar_port")
+    def _valid_sidecar_port(self, proposal):
+        if not 0 <= proposal.value <= 65535:
+            raise TraitError(f"c.ConsulSpawner.sidecar_port {proposal.value} is not a port (or 0)")
+        return proposal.value
+
     sidecar_file_owner = Unicode(
         "0:0",
         help="""``uid:gid`` owning the token (and CA) files copied into the sidecar's /consul.
@@ -597,6 +615,7 @@ class ConsulSpawner(DockerSpawner):
         # rotation failed): poll reports it.
         self._mesh_failure = ""
         self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
+        self._unfinished_teardown: asyncio.Future | None = None
 
     def load_state(self, state):
         super().load_state(state)
@@ -652,6 +671,7 @@ class ConsulSpawner(DockerSpawner):
             deregister_critical_after=self.deregister_critical_after,
             token_ttl=self.token_ttl,
             intention_ttl=self.intention_ttl,
+            sidecar_port=self.sidecar_port,
         )
 
     async def _resolve_trino_user(self) -> str:
@@ -796,12 +816,12 @@ class ConsulSpawner(DockerSpawner):
             labels[f"{LABEL_PREFIX}.incarnation"] = plan.owner.incarnation
         return labels
 
-    def _is_our_sidecar(self, info: dict) -> bool:
+    def _is_our_sidecar(self, info: dict, service_id: str) -> bool:
         labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
         return (
             labels.get(f"{LABEL_PREFIX}.role") == "sidecar"
             and labels.get(f"{LABEL_PREFIX}.hub-instance") == self.hub_instance
-            and labels.get(f"{LABEL_PREFIX}.service-id") == self.mesh_state.service_id
+            and labels.get(f"{LABEL_PREFIX}.service-id") == service_id
         )
 
     async def _inspect(self, container: str) -> dict | None:
@@ -904,8 +924,6 @@ class ConsulSpawner(DockerSpawner):
         deadline = time.monotonic() + self.sidecar_ready_timeout
         last = ""
         while True:
-            if not await self._sidecar_and_notebook_running():
-                raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready")
             try:
                 created = await self.sidecar_docker("exec_create", self.sidecar_container_id,
                                                     self.sidecar_ready_command, stdout=True, stderr=True)
@@ -918,6 +936,9 @@ class ConsulSpawner(DockerSpawner):
             if (await self.sidecar_docker("exec_inspect", exec_id))["ExitCode"] == 0:
                 self.log.info("Sidecar %s is ready", self.sidecar_container_name)
                 return
+            # Not ready yet: only now ask whether it (or the notebook) died meanwhile.
+            if not await self._sidecar_and_notebook_running():
+                raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready")
             if time.monotonic() > deadline:
                 raise SidecarNotReady(
                     f"sidecar {self.sidecar_container_name} not ready after {self.sidecar_ready_timeout:g}s: {last}"
@@ -939,12 +960,14 @@ class ConsulSpawner(DockerSpawner):
         """Remove this server's sidecar: the recorded one, and any container under its name
         whose labels prove it is this server's (one created by an interrupted start). A
         container under that name that is not ours is never touched."""
-        for target in dict.fromkeys(t for t in (self.sidecar_container_id, self.sidecar_container_name) if t):
+        # Taken now: a concurrent DockerSpawner.stop clears the spawner's state.
+        recorded, name, service_id = self.sidecar_container_id, self.sidecar_container_name, self.mesh_state.service_id
+        for target in dict.fromkeys(t for t in (recorded, name) if t):
             info = await self._inspect(target)
             if info is None:
                 continue
-            if not self._is_our_sidecar(info):
-                if target == self.sidecar_container_name:
+            if not self._is_our_sidecar(info, service_id):
+                if target == name:
                     raise RuntimeError(
                         f"a container named {target!r} exists and is not this server's sidecar; left alone"
                     )
@@ -994,9 +1017,9 @@ class ConsulSpawner(DockerSpawner):
         except BaseException as e:
             self.log.warning("Start of %s failed (%s); undoing what was created", self._log_name, e)
             # Shielded: a cancelled spawn (start_timeout, the user's cancel) still undoes everything.
-            attempted = MeshState.from_dict(self.mesh_state.to_dict())
-            await asyncio.shield(self._teardown(stop_notebook=True))
-            self._linger(attempted)
+            # Scheduled first: a cancelled spawn still gets its late rounds.
+            self._linger(MeshState.from_dict(self.mesh_state.to_dict()))
+            await self._teardown_to_the_end()
             if isinstance(e, SidecarNotReady | ConsulError):
                 raise RuntimeError(f"Could not connect your server to the service mesh: {e}") from e
             raise
@@ -1046,28 +1069,39 @@ class ConsulSpawner(DockerSpawner):
         failed: list[str] = []
         if state.granted and not await self._bounded(mesh.undo(["revoke"])):
             failed.append("revoke")
-        try:
-            await self._remove_sidecar()
-        except Exception as e:
-            self.log.warning("Could not remove the sidecar of %s: %s", self._log_name, e)
-        if stop_notebook and (self.object_id or await self._notebook_exists()):
-            try:
-                await DockerSpawner.stop(self, now=now)
-            except Exception as e:
-                self.log.warning("Could not stop the notebook of %s: %s", self._log_name, e)
-            # DockerSpawner.stop clears all state; the mesh still holds what is left to undo.
-            self.mesh_state = state
-        # Under the server's lock no newer incarnation can have registered: no read first. What
-        # goes to the background (run later, maybe after a new start) verifies the incarnation.
+        # Access has ended: the rest goes at once, side by side (the sidecar's Docker calls run
+        # on their own thread). Under the server's lock no newer incarnation can have
+        # registered, so deregistering needs no read first; what goes to the background (run
+        # later, maybe after a new start) verifies the incarnation.
         steps = [step for step in ("deregister_held", "delete_tokens")
                  if (step == "deregister_held" and state.registered) or (step == "delete_tokens" and not state.empty)]
-        results = await asyncio.gather(*(self._bounded(mesh.undo([step])) for step in steps))
-        failed += [step.replace("_held", "") for step, ok in zip(steps, results, strict=True) if not ok]
+        results = await asyncio.gather(
+            self._remove_containers(stop_notebook, now),
+            *(self._bounded(mesh.undo([step])) for step in steps),
+        )
+        self.mesh_state = state  # DockerSpawner.stop clears all state; the mesh still holds what is left to undo
+        failed += [step.replace("_held", "") for step, ok in zip(steps, results[1:], strict=True) if not ok]
         self._plan = None
         if failed:
             self._defer_teardown(state, failed)
         self.mesh_state = MeshState()
         self.sidecar_container_id = ""
+
+    async def _remove_containers(self, stop_notebook: bool, now: bool) -> None:
+        async def sidecar():
+            try:
+                await self._remove_sidecar()
+            except Exception as e:
+                self.log.warning("Could not remove the sidecar of %s: %s", self._log_name, e)
+
+        async def notebook():
+            if stop_notebook and (self.object_id or await self._notebook_exists()):
+                try:
+                    await DockerSpawner.stop(self, now=now)
+                except Exception as e:
+                    self.log.warning("Could not stop the notebook of %s: %s", self._log_name, e)
+
+        await asyncio.gather(sidecar(), notebook())
 
     async def _bounded(self, undo: Any) -> bool:
         """Await a teardown step for at most consul_request_timeout; True when it succeeded."""
@@ -1153,14 +1187,21 @@ class ConsulSpawner(DockerSpawner):
             self._keeper = loop.create_task(self._keeper_loop(reconcile))
 
     async def _stop_keeper(self) -> None:
+        """Cancel the keeper, and let a teardown that a cancelled keeper round or spawn had
+        begun finish before anything else touches this server."""
         keeper, self._keeper = self._keeper, None
-        if keeper is None or keeper is asyncio.current_task():
-            return
-        keeper.cancel()
-        try:
-            await keeper
-        except (asyncio.CancelledError, Exception):
-            pass
+        if keeper is not None and keeper is not asyncio.current_task():
+            keeper.cancel()
+            try:
+                await keeper
+            except (asyncio.CancelledError, Exception):
+                pass
+        unfinished, self._unfinished_teardown = self._unfinished_teardown, None
+        if unfinished is not None:
+            try:
+                await unfinished
+            except Exception as e:
+                self.log.warning("An interrupted teardown of %s failed: %s", self._log_name, e)
 
     async def _keeper_loop(self, reconcile: bool) -> None:
         """The one place that heartbeats, extends, rotates, restores and supervises a running
@@ -1248,7 +1289,13 @@ class ConsulSpawner(DockerSpawner):
         sight), then let poll report it."""
         self.log.error("Taking %s down: %s", self._log_name, reason)
         self._mesh_failure = reason  # poll reports it once the notebook has stopped
-        await self._teardown(stop_notebook=True)
+        await self._teardown_to_the_end()
+
+    async def _teardown_to_the_end(self) -> None:
+        """A teardown no cancellation interrupts (a cancelled spawn, a stop cancelling the
+        keeper): whoever runs next on this server waits for it first (``_stop_keeper``)."""
+        self._unfinished_teardown = asyncio.ensure_future(self._teardown(stop_notebook=True))
+        await asyncio.shield(self._unfinished_teardown)
 
     def _save_state(self) -> None:
         """Write state to the hub database now: JupyterHub itself saves it only at start and

@@ -376,15 +376,20 @@ async def test_cull_cuts_open_connections_within_the_reauthorization_interval(an
 
     release = asyncio.Event()
     held: list[str] = []
-    real_sidecar_docker = alice.sidecar_docker
 
-    async def held_sidecar_docker(method, *args, **kwargs):
-        if method in ("remove_container", "stop", "kill"):
-            held.append(method)
-            await release.wait()
-        return await real_sidecar_docker(method, *args, **kwargs)
+    def holding(real):
+        # The stop removes both containers side by side once the intention is revoked: hold
+        # both Docker paths (the sidecar's own thread and DockerSpawner's).
+        async def held_docker(method, *args, **kwargs):
+            if method in ("remove_container", "stop", "kill"):
+                held.append(method)
+                await release.wait()
+            return await real(method, *args, **kwargs)
 
-    alice.sidecar_docker = held_sidecar_docker
+        return held_docker
+
+    alice.sidecar_docker = holding(alice.sidecar_docker)
+    alice.docker = holding(alice.docker)
     stop = asyncio.ensure_future(hub_stop(alice))
     try:
         await wait_for(lambda: source not in trino_side.sources(), interval=0.02, message="the revocation")

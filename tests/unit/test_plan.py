@@ -31,6 +31,7 @@ def test_registration_of_a_plain_user():
         },
         "Connect": {
             "SidecarService": {
+                "Port": 21000,
                 "Tags": ["jupyterhub"],
                 "Meta": meta,
                 "Proxy": {
