@@ -45,14 +45,18 @@ async def one_run(url: str, size: int, hubs: int) -> dict:
 
 
 async def main(sizes: list[int], hub_counts: list[int]) -> None:
-    print(f"{'hubs':>4} {'servers/hub':>11} {'changes':>8} {'writes':>7} {'conflicts':>9} "
-          f"{'grant s':>8} {'revoke s':>8} {'left':>4}")
+    print(
+        f"{'hubs':>4} {'servers/hub':>11} {'changes':>8} {'writes':>7} {'conflicts':>9} "
+        f"{'grant s':>8} {'revoke s':>8} {'left':>4}"
+    )
     for hubs in hub_counts:
         for size in sizes:
             with FakeConsul().start() as fake:
                 r = await one_run(fake.url, size, hubs)
-            print(f"{hubs:>4} {size:>11} {r['changes']:>8} {r['writes']:>7} {r['conflicts']:>9} "
-                  f"{r['grant_s']:>8.3f} {r['revoke_s']:>8.3f} {r['left']:>4}")
+            print(
+                f"{hubs:>4} {size:>11} {r['changes']:>8} {r['writes']:>7} {r['conflicts']:>9} "
+                f"{r['grant_s']:>8.3f} {r['revoke_s']:>8.3f} {r['left']:>4}"
+            )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ NETWORK = "consulspawner-bench"
 TOKEN = str(uuid.uuid4())
 # An HTTP server that exits on SIGTERM, as jupyterhub-singleuser does, without needing a hub.
 NOTEBOOK_COMMAND = [
-    "python3", "-c",
+    "python3",
+    "-c",
     "import http.server, signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
     "http.server.ThreadingHTTPServer(('', 8888), http.server.SimpleHTTPRequestHandler).serve_forever()",
 ]
@@ -31,9 +32,15 @@ NOTEBOOK_COMMAND = [
 
 def settings(fake_url: str) -> dict:
     return dict(
-        image=os.environ["CONSULSPAWNER_NOTEBOOK_IMAGE"], cmd=NOTEBOOK_COMMAND,
-        network_name=NETWORK, use_internal_ip=True, remove=True, pull_policy="never",
-        consul_address=fake_url, consul_token=TOKEN, sidecar_image=os.environ["CONSULSPAWNER_SIDECAR_IMAGE"],
+        image=os.environ["CONSULSPAWNER_NOTEBOOK_IMAGE"],
+        cmd=NOTEBOOK_COMMAND,
+        network_name=NETWORK,
+        use_internal_ip=True,
+        remove=True,
+        pull_policy="never",
+        consul_address=fake_url,
+        consul_token=TOKEN,
+        sidecar_image=os.environ["CONSULSPAWNER_SIDECAR_IMAGE"],
         sidecar_command=["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"],
     )
 

@@ -28,7 +28,8 @@ DEVSIDECAR_COMMAND = ["devsidecar", "-sidecar-for", "{service_id}", "-token-file
 # The minimal notebook of the side-by-side figures: an HTTP server on the notebook port that
 # exits on SIGTERM (as jupyterhub-singleuser does), so docker stop never waits its 10 s.
 MINIMAL_NOTEBOOK = [
-    "python3", "-c",
+    "python3",
+    "-c",
     "import http.server, signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
     "http.server.ThreadingHTTPServer(('', 8888), http.server.SimpleHTTPRequestHandler).serve_forever()",
 ]
@@ -105,10 +106,16 @@ def code_version() -> str:
     import subprocess
 
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "consulspawner"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "consulspawner"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")

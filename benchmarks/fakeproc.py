@@ -32,8 +32,11 @@ def indexed_alias_recompute() -> None:
                     status, output = fake_state.PASSING, "No checks found."
                 else:
                     status = max(found, key=lambda s: fake_state._STATUS_RANK.get(s, 2))
-                    output = ("All checks passing." if status == fake_state.PASSING
-                              else f"Aliased service has {status} checks")
+                    output = (
+                        "All checks passing."
+                        if status == fake_state.PASSING
+                        else f"Aliased service has {status} checks"
+                    )
             self._set_check_status(chk, status, output, self.now())
 
     fake_state.State._recompute_aliases = _recompute_aliases

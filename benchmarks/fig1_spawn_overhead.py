@@ -46,8 +46,9 @@ def make_spawner(kind: str, user_name: str, settings: dict):
             setattr(config.ConsulSpawner, key, value)
     cls = ConsulSpawner if kind == MESH else DockerSpawner
     user = SimpleNamespace(name=user_name, url=f"/user/{user_name}/", escaped_name=user_name, id=1, settings={})
-    return cls(user=user, hub=Hub(), config=config, api_token=uuid.uuid4().hex,
-               oauth_client_id=f"jupyter-user-{user_name}")
+    return cls(
+        user=user, hub=Hub(), config=config, api_token=uuid.uuid4().hex, oauth_client_id=f"jupyter-user-{user_name}"
+    )
 
 
 async def http_answers(url: str, deadline: float = 60.0) -> None:
@@ -67,17 +68,28 @@ async def http_answers(url: str, deadline: float = 60.0) -> None:
 
 async def minimal(runs: int, images: dict, gateway: str, consul_url: str) -> dict:
     settings = {
-        "docker": dict(image=images["CONSULSPAWNER_NOTEBOOK_IMAGE"], cmd=common.MINIMAL_NOTEBOOK,
-                       network_name=common.NETWORK, use_internal_ip=True, remove=True, pull_policy="never"),
-        "consul": dict(consul_address=consul_url, consul_token=common.MASTER_TOKEN,
-                       sidecar_image=images["CONSULSPAWNER_SIDECAR_IMAGE"], sidecar_command=common.DEVSIDECAR_COMMAND,
-                       hub_instance="csbench"),
+        "docker": dict(
+            image=images["CONSULSPAWNER_NOTEBOOK_IMAGE"],
+            cmd=common.MINIMAL_NOTEBOOK,
+            network_name=common.NETWORK,
+            use_internal_ip=True,
+            remove=True,
+            pull_policy="never",
+        ),
+        "consul": dict(
+            consul_address=consul_url,
+            consul_token=common.MASTER_TOKEN,
+            sidecar_image=images["CONSULSPAWNER_SIDECAR_IMAGE"],
+            sidecar_command=common.DEVSIDECAR_COMMAND,
+            hub_instance="csbench",
+        ),
     }
     times: dict = {PLAIN: {"spawn": [], "stop": []}, MESH: {"spawn": [], "stop": []}, "phases": []}
     for i in range(runs):
         for kind in (PLAIN, MESH):  # interleaved: A B A B
-            spawner = make_spawner(kind, f"{common.PREFIX}{'p' if kind == PLAIN else 'm'}{i}{uuid.uuid4().hex[:4]}",
-                                   settings)
+            spawner = make_spawner(
+                kind, f"{common.PREFIX}{'p' if kind == PLAIN else 'm'}{i}{uuid.uuid4().hex[:4]}", settings
+            )
             marks: list = []
             if kind == MESH:
                 watch_phases(spawner, marks)
@@ -127,16 +139,29 @@ def report(setting: str, times: dict) -> tuple[dict, list]:
         plain, mesh = common.summary(times[PLAIN][phase]), common.summary(times[MESH][phase])
         paired = [m - p for m, p in zip(times[MESH][phase], times[PLAIN][phase], strict=True)]
         out[phase] = {
-            "plain": plain, "mesh": mesh,
+            "plain": plain,
+            "mesh": mesh,
             # each mesh run minus the plain run just before it: robust to drift on a shared machine
             "paired_added_median_s": round(common.summary(paired)["median"], 4),
             "ratio_median": common.ratio(mesh["median"], plain["median"]),
             "ratio_p90": common.ratio(mesh["p90"], plain["p90"]),
             "added_median_s": round(mesh["median"] - plain["median"], 4),
         }
-        rows.append([setting, phase, plain["n"], plain["median"], plain["p90"], mesh["median"], mesh["p90"],
-                     out[phase]["ratio_median"], out[phase]["ratio_p90"], out[phase]["added_median_s"],
-                     out[phase]["paired_added_median_s"]])
+        rows.append(
+            [
+                setting,
+                phase,
+                plain["n"],
+                plain["median"],
+                plain["p90"],
+                mesh["median"],
+                mesh["p90"],
+                out[phase]["ratio_median"],
+                out[phase]["ratio_p90"],
+                out[phase]["added_median_s"],
+                out[phase]["paired_added_median_s"],
+            ]
+        )
     return out, rows
 
 
@@ -158,8 +183,11 @@ def main() -> dict:
                 rows += new
                 phases = phase_table(times["phases"])
                 results["b_minimal"]["mesh_phases_median_s"] = phases
-                common.table(["ConsulSpawner step (b)", "median s since start()"], phases,
-                             title="Figure 1 (b): when each step of a ConsulSpawner spawn begins")
+                common.table(
+                    ["ConsulSpawner step (b)", "median s since start()"],
+                    phases,
+                    title="Figure 1 (b): when each step of a ConsulSpawner spawn begins",
+                )
             if args.setting in ("a", "both"):
                 hubs = {kind: BenchHub(kind, images, gateway, fake.url) for kind in (PLAIN, MESH)}
                 try:
@@ -177,9 +205,23 @@ def main() -> dict:
                 results["a_hub"], new = report("a hub", times)
                 rows += new
     client.close()
-    common.table(["setting", "phase", "n", "plain med", "plain p90", "mesh med", "mesh p90", "x med", "x p90",
-                  "added s", "paired s"], rows,
-                 title="Figure 1: DockerSpawner (plain) vs ConsulSpawner (mesh), same image, interleaved, seconds")
+    common.table(
+        [
+            "setting",
+            "phase",
+            "n",
+            "plain med",
+            "plain p90",
+            "mesh med",
+            "mesh p90",
+            "x med",
+            "x p90",
+            "added s",
+            "paired s",
+        ],
+        rows,
+        title="Figure 1: DockerSpawner (plain) vs ConsulSpawner (mesh), same image, interleaved, seconds",
+    )
     if "a_hub" in results:
         r = results["a_hub"]["spawn"]["ratio_median"]
         targets["a_spawn_median_le_1.10x"] = common.target(r <= 1.10, r, 1.10, "hub: mesh/plain median spawn")
@@ -190,8 +232,9 @@ def main() -> dict:
         targets["b_added_le_0.2s"] = common.target(added <= 0.2, added, 0.2, "minimal: median seconds added")
         r = results["b_minimal"]["stop"]["ratio_median"]
         targets["b_stop_median_le_1.10x"] = common.target(r <= 1.10, r, 1.10, "minimal: mesh/plain median stop")
-    return common.emit("1-spawn-overhead", {"runs": runs, "setting": args.setting, "smoke": args.smoke},
-                       results, targets)
+    return common.emit(
+        "1-spawn-overhead", {"runs": runs, "setting": args.setting, "smoke": args.smoke}, results, targets
+    )
 
 
 if __name__ == "__main__":

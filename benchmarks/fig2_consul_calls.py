@@ -28,7 +28,8 @@ _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|
 # What the sidecar asks its agent (its registration, certificates, upstream endpoints,
 # intentions), never the hub: with real Docker the fake serves the sidecar's requests too.
 SIDECAR_ENDPOINTS = re.compile(
-    r"^GET /v1/(agent/service/:sidecar-id|agent/connect/|health/connect/|connect/intentions/match)")
+    r"^GET /v1/(agent/service/:sidecar-id|agent/connect/|health/connect/|connect/intentions/match)"
+)
 
 
 def endpoint(method: str, path: str) -> str:
@@ -69,8 +70,9 @@ def make(cls, user_name: str, settings: dict):
     for key, value in settings.items():
         setattr(config.ConsulSpawner, key, value)
     user = SimpleNamespace(name=user_name, url=f"/user/{user_name}/", escaped_name=user_name, id=1, settings={})
-    return cls(user=user, hub=Hub(), config=config, api_token=uuid.uuid4().hex,
-               oauth_client_id=f"jupyter-user-{user_name}")
+    return cls(
+        user=user, hub=Hub(), config=config, api_token=uuid.uuid4().hex, oauth_client_id=f"jupyter-user-{user_name}"
+    )
 
 
 async def count(fake: FakeConsul, cls, settings: dict, runs: int) -> tuple[list[Counter], list[Counter]]:
@@ -99,9 +101,15 @@ def main() -> dict:
 
     def settings(url: str, images: dict | None) -> dict:
         return dict(
-            image=(images or {}).get("CONSULSPAWNER_NOTEBOOK_IMAGE", "csbench/none"), cmd=common.MINIMAL_NOTEBOOK,
-            network_name=common.NETWORK if mode == "real" else "csbench-stub", use_internal_ip=True, remove=True,
-            pull_policy="never", consul_address=url, consul_token=common.MASTER_TOKEN, hub_instance="csbench",
+            image=(images or {}).get("CONSULSPAWNER_NOTEBOOK_IMAGE", "csbench/none"),
+            cmd=common.MINIMAL_NOTEBOOK,
+            network_name=common.NETWORK if mode == "real" else "csbench-stub",
+            use_internal_ip=True,
+            remove=True,
+            pull_policy="never",
+            consul_address=url,
+            consul_token=common.MASTER_TOKEN,
+            hub_instance="csbench",
             sidecar_image=(images or {}).get("CONSULSPAWNER_SIDECAR_IMAGE", "csbench/none"),
             sidecar_command=common.DEVSIDECAR_COMMAND,
         )
@@ -111,8 +119,10 @@ def main() -> dict:
 
         images = common.images()
         client = docker.from_env()
-        with common.docker_network(client) as gateway, \
-                FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake:
+        with (
+            common.docker_network(client) as gateway,
+            FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake,
+        ):
             spawns, stops = asyncio.run(count(fake, spawner_class(None), settings(fake.url, images), runs))
         client.close()
     else:
@@ -120,20 +130,29 @@ def main() -> dict:
             spawns, stops = asyncio.run(count(fake, spawner_class(StubDockerAPI()), settings(fake.url, None), runs))
 
     endpoints = sorted(set().union(*spawns, *stops))
-    rows = [[e + (" (sidecar's)" if SIDECAR_ENDPOINTS.match(e) else ""), *(c[e] for c in spawns),
-             *(c[e] for c in stops)] for e in endpoints]
+    rows = [
+        [e + (" (sidecar's)" if SIDECAR_ENDPOINTS.match(e) else ""), *(c[e] for c in spawns), *(c[e] for c in stops)]
+        for e in endpoints
+    ]
     rows.append(["all requests", *(sum(c.values()) for c in spawns), *(sum(c.values()) for c in stops)])
     rows.append(["the hub's", *(hub_total(c) for c in spawns), *(hub_total(c) for c in stops)])
-    common.table(["endpoint", *(f"spawn{i + 1}" for i in range(runs)), *(f"stop{i + 1}" for i in range(runs))], rows,
-                 title=f"Figure 2: HTTP requests to Consul per spawn and per stop, counted at the fake (Docker {mode})")
+    common.table(
+        ["endpoint", *(f"spawn{i + 1}" for i in range(runs)), *(f"stop{i + 1}" for i in range(runs))],
+        rows,
+        title=f"Figure 2: HTTP requests to Consul per spawn and per stop, counted at the fake (Docker {mode})",
+    )
     per_spawn = max(hub_total(c) for c in spawns)
     per_stop = max(hub_total(c) for c in stops)
     targets = {
         "spawn_le_4": common.target(per_spawn <= 4, per_spawn, 4, "the hub's requests per spawn (worst run)"),
         "stop_le_4": common.target(per_stop <= 4, per_stop, 4, "the hub's requests per stop (worst run)"),
     }
-    results = {"spawns": [dict(c) for c in spawns], "stops": [dict(c) for c in stops],
-               "per_spawn_max": per_spawn, "per_stop_max": per_stop}
+    results = {
+        "spawns": [dict(c) for c in spawns],
+        "stops": [dict(c) for c in stops],
+        "per_spawn_max": per_spawn,
+        "per_stop_max": per_stop,
+    }
     return common.emit("2-consul-calls", {"runs": runs, "docker": mode, "smoke": args.smoke}, results, targets)
 
 

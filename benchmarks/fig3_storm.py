@@ -53,8 +53,13 @@ async def storm(url: str, servers: int) -> dict:
     settings = MeshSettings(hub_instance=HUB)
     users = [f"{common.PREFIX}{i:05d}{uuid.uuid4().hex[:4]}" for i in range(servers)]
     meshes = [
-        ServerMesh(client, writer, build_plan(settings, user, trino_user=user, incarnation=new_incarnation()),
-                   MeshState(), retry_budget=15.0)
+        ServerMesh(
+            client,
+            writer,
+            build_plan(settings, user, trino_user=user, incarnation=new_incarnation()),
+            MeshState(),
+            retry_budget=15.0,
+        )
         for user in users
     ]
 
@@ -85,9 +90,12 @@ async def storm(url: str, servers: int) -> dict:
     entry = await client.get_config(KIND, TRINO_DESTINATION)
     present = {s["Name"]: s for s in (entry or {}).get("Sources") or []}
     granted = [m for m, r in zip(meshes, spawn_results, strict=True) if isinstance(r, float)]
-    lost = [m.state.service_id for m in granted
-            if m.state.service_id not in present
-            or not m.state.owns(ownership.parse(present[m.state.service_id].get("Description")))]
+    lost = [
+        m.state.service_id
+        for m in granted
+        if m.state.service_id not in present
+        or not m.state.owns(ownership.parse(present[m.state.service_id].get("Description")))
+    ]
     out["lost_grants"] = len(lost)
     out["entry_sources"] = len(present)
 
@@ -112,20 +120,28 @@ async def storm(url: str, servers: int) -> dict:
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", "-k", type=int, default=500, help="K, concurrent spawns (default 500)")
-    parser.add_argument("--sidecar-port", type=int, default=0,
-                        help="register sidecars on this fixed port (the proposed change); 0: as the code does "
-                             "today, the agent assigns one from 21000..21255")
-    parser.add_argument("--fake-as-is", action="store_true",
-                        help="keep the fake's O(checks^2)-per-registration alias refresh (default: the "
-                             "benchmark replaces it by an indexed one with the same results; see fakeproc.py)")
+    parser.add_argument(
+        "--sidecar-port",
+        type=int,
+        default=0,
+        help="register sidecars on this fixed port (the proposed change); 0: as the code does "
+        "today, the agent assigns one from 21000..21255",
+    )
+    parser.add_argument(
+        "--fake-as-is",
+        action="store_true",
+        help="keep the fake's O(checks^2)-per-registration alias refresh (default: the "
+        "benchmark replaces it by an indexed one with the same results; see fakeproc.py)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny size (K=20) for the smoke test")
     args = parser.parse_args()
     k = 20 if args.smoke else args.servers
     if args.sidecar_port:
         pin_sidecar_port(args.sidecar_port)
 
-    with FakeConsulProcess(acl_master_token=common.MASTER_TOKEN, host="127.0.0.1",
-                           fast_aliases=not args.fake_as_is) as fake:
+    with FakeConsulProcess(
+        acl_master_token=common.MASTER_TOKEN, host="127.0.0.1", fast_aliases=not args.fake_as_is
+    ) as fake:
         r = asyncio.run(storm(fake.url, k))
         requests = fake.requests
     config_puts = sum(1 for m, p in requests if m == "PUT" and p == "/v1/config")
@@ -133,35 +149,66 @@ def main() -> dict:
     config_reads = sum(1 for m, p in requests if m == "GET" and p.startswith("/v1/config/"))
 
     rows = [
-        [phase, k, r[f"{phase}_wall_s"], r[f"{phase}_hub_cpu_s"], r[phase].get("median"), r[phase].get("p95"),
-         r[f"{phase}_writes"], r[f"{phase}_conflicts"], tally, r[f"{phase}_failed"]]
+        [
+            phase,
+            k,
+            r[f"{phase}_wall_s"],
+            r[f"{phase}_hub_cpu_s"],
+            r[phase].get("median"),
+            r[phase].get("p95"),
+            r[f"{phase}_writes"],
+            r[f"{phase}_conflicts"],
+            tally,
+            r[f"{phase}_failed"],
+        ]
         for phase, tally in (("spawn", f"lost {r['lost_grants']}"), ("stop", f"left {r['left_after_stops']}"))
     ]
-    common.table(["phase", "K", "wall s", "hub CPU s", "p50 s", "p95 s", "cfg writes", "CAS confl", "sources",
-                  "failed"], rows,
-                 title=f"Figure 3: storm of {k} concurrent mesh spawns, then {k} stops (fake Consul, own process)")
-    print(f"at the fake: {config_puts} PUT /v1/config, {config_deletes} DELETE /v1/config/..., "
-          f"{config_reads} GET /v1/config/... ; {len(requests)} requests in all")
+    common.table(
+        ["phase", "K", "wall s", "hub CPU s", "p50 s", "p95 s", "cfg writes", "CAS confl", "sources", "failed"],
+        rows,
+        title=f"Figure 3: storm of {k} concurrent mesh spawns, then {k} stops (fake Consul, own process)",
+    )
+    print(
+        f"at the fake: {config_puts} PUT /v1/config, {config_deletes} DELETE /v1/config/..., "
+        f"{config_reads} GET /v1/config/... ; {len(requests)} requests in all"
+    )
     for err in r["spawn_errors"] + r["stop_errors"]:
         print("error:", err)
     limit = k / 10
     targets = {
-        "all_spawns_succeed": common.target(r["spawn_failed"] == 0 and r["stop_failed"] == 0,
-                                            [r["spawn_failed"], r["stop_failed"]], [0, 0], "failed spawns, stops"),
-        "spawn_writes_le_k_over_10": common.target(r["spawn_writes"] <= limit, r["spawn_writes"], limit,
-                                                   "config-entry writes during K spawns"),
-        "stop_writes_le_k_over_10": common.target(r["stop_writes"] <= limit, r["stop_writes"], limit,
-                                                  "config-entry writes during K stops"),
-        "spawn_p95_lt_1s": common.target(r["spawn"].get("p95", 99) < 1.0, r["spawn"].get("p95"), 1.0,
-                                         "p95 per-spawn mesh time, s"),
-        "stop_p95_lt_1s": common.target(r["stop"].get("p95", 99) < 1.0, r["stop"].get("p95"), 1.0,
-                                        "p95 per-stop mesh time, s"),
-        "no_lost_grants": common.target(r["lost_grants"] == 0 and r["left_after_stops"] == 0,
-                                        [r["lost_grants"], r["left_after_stops"]], [0, 0],
-                                        "lost grants after spawns, sources left after stops"),
+        "all_spawns_succeed": common.target(
+            r["spawn_failed"] == 0 and r["stop_failed"] == 0,
+            [r["spawn_failed"], r["stop_failed"]],
+            [0, 0],
+            "failed spawns, stops",
+        ),
+        "spawn_writes_le_k_over_10": common.target(
+            r["spawn_writes"] <= limit, r["spawn_writes"], limit, "config-entry writes during K spawns"
+        ),
+        "stop_writes_le_k_over_10": common.target(
+            r["stop_writes"] <= limit, r["stop_writes"], limit, "config-entry writes during K stops"
+        ),
+        "spawn_p95_lt_1s": common.target(
+            r["spawn"].get("p95", 99) < 1.0, r["spawn"].get("p95"), 1.0, "p95 per-spawn mesh time, s"
+        ),
+        "stop_p95_lt_1s": common.target(
+            r["stop"].get("p95", 99) < 1.0, r["stop"].get("p95"), 1.0, "p95 per-stop mesh time, s"
+        ),
+        "no_lost_grants": common.target(
+            r["lost_grants"] == 0 and r["left_after_stops"] == 0,
+            [r["lost_grants"], r["left_after_stops"]],
+            [0, 0],
+            "lost grants after spawns, sources left after stops",
+        ),
     }
-    results = {**r, "k": k, "fake_config_puts": config_puts, "fake_config_deletes": config_deletes,
-               "fake_config_reads": config_reads, "fake_requests": len(requests)}
+    results = {
+        **r,
+        "k": k,
+        "fake_config_puts": config_puts,
+        "fake_config_deletes": config_deletes,
+        "fake_config_reads": config_reads,
+        "fake_requests": len(requests),
+    }
     settings = {"servers": k, "sidecar_port": args.sidecar_port, "fake_as_is": args.fake_as_is, "smoke": args.smoke}
     return common.emit("3-storm", settings, results, targets)
 

@@ -109,8 +109,9 @@ print("DONE", flush=True)
 
 def consul(fake_url: str, method: str, path: str, body=None):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(fake_url + path, data=data, method=method,
-                                     headers={"X-Consul-Token": common.MASTER_TOKEN})
+    request = urllib.request.Request(
+        fake_url + path, data=data, method=method, headers={"X-Consul-Token": common.MASTER_TOKEN}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         raw = response.read()
         return json.loads(raw) if raw.strip() else None
@@ -151,8 +152,9 @@ class Probe:
             self.done.set()
 
 
-async def one_run(how: str, i: int, fake: FakeConsul, settings: dict, client: docker.DockerClient,
-                  make_spawner) -> dict:
+async def one_run(
+    how: str, i: int, fake: FakeConsul, settings: dict, client: docker.DockerClient, make_spawner
+) -> dict:
     spawner = make_spawner(f"{common.PREFIX}e{how[0]}{i}{uuid.uuid4().hex[:4]}", settings)
     await spawner.start()
     service = spawner.mesh_state.service_id
@@ -160,8 +162,11 @@ async def one_run(how: str, i: int, fake: FakeConsul, settings: dict, client: do
     await asyncio.to_thread(probe.ready.wait, 90)
     if "READY" not in probe.events:
         logs = client.api.logs(spawner.sidecar_container_id, tail=30).decode(errors="replace")
-        raise RuntimeError("the probe never reached Trino through the mesh:\n" + "\n".join(probe.lines[-20:])
-                           + f"\n--- sidecar logs ---\n{logs}")
+        raise RuntimeError(
+            "the probe never reached Trino through the mesh:\n"
+            + "\n".join(probe.lines[-20:])
+            + f"\n--- sidecar logs ---\n{logs}"
+        )
 
     def intention_present() -> bool:
         try:
@@ -207,17 +212,35 @@ async def one_run(how: str, i: int, fake: FakeConsul, settings: dict, client: do
     }
 
 
-async def measure(runs: int, reauth: float, fake: FakeConsul, gateway: str, images: dict,
-                  client: docker.DockerClient) -> list[dict]:
+async def measure(
+    runs: int, reauth: float, fake: FakeConsul, gateway: str, images: dict, client: docker.DockerClient
+) -> list[dict]:
     from fig1_spawn_overhead import make_spawner
 
     settings = {
-        "docker": dict(image=images["CONSULSPAWNER_NOTEBOOK_IMAGE"], cmd=common.MINIMAL_NOTEBOOK,
-                       network_name=common.NETWORK, use_internal_ip=True, remove=True, pull_policy="never"),
-        "consul": dict(consul_address=fake.url, consul_token=common.MASTER_TOKEN, hub_instance=HUB,
-                       sidecar_image=images["CONSULSPAWNER_PROXY_IMAGE"],
-                       sidecar_command=["connectproxy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}",
-                                        "-reauthorize-interval", f"{reauth:g}"]),
+        "docker": dict(
+            image=images["CONSULSPAWNER_NOTEBOOK_IMAGE"],
+            cmd=common.MINIMAL_NOTEBOOK,
+            network_name=common.NETWORK,
+            use_internal_ip=True,
+            remove=True,
+            pull_policy="never",
+        ),
+        "consul": dict(
+            consul_address=fake.url,
+            consul_token=common.MASTER_TOKEN,
+            hub_instance=HUB,
+            sidecar_image=images["CONSULSPAWNER_PROXY_IMAGE"],
+            sidecar_command=[
+                "connectproxy",
+                "-sidecar-for",
+                "{service_id}",
+                "-token-file",
+                "{token_file}",
+                "-reauthorize-interval",
+                f"{reauth:g}",
+            ],
+        ),
     }
     out = []
     for i in range(runs):
@@ -231,18 +254,29 @@ def trino_sidecar(fake: FakeConsul, gateway: str, trino: TrinoStandIn, reauth: f
     """Register trino-coordinator with a sidecar, run that sidecar (connectproxy, in process, on
     the gateway address) and wait until it passes its checks (TCP every 10 s: Consul's default)."""
     with socket_port(gateway) as public:
-        consul(fake.url, "PUT", "/v1/agent/service/register", {
-            "Name": DEST, "Address": gateway, "Port": trino.port,
-            "Connect": {"SidecarService": {
-                "Address": gateway, "Port": public,
-                "Proxy": {"LocalServiceAddress": gateway, "LocalServicePort": trino.port},
-            }},
-        })
+        consul(
+            fake.url,
+            "PUT",
+            "/v1/agent/service/register",
+            {
+                "Name": DEST,
+                "Address": gateway,
+                "Port": trino.port,
+                "Connect": {
+                    "SidecarService": {
+                        "Address": gateway,
+                        "Port": public,
+                        "Proxy": {"LocalServiceAddress": gateway, "LocalServicePort": trino.port},
+                    }
+                },
+            },
+        )
     token = consul(fake.url, "PUT", "/v1/acl/token", {"ServiceIdentities": [{"ServiceName": DEST}]})["SecretID"]
     admin = tempfile.mkdtemp(prefix="csbench-proxy-")
     atexit.register(shutil.rmtree, admin, ignore_errors=True)
-    proxy = ConnectProxy(Agent(fake.url, token), f"{DEST}-sidecar-proxy", admin_socket=f"{admin}/trino.sock",
-                         reauthorize_interval=reauth).start(timeout=60)
+    proxy = ConnectProxy(
+        Agent(fake.url, token), f"{DEST}-sidecar-proxy", admin_socket=f"{admin}/trino.sock", reauthorize_interval=reauth
+    ).start(timeout=60)
     deadline = time.time() + 60
     while not consul(fake.url, "GET", f"/v1/health/connect/{DEST}?passing=1"):
         if time.time() > deadline:
@@ -255,8 +289,12 @@ def trino_sidecar(fake: FakeConsul, gateway: str, trino: TrinoStandIn, reauth: f
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", "-n", type=int, default=3)
-    parser.add_argument("--reauthorize", type=float, default=5.0,
-                        help="the proxies' re-authorization interval, s (connectproxy's default: 5)")
+    parser.add_argument(
+        "--reauthorize",
+        type=float,
+        default=5.0,
+        help="the proxies' re-authorization interval, s (connectproxy's default: 5)",
+    )
     parser.add_argument("--smoke", action="store_true", help="1 run of each")
     args = parser.parse_args()
     if os.environ.get("CSBENCH_DEBUG"):
@@ -267,8 +305,10 @@ def main() -> dict:
         raise SystemExit("CONSULSPAWNER_PROXY_IMAGE unknown: run `bash docker/build-images.sh` first")
     client = docker.from_env()
     try:
-        with common.docker_network(client) as gateway, \
-                FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake:
+        with (
+            common.docker_network(client) as gateway,
+            FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake,
+        ):
             trino = TrinoStandIn(host=gateway).start()
             proxy = None
             try:
@@ -292,8 +332,11 @@ def main() -> dict:
                 s = results[how][key]
                 table.append([how, key, s["n"], s["median"], s["max"]])
     results["runs"] = rows
-    common.table(["how", "from the request to", "n", "median s", "max s"], table,
-                 title=f"Figure 4: time to end access (re-authorization every {args.reauthorize:g} s)")
+    common.table(
+        ["how", "from the request to", "n", "median s", "max s"],
+        table,
+        title=f"Figure 4: time to end access (re-authorization every {args.reauthorize:g} s)",
+    )
 
     def worst(how: str, key: str) -> float:
         return results[how][key].get("max", float("inf"))
@@ -301,17 +344,27 @@ def main() -> dict:
     targets = {}
     for how in ("stop", "revoke"):
         targets[f"{how}_a_intention_absent_lt_0.5s"] = common.target(
-            worst(how, "intention_absent_s") < 0.5, worst(how, "intention_absent_s"), 0.5,
-            f"{how}: worst time to the intention absent in Consul")
+            worst(how, "intention_absent_s") < 0.5,
+            worst(how, "intention_absent_s"),
+            0.5,
+            f"{how}: worst time to the intention absent in Consul",
+        )
         targets[f"{how}_b_new_refused_lt_1s"] = common.target(
-            worst(how, "new_connection_refused_s") < 1.0, worst(how, "new_connection_refused_s"), 1.0,
-            f"{how}: worst time to a new connection refused")
+            worst(how, "new_connection_refused_s") < 1.0,
+            worst(how, "new_connection_refused_s"),
+            1.0,
+            f"{how}: worst time to a new connection refused",
+        )
         limit = args.reauthorize + 1.0
         targets[f"{how}_c_open_closed_lt_reauth_plus_1s"] = common.target(
-            worst(how, "open_connection_closed_s") < limit, worst(how, "open_connection_closed_s"), limit,
-            f"{how}: worst time to the open connection closed")
-    return common.emit("4-end-access", {"runs": runs, "reauthorize": args.reauthorize, "smoke": args.smoke},
-                       results, targets)
+            worst(how, "open_connection_closed_s") < limit,
+            worst(how, "open_connection_closed_s"),
+            limit,
+            f"{how}: worst time to the open connection closed",
+        )
+    return common.emit(
+        "4-end-access", {"runs": runs, "reauthorize": args.reauthorize, "smoke": args.smoke}, results, targets
+    )
 
 
 class socket_port:

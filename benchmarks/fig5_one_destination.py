@@ -54,13 +54,21 @@ class CountingClient(ConsulClient):
 
 def owner(i: int, tag: str) -> ownership.Owner:
     name = f"jupyter-{common.PREFIX}-{tag}-{i:05d}"
-    return ownership.Owner(hub=HUB, user=f"{common.PREFIX}{tag}{i:05d}", server="", service=name,
-                           expires_at=int(time.time()) + 600, incarnation=uuid.uuid4().hex)
+    return ownership.Owner(
+        hub=HUB,
+        user=f"{common.PREFIX}{tag}{i:05d}",
+        server="",
+        service=name,
+        expires_at=int(time.time()) + 600,
+        incarnation=uuid.uuid4().hex,
+    )
 
 
 def sources(n: int, mode: str) -> list[dict]:
-    return [source_entry(o.service, o, mode, trino_user=o.user if mode == L7 else None)
-            for o in (owner(i, "pre") for i in range(n))]
+    return [
+        source_entry(o.service, o, mode, trino_user=o.user if mode == L7 else None)
+        for o in (owner(i, "pre") for i in range(n))
+    ]
 
 
 async def prefill(client: ConsulClient, n: int, mode: str) -> int:
@@ -81,8 +89,12 @@ async def exact_grant(client: ConsulClient, entry: dict) -> None:
         body["Action"] = entry["Action"]
     else:
         body["Permissions"] = entry["Permissions"]
-    await client.request("PUT", "/v1/connect/intentions/exact",
-                         params={"source": entry["Name"], "destination": TRINO_DESTINATION}, body=body)
+    await client.request(
+        "PUT",
+        "/v1/connect/intentions/exact",
+        params={"source": entry["Name"], "destination": TRINO_DESTINATION},
+        body=body,
+    )
 
 
 async def measure(url: str, n: int, grants: int, burst: int, design: str) -> dict:
@@ -112,14 +124,20 @@ async def measure(url: str, n: int, grants: int, burst: int, design: str) -> dic
     burst_bytes = client.sent + client.received
     final = await client.get_config(KIND, TRINO_DESTINATION)
     held = {s["Name"] for s in (final or {}).get("Sources") or []}
-    expected = {owner(i, f"burst{n}").service for i in range(burst)} | {owner(i, f"one{n}").service
-                                                                        for i in range(grants)}
+    expected = {owner(i, f"burst{n}").service for i in range(burst)} | {
+        owner(i, f"one{n}").service for i in range(grants)
+    }
     await client.close()
     return {
-        "n": n, "design": design, "entry_bytes_before": entry_bytes,
-        "grant_median_s": statistics.median(times), "grant_max_s": max(times),
+        "n": n,
+        "design": design,
+        "entry_bytes_before": entry_bytes,
+        "grant_median_s": statistics.median(times),
+        "grant_max_s": max(times),
         "grant_bytes": int(statistics.median(per_grant_bytes)),
-        "burst": burst, "burst_s": burst_s, "burst_bytes": burst_bytes,
+        "burst": burst,
+        "burst_s": burst_s,
+        "burst_bytes": burst_bytes,
         "burst_config_writes": writer.writes - writes_before if design == "entry" else burst,
         "missing_after": len(expected - held),
     }
@@ -158,11 +176,25 @@ def main() -> dict:
             for design in ("entry", "exact"):
                 r = asyncio.run(measure(fake.url, n, grants, burst, design))
                 results.append(r)
-                rows.append([n, design, r["entry_bytes_before"], r["grant_median_s"], r["grant_bytes"],
-                             r["burst_s"], r["burst_config_writes"], r["burst_bytes"], r["missing_after"]])
-    common.table(["N", "design", "entry B", "grant s", "grant B", f"burst{burst} s", "writes", "burst B", "lost"],
-                 rows, title="Figure 5: one grant to trino-coordinator whose entry already holds N sources "
-                             "(entry = read + CAS write of the whole entry; exact = PUT /v1/connect/intentions/exact)")
+                rows.append(
+                    [
+                        n,
+                        design,
+                        r["entry_bytes_before"],
+                        r["grant_median_s"],
+                        r["grant_bytes"],
+                        r["burst_s"],
+                        r["burst_config_writes"],
+                        r["burst_bytes"],
+                        r["missing_after"],
+                    ]
+                )
+    common.table(
+        ["N", "design", "entry B", "grant s", "grant B", f"burst{burst} s", "writes", "burst B", "lost"],
+        rows,
+        title="Figure 5: one grant to trino-coordinator whose entry already holds N sources "
+        "(entry = read + CAS write of the whole entry; exact = PUT /v1/connect/intentions/exact)",
+    )
     limits = {}
     for mode, per in per_source.items():
         limits[mode] = {
@@ -170,21 +202,33 @@ def main() -> dict:
             "sources_at_raft_suggested_max_512KiB": int(RAFT_SUGGESTED_MAX / per),
             "sources_at_raft_warn_1MiB": int(RAFT_WARN_SIZE / per),
         }
-        print(f"{mode}: {per:.0f} JSON bytes per source -> the entry reaches raft's suggested max (512 KiB) at "
-              f"~{limits[mode]['sources_at_raft_suggested_max_512KiB']} sources and Consul's 1 MiB "
-              f"large-entry warning at ~{limits[mode]['sources_at_raft_warn_1MiB']}")
+        print(
+            f"{mode}: {per:.0f} JSON bytes per source -> the entry reaches raft's suggested max (512 KiB) at "
+            f"~{limits[mode]['sources_at_raft_suggested_max_512KiB']} sources and Consul's 1 MiB "
+            f"large-entry warning at ~{limits[mode]['sources_at_raft_warn_1MiB']}"
+        )
     by = {(r["n"], r["design"]): r for r in results}
     largest = max(sizes)
     targets = {
-        "no_lost_grants": common.target(all(r["missing_after"] == 0 for r in results),
-                                        sum(r["missing_after"] for r in results), 0, "grants missing after bursts"),
+        "no_lost_grants": common.target(
+            all(r["missing_after"] == 0 for r in results),
+            sum(r["missing_after"] for r in results),
+            0,
+            "grants missing after bursts",
+        ),
         "entry_under_raft_suggested_max_at_largest_n": common.target(
             by[(largest, "entry")]["entry_bytes_before"] < RAFT_SUGGESTED_MAX,
-            by[(largest, "entry")]["entry_bytes_before"], RAFT_SUGGESTED_MAX,
-            f"entry JSON bytes at N={largest} vs raft.SuggestedMaxDataSize"),
+            by[(largest, "entry")]["entry_bytes_before"],
+            RAFT_SUGGESTED_MAX,
+            f"entry JSON bytes at N={largest} vs raft.SuggestedMaxDataSize",
+        ),
     }
-    return common.emit("5-one-destination", {"sizes": sizes, "grants": grants, "burst": burst, "smoke": args.smoke},
-                       {"rows": results, "limits": limits}, targets)
+    return common.emit(
+        "5-one-destination",
+        {"sizes": sizes, "grants": grants, "burst": burst, "smoke": args.smoke},
+        {"rows": results, "limits": limits},
+        targets,
+    )
 
 
 if __name__ == "__main__":

@@ -27,5 +27,6 @@ c.ConsulSpawner.hub_instance = "csbench-hub"
 c.ConsulSpawner.sidecar_image = env("CSBENCH_SIDECAR_IMAGE")
 c.ConsulSpawner.sidecar_command = json.loads(env("CSBENCH_SIDECAR_COMMAND"))
 c.JupyterHub.services = [{"name": "csbench-admin", "api_token": env("CSBENCH_ADMIN_TOKEN")}]
-c.JupyterHub.load_roles = [{"name": "csbench-admin", "scopes": ["admin:users", "admin:servers"],
-                            "services": ["csbench-admin"]}]
+c.JupyterHub.load_roles = [
+    {"name": "csbench-admin", "scopes": ["admin:users", "admin:servers"], "services": ["csbench-admin"]}
+]

@@ -37,20 +37,27 @@ class BenchHub:
             **os.environ,
             # This checkout's code, whatever an editable install elsewhere points at.
             "PYTHONPATH": os.pathsep.join(filter(None, [str(common.REPO), os.environ.get("PYTHONPATH")])),
-            "CSBENCH_SPAWNER": kind, "CSBENCH_PROXY_PORT": str(self.proxy_port),
-            "CSBENCH_HUB_IP": gateway, "CSBENCH_HUB_PORT": str(free_port()),
-            "CSBENCH_PROXY_API_PORT": str(free_port()), "CSBENCH_NETWORK": common.NETWORK,
+            "CSBENCH_SPAWNER": kind,
+            "CSBENCH_PROXY_PORT": str(self.proxy_port),
+            "CSBENCH_HUB_IP": gateway,
+            "CSBENCH_HUB_PORT": str(free_port()),
+            "CSBENCH_PROXY_API_PORT": str(free_port()),
+            "CSBENCH_NETWORK": common.NETWORK,
             "CSBENCH_NOTEBOOK_IMAGE": images["CONSULSPAWNER_NOTEBOOK_IMAGE"],
             "CSBENCH_SIDECAR_IMAGE": images["CONSULSPAWNER_SIDECAR_IMAGE"],
             "CSBENCH_SIDECAR_COMMAND": json.dumps(common.DEVSIDECAR_COMMAND),
-            "CSBENCH_CONSUL": consul_url, "CSBENCH_CONSUL_TOKEN": common.MASTER_TOKEN,
+            "CSBENCH_CONSUL": consul_url,
+            "CSBENCH_CONSUL_TOKEN": common.MASTER_TOKEN,
             "CSBENCH_ADMIN_TOKEN": self.token,
         }
         self.process = None
 
     def call(self, method: str, path: str, ok=(200, 201, 202, 204)):
-        request = urllib.request.Request(f"http://127.0.0.1:{self.proxy_port}/hub/api{path}", method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.proxy_port}/hub/api{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 status, text = response.status, response.read().decode()
@@ -62,9 +69,14 @@ class BenchHub:
 
     def start(self) -> None:
         with open(self.workdir / "jupyterhub.log", "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(CONFIG)],
-                                            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(CONFIG)],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 90
         while True:
             if self.process.poll() is not None:

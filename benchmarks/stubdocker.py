@@ -56,10 +56,13 @@ class StubDockerAPI:
         n = next(_ids)
         cid = f"{n:064x}"
         self.containers[cid] = {
-            "Id": cid, "Name": f"/{name}", "Config": {"Labels": labels or {}},
+            "Id": cid,
+            "Name": f"/{name}",
+            "Config": {"Labels": labels or {}},
             "State": {"Running": False, "ExitCode": 0, "Error": "", "FinishedAt": ""},
             "NetworkSettings": {
-                "IPAddress": "", "Ports": {},
+                "IPAddress": "",
+                "Ports": {},
                 "Networks": {self.network: {"IPAddress": f"10.98.{n // 250}.{n % 250 + 1}"}},
             },
         }

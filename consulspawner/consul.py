@@ -254,8 +254,11 @@ class ConsulClient:
         the new definition no longer has instead of keeping stale ones.
         """
         await self.request(
-            "PUT", "/v1/agent/service/register", params={"replace-existing-checks": "true"},
-            body=definition, token=token,
+            "PUT",
+            "/v1/agent/service/register",
+            params={"replace-existing-checks": "true"},
+            body=definition,
+            token=token,
         )
 
     async def deregister_service(self, service_id: str, *, token: str | None = None) -> bool:
@@ -304,8 +307,13 @@ class ConsulClient:
     # -- ACL tokens -----------------------------------------------------------------------------
 
     async def create_service_token(
-        self, service_name: str, description: str, ttl_seconds: int, *,
-        accessor_id: str | None = None, secret_id: str | None = None,
+        self,
+        service_name: str,
+        description: str,
+        ttl_seconds: int,
+        *,
+        accessor_id: str | None = None,
+        secret_id: str | None = None,
     ) -> dict:
         """Mint a token whose only grant is the service identity of ``service_name``.
 

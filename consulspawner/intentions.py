@@ -88,15 +88,21 @@ def validate_source(entry: dict) -> None:
     """
     name = entry.get("Name")
     if not isinstance(name, str) or not _SERVICE_NAME.match(name) or len(name) > _SERVICE_NAME_MAX:
-        raise IntentionRefused(name, f"Name must be a service name ([a-z0-9_-], at most {_SERVICE_NAME_MAX} "
-                                     "characters, no '*'; acl/validation.go)")
+        raise IntentionRefused(
+            name,
+            f"Name must be a service name ([a-z0-9_-], at most {_SERVICE_NAME_MAX} "
+            "characters, no '*'; acl/validation.go)",
+        )
     description = entry.get("Description")
     if not isinstance(description, str) or ownership.parse(description) is None:
         raise IntentionRefused(name, "a granted source must carry an ownership marker in its Description")
     size = len(description.encode("utf-8", "surrogatepass"))
     if size > DESCRIPTION_MAX_BYTES:
-        raise IntentionRefused(name, f"Description is {size} bytes; Consul's limit is {DESCRIPTION_MAX_BYTES} "
-                                     "bytes (Sources[].Description, metaValueMaxLength)")
+        raise IntentionRefused(
+            name,
+            f"Description is {size} bytes; Consul's limit is {DESCRIPTION_MAX_BYTES} "
+            "bytes (Sources[].Description, metaValueMaxLength)",
+        )
     permissions = entry.get("Permissions")
     if permissions is None:
         if entry.get("Action") not in _ACTIONS:
@@ -130,7 +136,8 @@ def _validate_permission(name: str, j: int, permission: object) -> None:
             raise IntentionRefused(name, f"{where}.HTTP.Header[{k}] missing required Name field")
         if sum(1 for matcher in _HEADER_MATCHERS if header.get(matcher)) != 1:
             raise IntentionRefused(
-                name, f"{where}.HTTP.Header[{k}] should only contain one of {', '.join(_HEADER_MATCHERS)}")
+                name, f"{where}.HTTP.Header[{k}] should only contain one of {', '.join(_HEADER_MATCHERS)}"
+            )
         parts += 1
     methods = http.get("Methods") or []
     if methods:
@@ -198,8 +205,15 @@ class IntentionWriter:
     ``writes`` counts config writes and deletes that went out, for tests and benchmarks.
     """
 
-    def __init__(self, consul: ConsulClient, hub_instance: str, *, max_attempts: int = 30,
-                 retry_budget: float = 15.0, logger: logging.Logger | None = None):
+    def __init__(
+        self,
+        consul: ConsulClient,
+        hub_instance: str,
+        *,
+        max_attempts: int = 30,
+        retry_budget: float = 15.0,
+        logger: logging.Logger | None = None,
+    ):
         self.log = logger or log
         self.retry_budget = retry_budget
         self.consul = consul
@@ -228,8 +242,14 @@ class IntentionWriter:
         validate_source(entry)
         await self._submit(destination, entry["Name"], dict(entry))
 
-    async def revoke(self, destination: str, source: str, only_if: Callable[[dict], bool] | None = None,
-                     *, incarnation: str | None = None) -> None:
+    async def revoke(
+        self,
+        destination: str,
+        source: str,
+        only_if: Callable[[dict], bool] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         """Remove our source ``source`` from ``destination``; nothing to do if it is gone.
 
         ``only_if`` is checked against the source as read in the same CAS cycle that deletes
@@ -247,8 +267,11 @@ class IntentionWriter:
 
             def condition(existing: dict, only_if=only_if) -> bool:
                 owner = ownership.parse(existing.get("Description"))
-                return (owner is not None and owner.incarnation == incarnation
-                        and (only_if is None or bool(only_if(existing))))
+                return (
+                    owner is not None
+                    and owner.incarnation == incarnation
+                    and (only_if is None or bool(only_if(existing)))
+                )
 
         await self._submit(destination, source, None, condition)
 
@@ -276,8 +299,13 @@ class IntentionWriter:
             if len(batch) > 1 and error.status in _SPLIT_STATUSES:
                 # Halves in order, so a later change to one source still lands after an earlier one.
                 self.splits += 1
-                self.log.warning("Consul refused a write of %d changes to %s %s (%s); splitting it to "
-                                 "find the refused change", len(batch), KIND, destination, error)
+                self.log.warning(
+                    "Consul refused a write of %d changes to %s %s (%s); splitting it to find the refused change",
+                    len(batch),
+                    KIND,
+                    destination,
+                    error,
+                )
                 middle = len(batch) // 2
                 await self._apply(destination, batch[:middle])
                 await self._apply(destination, batch[middle:])
@@ -318,8 +346,9 @@ class IntentionWriter:
             if assumed:
                 current = None
             else:
-                current = await self.consul.retrying(lambda: self.consul.get_config(KIND, destination),
-                                                     budget=self.retry_budget)
+                current = await self.consul.retrying(
+                    lambda: self.consul.get_config(KIND, destination), budget=self.retry_budget
+                )
             sources = list((current or {}).get("Sources") or [])
             refused: dict[str, Exception] = {}
             by_name = {s.get("Name"): i for i, s in enumerate(sources)}
@@ -375,7 +404,8 @@ class IntentionWriter:
             self.log.debug("CAS conflict on %s %s (attempt %d), re-reading", KIND, destination, attempt)
             await asyncio.sleep(random.uniform(0, min(0.05 * attempt, 0.5)))
         raise ConsulError(
-            f"PUT /v1/config ({KIND} {destination})", 409,
+            f"PUT /v1/config ({KIND} {destination})",
+            409,
             f"gave up after {self.max_attempts} CAS conflicts",
         )
 

@@ -107,18 +107,31 @@ class Janitor:
                     continue
                 target = f"{source['Name']} -> {entry['Name']}"
                 if owner.expires_at is not None and owner.expires_at <= now:
-                    deletions.append(Deletion("intention", target, owner.user, owner.hub, "expired",
-                                              owner.incarnation))
+                    deletions.append(Deletion("intention", target, owner.user, owner.hub, "expired", owner.incarnation))
                 elif self._missing_long_enough(source["Name"], present, now):
-                    deletions.append(Deletion("intention", target, owner.user, owner.hub,
-                                              f"no instance of {source['Name']} for {self.grace:g}s",
-                                              owner.incarnation))
+                    deletions.append(
+                        Deletion(
+                            "intention",
+                            target,
+                            owner.user,
+                            owner.hub,
+                            f"no instance of {source['Name']} for {self.grace:g}s",
+                            owner.incarnation,
+                        )
+                    )
 
         for token in await self.consul.list_tokens():
             owner = ownership.parse(token.get("Description"))
             if self._mine(owner) and self._missing_long_enough(owner.service, present, now):
-                deletions.append(Deletion("token", token["AccessorID"], owner.user, owner.hub,
-                                          f"service {owner.service} gone for {self.grace:g}s"))
+                deletions.append(
+                    Deletion(
+                        "token",
+                        token["AccessorID"],
+                        owner.user,
+                        owner.hub,
+                        f"service {owner.service} gone for {self.grace:g}s",
+                    )
+                )
 
         critical_now = set()
         for service_id, service in services.items():
@@ -133,8 +146,15 @@ class Janitor:
                 critical_now.add(service_id)
                 first = self._critical_since.setdefault(service_id, now)
                 if now - first >= self.critical_limit:
-                    deletions.append(Deletion("service", service_id, meta.get(ownership.META_USER, ""), hub,
-                                              f"critical for {self.critical_limit:g}s"))
+                    deletions.append(
+                        Deletion(
+                            "service",
+                            service_id,
+                            meta.get(ownership.META_USER, ""),
+                            hub,
+                            f"critical for {self.critical_limit:g}s",
+                        )
+                    )
         for service_id in set(self._critical_since) - critical_now:
             del self._critical_since[service_id]
         return deletions
@@ -185,17 +205,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Remove expired and orphaned consulspawner objects (intentions, ACL tokens, services) "
         "from Consul. The Consul token comes from $CONSUL_HTTP_TOKEN or --token-file, never the command line.",
     )
-    parser.add_argument("--consul-address", default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"),
-                        help="Consul agent address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)")
+    parser.add_argument(
+        "--consul-address",
+        default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"),
+        help="Consul agent address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)",
+    )
     parser.add_argument("--token-file", help="file holding the janitor's Consul token")
     parser.add_argument("--ca-file", default=os.environ.get("CONSUL_CACERT"), help="CA bundle for HTTPS")
     parser.add_argument("--hub-instance", help="only clean objects of this hub (default: every consulspawner hub)")
     parser.add_argument("--once", action="store_true", help="run one pass and exit")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between passes (default 30)")
-    parser.add_argument("--grace", type=float, default=120.0,
-                        help="seconds a service must stay missing before its intentions and token go (default 120)")
-    parser.add_argument("--critical-limit", type=float, default=300.0,
-                        help="seconds a service's check may stay critical before it is deregistered (default 300)")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=120.0,
+        help="seconds a service must stay missing before its intentions and token go (default 120)",
+    )
+    parser.add_argument(
+        "--critical-limit",
+        type=float,
+        default=300.0,
+        help="seconds a service's check may stay critical before it is deregistered (default 300)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -217,14 +248,17 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with ConsulClient(args.consul_address, token, ca_file=args.ca_file) as consul:
-        janitor = Janitor(consul, hub_instance=args.hub_instance, grace=args.grace,
-                          critical_limit=args.critical_limit)
+        janitor = Janitor(consul, hub_instance=args.hub_instance, grace=args.grace, critical_limit=args.critical_limit)
         while True:
             try:
                 deletions = await janitor.run_pass(dry_run=args.dry_run)
                 verb = "would delete" if args.dry_run else "deleted"
-                log.info("Pass done: %s %d object(s)%s", verb, len(deletions),
-                         "" if not deletions else ": " + ", ".join(sorted({d.kind for d in deletions})))
+                log.info(
+                    "Pass done: %s %d object(s)%s",
+                    verb,
+                    len(deletions),
+                    "" if not deletions else ": " + ", ".join(sorted({d.kind for d in deletions})),
+                )
             except ConsulError as e:
                 log.warning("Pass failed, nothing deleted: %s", e)
                 if args.once:
@@ -240,8 +274,9 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     sys.exit(asyncio.run(run(args, read_token(args))))
 
 

@@ -149,8 +149,11 @@ class ServerMesh:
         async def create():
             try:
                 await self.consul.create_service_token(
-                    plan.service_name, plan.token_description(), plan.settings.token_ttl,
-                    accessor_id=accessor, secret_id=secret,
+                    plan.service_name,
+                    plan.token_description(),
+                    plan.settings.token_ttl,
+                    accessor_id=accessor,
+                    secret_id=secret,
                 )
             except ConsulError as e:
                 if e.status is not None and "already in use" in e.detail:
@@ -173,7 +176,10 @@ class ServerMesh:
         await self._retry(lambda: self.consul.register_service(plan.registration(address)))
         self.log.info(
             "Registered Consul service %s with sidecar %s at %s (user %r)",
-            plan.service_id, plan.sidecar_id, address, self.user,
+            plan.service_id,
+            plan.sidecar_id,
+            address,
+            self.user,
         )
 
     async def heartbeat(self, note: str = "notebook and sidecar running") -> None:
@@ -267,8 +273,12 @@ class ServerMesh:
         filtered by Consul (``servicename``), not fetched whole."""
         for token in await self.consul.list_tokens(service_name=self.state.service_id):
             owner = ownership.parse(token.get("Description"))
-            if (owner and owner.hub == self.state.hub_instance and owner.service == self.state.service_id
-                    and token["AccessorID"] != self.state.token_accessor):
+            if (
+                owner
+                and owner.hub == self.state.hub_instance
+                and owner.service == self.state.service_id
+                and token["AccessorID"] != self.state.token_accessor
+            ):
                 await self.delete_token_by_accessor(token["AccessorID"])
 
     async def delete_token_by_accessor(self, accessor: str) -> None:
@@ -384,9 +394,13 @@ def _unchanged_since(seen: dict) -> Callable[[dict], bool]:
     return unchanged
 
 
-async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_instance: str,
-                        live: Callable[[], dict[str, str | None]],
-                        logger: logging.Logger | logging.LoggerAdapter | None = None) -> list[Orphan]:
+async def sweep_orphans(
+    consul: ConsulClient,
+    writer: IntentionWriter,
+    hub_instance: str,
+    live: Callable[[], dict[str, str | None]],
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> list[Orphan]:
     """Revoke everything this hub owns in Consul that belongs to no live incarnation.
 
     ``live()`` maps the service names of the hub's running and pending servers to their current
@@ -415,15 +429,26 @@ async def sweep_orphans(consul: ConsulClient, writer: IntentionWriter, hub_insta
             if orphaned(owner):
                 # Only the source as we read it: a re-grant changes the Description (expiry).
                 await writer.revoke(entry["Name"], source["Name"], only_if=_unchanged_since(source))
-                removed.append(Orphan("intention", f"{source['Name']} -> {entry['Name']}", owner.user,
-                                      owner.service, owner.incarnation))
+                removed.append(
+                    Orphan(
+                        "intention",
+                        f"{source['Name']} -> {entry['Name']}",
+                        owner.user,
+                        owner.service,
+                        owner.incarnation,
+                    )
+                )
     for service_id, service in services.items():
         meta = service.get("Meta") or {}
         if not ownership.is_managed_service(service) or service.get("Kind") == "connect-proxy":
             continue
-        owner = ownership.Owner(hub=meta.get(ownership.META_HUB, ""), user=meta.get(ownership.META_USER, ""),
-                                server=meta.get(ownership.META_SERVER, ""), service=service_id,
-                                incarnation=meta.get(ownership.META_INCARNATION, ""))
+        owner = ownership.Owner(
+            hub=meta.get(ownership.META_HUB, ""),
+            user=meta.get(ownership.META_USER, ""),
+            server=meta.get(ownership.META_SERVER, ""),
+            service=service_id,
+            incarnation=meta.get(ownership.META_INCARNATION, ""),
+        )
         if orphaned(owner):
             await consul.deregister_service(service_id)
             removed.append(Orphan("service", service_id, owner.user, owner.service, owner.incarnation))

@@ -62,8 +62,9 @@ def _readable(text: str) -> str:
     return _UNSAFE_RUN.sub("-", ascii_text.lower()).strip("-")
 
 
-def slug(user_name: str, server_name: str = "", max_length: int = MAX_NAME_LENGTH, *,
-         prefix: str = "", tail: str = "") -> str:
+def slug(
+    user_name: str, server_name: str = "", max_length: int = MAX_NAME_LENGTH, *, prefix: str = "", tail: str = ""
+) -> str:
     """The collision-free part of a service name for one server, at most ``max_length`` long.
 
     ``prefix`` and ``tail`` are the template's text around the slug: a user name is kept as is

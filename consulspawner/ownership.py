@@ -106,8 +106,13 @@ class Owner:
     incarnation: str = ""
 
     def _data(self, user: str, server: str) -> dict:
-        data: dict[str, str | int] = {"hub": self.hub, "user": user, "server": server, "service": self.service,
-                "incarnation": self.incarnation}
+        data: dict[str, str | int] = {
+            "hub": self.hub,
+            "user": user,
+            "server": server,
+            "service": self.service,
+            "incarnation": self.incarnation,
+        }
         if self.expires_at is not None:
             data["expires_at"] = self.expires_at
         return data
@@ -196,7 +201,7 @@ def parse(description: str | None) -> Owner | None:
         return None
     start = description.find(MARKER)
     while start != -1:
-        owner = _parse_marker(description[start + len(MARKER):])
+        owner = _parse_marker(description[start + len(MARKER) :])
         if owner is not None:
             return owner
         start = description.find(MARKER, start + 1)

@@ -170,8 +170,10 @@ class MeshPlan:
         """The sidecar command with ``{service_id}``, ``{sidecar_id}``, ``{service_name}`` and
         any ``extra`` placeholders filled in."""
         values = {
-            "service_id": self.service_id, "sidecar_id": self.sidecar_id,
-            "service_name": self.service_name, **extra,
+            "service_id": self.service_id,
+            "sidecar_id": self.sidecar_id,
+            "service_name": self.service_name,
+            **extra,
         }
         try:
             return [part.format(**values) for part in template]
@@ -198,18 +200,20 @@ def build_plan(
         # characters (no header injection), no surrounding blanks, a sane length.
         raise ValueError(f"Trino user {trino_user!r} for hub user {user_name!r} is not a printable name")
     name = service_id or naming.service_name(user_name, server_name, settings.name_template)
-    owner = ownership.Owner(hub=settings.hub_instance, user=user_name, server=server_name, service=name,
-                            incarnation=incarnation)
+    owner = ownership.Owner(
+        hub=settings.hub_instance, user=user_name, server=server_name, service=name, incarnation=incarnation
+    )
     return MeshPlan(
-        settings=settings, owner=owner, service_id=name, service_name=name,
-        trino_user=trino_user, service_port=int(service_port),
+        settings=settings,
+        owner=owner,
+        service_id=name,
+        service_name=name,
+        trino_user=trino_user,
+        service_port=int(service_port),
     )
 
 
 def _valid_trino_user(value: object) -> bool:
     return (
-        isinstance(value, str)
-        and 0 < len(value) <= _TRINO_USER_MAX
-        and value.isprintable()
-        and value == value.strip()
+        isinstance(value, str) and 0 < len(value) <= _TRINO_USER_MAX and value.isprintable() and value == value.strip()
     )

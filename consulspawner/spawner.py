@@ -149,37 +149,43 @@ class ConsulSpawner(DockerSpawner):
         return self.consul_token
 
     consul_ca_file = Unicode(
-        "", help="""CA bundle to verify Consul's HTTPS certificate.
+        "",
+        help="""CA bundle to verify Consul's HTTPS certificate.
 
         c.ConsulSpawner.consul_ca_file = "/etc/consul/ca.pem"
         """,
     ).tag(config=True)
     consul_client_cert = Unicode(
-        "", help="""Client certificate (PEM) for Consul's HTTPS API, when it verifies clients.
+        "",
+        help="""Client certificate (PEM) for Consul's HTTPS API, when it verifies clients.
 
         c.ConsulSpawner.consul_client_cert = "/etc/consul/hub.pem"
         """,
     ).tag(config=True)
     consul_client_key = Unicode(
-        "", help="""Private key (PEM) of ``consul_client_cert``.
+        "",
+        help="""Private key (PEM) of ``consul_client_cert``.
 
         c.ConsulSpawner.consul_client_key = "/etc/consul/hub-key.pem"
         """,
     ).tag(config=True)
     consul_datacenter = Unicode(
-        "", help="""Consul datacenter for catalog, health, config and ACL calls (default: the agent's).
+        "",
+        help="""Consul datacenter for catalog, health, config and ACL calls (default: the agent's).
 
         c.ConsulSpawner.consul_datacenter = "dc1"
         """,
     ).tag(config=True)
     consul_request_timeout = Float(
-        10.0, help="""Seconds one Consul call may take before it counts as failed.
+        10.0,
+        help="""Seconds one Consul call may take before it counts as failed.
 
         c.ConsulSpawner.consul_request_timeout = 5
         """,
     ).tag(config=True)
     consul_retry_budget = Float(
-        15.0, help="""Seconds a Consul step may spend retrying transport errors and 5xx answers.
+        15.0,
+        help="""Seconds a Consul step may spend retrying transport errors and 5xx answers.
 
         A spawn fails, naming the Consul call, once a step exhausts it.
 
@@ -247,11 +253,13 @@ class ConsulSpawner(DockerSpawner):
             unknown = set(item) - {"destination_name", "local_bind_port", "local_bind_address"}
             if unknown:
                 raise ValueError(f"unknown upstream keys {sorted(unknown)}")
-            upstreams.append(Upstream(
-                destination=item["destination_name"],
-                local_bind_port=int(item["local_bind_port"]),
-                local_bind_address=item.get("local_bind_address", "127.0.0.1"),
-            ))
+            upstreams.append(
+                Upstream(
+                    destination=item["destination_name"],
+                    local_bind_port=int(item["local_bind_port"]),
+                    local_bind_address=item.get("local_bind_address", "127.0.0.1"),
+                )
+            )
         return tuple(upstreams)
 
     intention_destinations = List(
@@ -643,15 +651,25 @@ class ConsulSpawner(DockerSpawner):
     def _client_and_writer(self) -> tuple[ConsulClient, IntentionWriter]:
         loop = asyncio.get_running_loop()
         key = (
-            self.consul_address, hash(self._hub_token), self.consul_ca_file, self.consul_client_cert,
-            self.consul_client_key, self.consul_datacenter, self.hub_instance, self.consul_retry_budget,
-            self.consul_request_timeout, id(loop),
+            self.consul_address,
+            hash(self._hub_token),
+            self.consul_ca_file,
+            self.consul_client_cert,
+            self.consul_client_key,
+            self.consul_datacenter,
+            self.hub_instance,
+            self.consul_retry_budget,
+            self.consul_request_timeout,
+            id(loop),
         )
         if key not in _shared_clients:
             client = ConsulClient(
-                self.consul_address, self._hub_token or None,
-                ca_file=self.consul_ca_file or None, client_cert=self.consul_client_cert or None,
-                client_key=self.consul_client_key or None, datacenter=self.consul_datacenter or None,
+                self.consul_address,
+                self._hub_token or None,
+                ca_file=self.consul_ca_file or None,
+                client_cert=self.consul_client_cert or None,
+                client_key=self.consul_client_key or None,
+                datacenter=self.consul_datacenter or None,
                 request_timeout=self.consul_request_timeout,
             )
             writer = IntentionWriter(client, self.hub_instance, retry_budget=self.consul_retry_budget, logger=self.log)
@@ -692,8 +710,12 @@ class ConsulSpawner(DockerSpawner):
         trino_user = await self._resolve_trino_user()
         try:
             return build_plan(
-                self.mesh_settings(), self.user.name, self.name or "",
-                trino_user=trino_user, service_port=self.port, incarnation=incarnation,
+                self.mesh_settings(),
+                self.user.name,
+                self.name or "",
+                trino_user=trino_user,
+                service_port=self.port,
+                incarnation=incarnation,
             )
         except (ValueError, TypeError) as e:
             raise RuntimeError(f"ConsulSpawner configuration for user {self.user.name!r}: {e}") from e
@@ -705,16 +727,20 @@ class ConsulSpawner(DockerSpawner):
         if self._plan is None:
             state = self.mesh_state
             self._plan = build_plan(
-                self.mesh_settings(), self.user.name, self.name or "", trino_user=state.trino_user or None,
-                service_port=self.port, service_id=state.service_id or None, incarnation=state.incarnation,
+                self.mesh_settings(),
+                self.user.name,
+                self.name or "",
+                trino_user=state.trino_user or None,
+                service_port=self.port,
+                service_id=state.service_id or None,
+                incarnation=state.incarnation,
             )
         return self._plan
 
     def _mesh(self, plan: MeshPlan | None) -> ServerMesh:
         """Mesh steps for this server; ``plan=None`` for teardown, which needs only state."""
         client, writer = self._client_and_writer()
-        return ServerMesh(client, writer, plan, self.mesh_state, retry_budget=self.consul_retry_budget,
-                          logger=self.log)
+        return ServerMesh(client, writer, plan, self.mesh_state, retry_budget=self.consul_retry_budget, logger=self.log)
 
     def _lock(self) -> asyncio.Lock:
         """The per-server lock: start, stop, the keeper's work and background teardown of this
@@ -785,7 +811,9 @@ class ConsulSpawner(DockerSpawner):
 
     async def _write_service_defaults(self, client: ConsulClient, destination: str) -> None:
         entry = {
-            "Kind": "service-defaults", "Name": destination, "Protocol": "http",
+            "Kind": "service-defaults",
+            "Name": destination,
+            "Protocol": "http",
             "Meta": {ownership.META_MANAGED_BY: ownership.MANAGED_BY, ownership.META_HUB: self.hub_instance},
         }
         # cas=0: create only, so an entry an operator wrote meanwhile is never replaced.
@@ -851,7 +879,8 @@ class ConsulSpawner(DockerSpawner):
         if self.sidecar_container_name == self.container_name:
             raise RuntimeError(f"sidecar and notebook would share the container name {self.container_name!r}")
         host_config = self.client.create_host_config(
-            network_mode=f"container:{self.container_id}", auto_remove=False,
+            network_mode=f"container:{self.container_id}",
+            auto_remove=False,
             # A crash is healed by Docker (the token file survives in the container); a sidecar
             # stopped or killed on purpose, or failing for good, stays down and the keeper
             # takes the server down with it.
@@ -925,8 +954,9 @@ class ConsulSpawner(DockerSpawner):
         last = ""
         while True:
             try:
-                created = await self.sidecar_docker("exec_create", self.sidecar_container_id,
-                                                    self.sidecar_ready_command, stdout=True, stderr=True)
+                created = await self.sidecar_docker(
+                    "exec_create", self.sidecar_container_id, self.sidecar_ready_command, stdout=True, stderr=True
+                )
                 exec_id = created["Id"]
             except APIError as e:
                 if e.status_code != 409:  # 409: not running (exited, or Docker restarting it)
@@ -1073,8 +1103,11 @@ class ConsulSpawner(DockerSpawner):
         # on their own thread). Under the server's lock no newer incarnation can have
         # registered, so deregistering needs no read first; what goes to the background (run
         # later, maybe after a new start) verifies the incarnation.
-        steps = [step for step in ("deregister_held", "delete_tokens")
-                 if (step == "deregister_held" and state.registered) or (step == "delete_tokens" and not state.empty)]
+        steps = [
+            step
+            for step in ("deregister_held", "delete_tokens")
+            if (step == "deregister_held" and state.registered) or (step == "delete_tokens" and not state.empty)
+        ]
         results = await asyncio.gather(
             self._remove_containers(stop_notebook, now),
             *(self._bounded(mesh.undo([step])) for step in steps),
@@ -1108,8 +1141,11 @@ class ConsulSpawner(DockerSpawner):
         try:
             errors = await asyncio.wait_for(undo, self.consul_request_timeout)
         except asyncio.TimeoutError:
-            self.log.warning("Consul did not finish a teardown step of %s within %gs; continuing in the background",
-                             self._log_name, self.consul_request_timeout)
+            self.log.warning(
+                "Consul did not finish a teardown step of %s within %gs; continuing in the background",
+                self._log_name,
+                self.consul_request_timeout,
+            )
             return False
         return not errors
 
@@ -1134,13 +1170,17 @@ class ConsulSpawner(DockerSpawner):
         async def retry():
             try:
                 await exponential_backoff(
-                    attempt, f"Background teardown of {state.service_id} gave up",
-                    start_wait=1, max_wait=30, timeout=self.intention_ttl,
+                    attempt,
+                    f"Background teardown of {state.service_id} gave up",
+                    start_wait=1,
+                    max_wait=30,
+                    timeout=self.intention_ttl,
                 )
                 self.log.info("Background teardown of %s (%s) completed", state.service_id, ", ".join(steps))
             except asyncio.TimeoutError:
-                self.log.error("Gave up retrying %s for %s; the janitor removes them after expiry",
-                               remaining, state.service_id)
+                self.log.error(
+                    "Gave up retrying %s for %s; the janitor removes them after expiry", remaining, state.service_id
+                )
 
         _keep_referenced(asyncio.get_running_loop().create_task(retry()))
 
@@ -1158,8 +1198,9 @@ class ConsulSpawner(DockerSpawner):
         async def rounds():
             for delay in LINGER_DELAYS:
                 await asyncio.sleep(delay)
-                mesh = ServerMesh(client, writer, None, MeshState.from_dict(attempted.to_dict()),
-                                  retry_budget=0, logger=self.log)
+                mesh = ServerMesh(
+                    client, writer, None, MeshState.from_dict(attempted.to_dict()), retry_budget=0, logger=self.log
+                )
                 async with self._lock():
                     await self._bounded(mesh.undo(["revoke", "deregister", "delete_tokens"]))
 
@@ -1363,7 +1404,8 @@ class ConsulSpawner(DockerSpawner):
         orphaned in this hub's Consul: both Docker and Consul must say it is our leftover (a
         second hub on the same Docker daemon has other incarnations)."""
         containers = await self.sidecar_docker(
-            "containers", all=True,
+            "containers",
+            all=True,
             filters={"label": [f"{LABEL_PREFIX}.role=sidecar", f"{LABEL_PREFIX}.hub-instance={self.hub_instance}"]},
         )
         for container in containers:

@@ -30,7 +30,8 @@ def _default(trait) -> str:
 
 def reference() -> str:
     own = sorted(
-        name for name, trait in ConsulSpawner.class_traits(config=True).items()
+        name
+        for name, trait in ConsulSpawner.class_traits(config=True).items()
         if name not in DockerSpawner.class_traits(config=True)
     )
     lines = [

@@ -32,6 +32,7 @@ done <<<"$images"
 
 echo "== ruff" >&2
 python3 -m ruff check .
+python3 -m ruff format --check .
 
 echo "== mypy (mypy.ini: the production package)" >&2
 python3 -m mypy

@@ -13,8 +13,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run_figure(script: str) -> dict:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], capture_output=True, text=True,
-                          timeout=60, cwd=BENCHMARKS.parent)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=BENCHMARKS.parent,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) > 3, done.stdout  # a table, then the JSON line

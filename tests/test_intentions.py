@@ -62,8 +62,10 @@ async def test_200_grants_and_100_revokes_coalesce_and_keep_foreign_sources(fake
     )
     await other_client.close()
     config_writes = fake_consul.count("PUT", r"^/v1/config$") - writes_before
-    print(f"\n300 changes by hub-a + 20 by hub-b: {writer.writes} writes by hub-a, "
-          f"{other.writes} by hub-b, {config_writes} config writes served, {writer.conflicts} CAS conflicts")
+    print(
+        f"\n300 changes by hub-a + 20 by hub-b: {writer.writes} writes by hub-a, "
+        f"{other.writes} by hub-b, {config_writes} config writes served, {writer.conflicts} CAS conflicts"
+    )
 
     entry = await consul_client.get_config(KIND, DEST)
     expected = sorted(["orchestrator", *sources[100:], *(f"jupyter-b{i}" for i in range(20))])
@@ -125,9 +127,7 @@ async def test_regrant_with_new_expiry_replaces_in_place(consul_client):
 
 
 async def test_l7_grant_binds_the_trino_user_and_counts_as_deny_for_l4(consul_client):
-    assert await consul_client.set_config(
-        {"Kind": "service-defaults", "Name": DEST, "Protocol": "http"}
-    )
+    assert await consul_client.set_config({"Kind": "service-defaults", "Name": DEST, "Protocol": "http"})
     writer = IntentionWriter(consul_client, "hub-a")
     await writer.grant(DEST, entry_for("jupyter-carol", mode=L7, trino_user="carol"))
     [source] = (await consul_client.get_config(KIND, DEST))["Sources"]
@@ -170,7 +170,8 @@ async def test_16_concurrent_grants_one_too_long_only_that_one_fails(consul_clie
     assert failed == [9]
     assert isinstance(results[9], IntentionRefused) and "512" in str(results[9])
     assert names(await consul_client.get_config(KIND, DEST)) == sorted(
-        ["orchestrator", *(f"jupyter-u{i}" for i in range(16) if i != 9)])
+        ["orchestrator", *(f"jupyter-u{i}" for i in range(16) if i != 9)]
+    )
 
 
 async def test_a_change_the_agent_refuses_fails_alone_in_its_batch(consul_client):
@@ -185,7 +186,8 @@ async def test_a_change_the_agent_refuses_fails_alone_in_its_batch(consul_client
     assert list(failed) == ["jupyter-carol"]
     assert isinstance(failed["jupyter-carol"], ConsulError)
     assert names(await consul_client.get_config(KIND, DEST)) == sorted(
-        ["orchestrator", *(f"jupyter-u{i}" for i in range(7))])
+        ["orchestrator", *(f"jupyter-u{i}" for i in range(7))]
+    )
 
 
 async def test_revoke_by_incarnation_spares_a_newer_start(consul_client):

@@ -28,10 +28,15 @@ async def seed(client):
     writer_a, writer_b = IntentionWriter(client, "hub-a"), IntentionWriter(client, "hub-b")
     now = time.time()
     for name in ("jupyter-live", "jupyter-dead"):
-        await client.register_service({
-            "ID": name, "Name": name, "Port": 8888, "Meta": owner(name).service_meta(),
-            "Check": {"CheckID": f"{name}:alive", "TTL": "60s", "DeregisterCriticalServiceAfter": "10m"},
-        })
+        await client.register_service(
+            {
+                "ID": name,
+                "Name": name,
+                "Port": 8888,
+                "Meta": owner(name).service_meta(),
+                "Check": {"CheckID": f"{name}:alive", "TTL": "60s", "DeregisterCriticalServiceAfter": "10m"},
+            }
+        )
     await client.pass_ttl("jupyter-live:alive")
     await client.register_service({"ID": "web", "Name": "web", "Port": 80})  # not ours
     await writer_a.grant(DEST, source_entry("jupyter-live", owner("jupyter-live").with_expiry(now + 600)))
@@ -40,8 +45,9 @@ async def seed(client):
     await writer_b.grant(DEST, source_entry("jupyter-b", owner("jupyter-b", hub="hub-b").with_expiry(now - 5)))
     live = await client.create_service_token("jupyter-live", owner("jupyter-live").describe(), 3600)
     orphan = await client.create_service_token("jupyter-orphan", owner("jupyter-orphan").describe(), 3600)
-    foreign = await client.request("PUT", "/v1/acl/token", body={"Description": "ops token",
-                                                                  "ServiceIdentities": [{"ServiceName": "x"}]})
+    foreign = await client.request(
+        "PUT", "/v1/acl/token", body={"Description": "ops token", "ServiceIdentities": [{"ServiceName": "x"}]}
+    )
     return {"live": live["AccessorID"], "orphan": orphan["AccessorID"], "foreign": foreign.body["AccessorID"]}
 
 
@@ -103,8 +109,9 @@ async def test_dry_run_lists_exactly_what_the_real_run_deletes(acl_consul, acl_c
     await seed(acl_client)
     env = {**os.environ, "CONSUL_HTTP_ADDR": acl_consul.url, "CONSUL_HTTP_TOKEN": MASTER_TOKEN}
     args = [sys.executable, "-m", "consulspawner.janitor", "--once", "--grace", "0", "--critical-limit", "0"]
-    dry = await asyncio.to_thread(subprocess.run, [*args, "--dry-run"], env=env, capture_output=True, text=True,
-                                  timeout=60)
+    dry = await asyncio.to_thread(
+        subprocess.run, [*args, "--dry-run"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert dry.returncode == 0, dry.stderr
     would = sorted(line.removeprefix("would delete ") for line in dry.stdout.splitlines())
     assert len(would) >= 4 and await sources(acl_client)  # nothing deleted by the dry run

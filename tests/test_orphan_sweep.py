@@ -33,8 +33,9 @@ async def test_sweep_removes_only_this_hubs_orphans(acl_client):
     assert {live.service_id, elsewhere.service_id, "web"} <= set(services)
     sources = sorted(s["Name"] for s in (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"])
     assert sources == sorted([live.service_name, elsewhere.service_name])
-    token_services = sorted(t["ServiceIdentities"][0]["ServiceName"] for t in await acl_client.list_tokens()
-                            if t.get("ServiceIdentities"))
+    token_services = sorted(
+        t["ServiceIdentities"][0]["ServiceName"] for t in await acl_client.list_tokens() if t.get("ServiceIdentities")
+    )
     assert token_services == sorted([live.service_name, elsewhere.service_name])
 
 
@@ -61,8 +62,9 @@ async def test_an_older_incarnation_of_a_live_server_is_an_orphan(acl_client):
     old = await create_server(acl_client, "hub-a", "again")
     token_of_old = [t["AccessorID"] for t in await acl_client.list_tokens(service_name=old.service_name)]
     new = await create_server(acl_client, "hub-a", "again")  # re-registers the same ID, re-grants
-    removed = await sweep_orphans(acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a",
-                                  lambda: {new.service_name: new.owner.incarnation})
+    removed = await sweep_orphans(
+        acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a", lambda: {new.service_name: new.owner.incarnation}
+    )
     assert [(o.kind, o.target) for o in removed] == [("token", token_of_old[0])]
     assert new.service_id in await acl_client.agent_services()
     sources = (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"]

@@ -42,7 +42,9 @@ def test_the_sidecar_gets_its_token_and_ca_as_files_of_its_user():
         members = {m.name: m for m in tar.getmembers()}
         assert tar.extractfile(members["consul/token"]).read() == b"the-secret"
     assert {name: (m.mode, m.uid, m.gid) for name, m in members.items()} == {
-        "consul": (0o700, 101, 102), "consul/token": (0o400, 101, 102), "consul/ca.pem": (0o444, 101, 102),
+        "consul": (0o700, 101, 102),
+        "consul/token": (0o400, 101, 102),
+        "consul/ca.pem": (0o444, 101, 102),
     }
 
 

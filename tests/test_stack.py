@@ -41,7 +41,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         m = _TOKEN.match(text, pos)
         if not m:
             line = text.count("\n", 0, pos) + 1
-            raise HCLError(f"line {line}: unexpected {text[pos:pos + 20]!r}")
+            raise HCLError(f"line {line}: unexpected {text[pos : pos + 20]!r}")
         pos = m.end()
         if m.lastgroup != "ws":
             out.append((m.lastgroup, m.group()))
@@ -137,8 +137,10 @@ def test_hcl_reader_reads_what_consul_files_hold():
         "ports { https = 8501  grpc = -1 } /* c */ // c\n"
     )
     assert parsed == {
-        "acl": {"enabled": True}, "service_prefix": {"jupyter-": {"policy": "write"}},
-        "Sources": [{"Name": "a", "Action": "allow"}], "upstreams": [{"x": 1}, {"x": 2}],
+        "acl": {"enabled": True},
+        "service_prefix": {"jupyter-": {"policy": "write"}},
+        "Sources": [{"Name": "a", "Action": "allow"}],
+        "upstreams": [{"x": 1}, {"x": 2}],
         "ports": {"https": 8501, "grpc": -1},
     }
     with pytest.raises(HCLError):
@@ -168,8 +170,7 @@ def _compose_command() -> list[str]:
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*_compose_command(), "-f", str(COMPOSE), *args], capture_output=True, text=True,
-                          cwd=STACK)
+    return subprocess.run([*_compose_command(), "-f", str(COMPOSE), *args], capture_output=True, text=True, cwd=STACK)
 
 
 def test_compose_file_is_valid():
@@ -179,9 +180,18 @@ def test_compose_file_is_valid():
     assert result.returncode == 0, result.stderr
     services = set(result.stdout.split())
     assert services >= {
-        "consul-tls-init", "consul-server", "consul-client", "consul-acl-init", "trino-coordinator",
-        "trino-coordinator-sidecar", "trino-worker", "trino-worker-sidecar", "hub", "janitor",
-        "envoy-sidecar", "notebook",
+        "consul-tls-init",
+        "consul-server",
+        "consul-client",
+        "consul-acl-init",
+        "trino-coordinator",
+        "trino-coordinator-sidecar",
+        "trino-worker",
+        "trino-worker-sidecar",
+        "hub",
+        "janitor",
+        "envoy-sidecar",
+        "notebook",
     }
 
 
@@ -237,16 +247,64 @@ def test_scripts_the_compose_file_runs_are_in_their_mounts():
 
 # Top-level keys of an agent config file, from agent/config/config.go (struct Config) in
 # hashicorp/consul; only those the stack uses, each checked there.
-AGENT_KEYS = {"datacenter", "data_dir", "node_name", "server", "bootstrap_expect", "client_addr", "bind_addr",
-              "retry_join", "ui_config", "ports", "connect", "acl", "tls", "encrypt"}
+AGENT_KEYS = {
+    "datacenter",
+    "data_dir",
+    "node_name",
+    "server",
+    "bootstrap_expect",
+    "client_addr",
+    "bind_addr",
+    "retry_join",
+    "ui_config",
+    "ports",
+    "connect",
+    "acl",
+    "tls",
+    "encrypt",
+}
 # Sub-keys, from the same file: structs ACL, Ports, Connect, RawUIConfig.
-ACL_KEYS = {"enabled", "enable_token_replication", "policy_ttl", "role_ttl", "token_ttl", "down_policy",
-            "default_policy", "enable_key_list_policy", "tokens", "enable_token_persistence"}
-PORTS_KEYS = {"dns", "http", "https", "serf_lan", "serf_wan", "server", "grpc", "grpc_tls", "proxy_min_port",
-              "proxy_max_port", "sidecar_min_port", "sidecar_max_port", "expose_min_port", "expose_max_port"}
+ACL_KEYS = {
+    "enabled",
+    "enable_token_replication",
+    "policy_ttl",
+    "role_ttl",
+    "token_ttl",
+    "down_policy",
+    "default_policy",
+    "enable_key_list_policy",
+    "tokens",
+    "enable_token_persistence",
+}
+PORTS_KEYS = {
+    "dns",
+    "http",
+    "https",
+    "serf_lan",
+    "serf_wan",
+    "server",
+    "grpc",
+    "grpc_tls",
+    "proxy_min_port",
+    "proxy_max_port",
+    "sidecar_min_port",
+    "sidecar_max_port",
+    "expose_min_port",
+    "expose_max_port",
+}
 CONNECT_KEYS = {"enabled", "ca_provider", "ca_config", "enable_mesh_gateway_wan_federation"}
-TLS_PROTOCOL_KEYS = {"ca_file", "ca_path", "cert_file", "key_file", "tls_min_version", "tls_cipher_suites",
-                     "verify_incoming", "verify_outgoing", "verify_server_hostname", "use_auto_cert"}
+TLS_PROTOCOL_KEYS = {
+    "ca_file",
+    "ca_path",
+    "cert_file",
+    "key_file",
+    "tls_min_version",
+    "tls_cipher_suites",
+    "verify_incoming",
+    "verify_outgoing",
+    "verify_server_hostname",
+    "use_auto_cert",
+}
 
 
 @pytest.mark.parametrize("name", ["server", "client"])
@@ -291,8 +349,20 @@ def test_config_entries(path):
     else:
         assert entry["Sources"]
         for source in entry["Sources"]:
-            assert set(source) <= {"Name", "Action", "Description", "Permissions", "Type", "Peer", "Partition",
-                                   "Namespace", "SamenessGroup", "Precedence", "LegacyID", "LegacyMeta"}
+            assert set(source) <= {
+                "Name",
+                "Action",
+                "Description",
+                "Permissions",
+                "Type",
+                "Peer",
+                "Partition",
+                "Namespace",
+                "SamenessGroup",
+                "Precedence",
+                "LegacyID",
+                "LegacyMeta",
+            }
             assert source["Name"]
             assert ("Action" in source) != ("Permissions" in source), "a source is L4 or L7, never both"
             assert source.get("Action", "allow") in ("allow", "deny")
@@ -321,9 +391,24 @@ def test_service_definitions(name):
 @pytest.mark.parametrize("name", ["hub", "janitor"])
 def test_policies_parse_and_are_what_acl_init_uses(name):
     policy = load(ROOT / "docker" / "consul" / f"{name}-policy.hcl")
-    assert set(policy) <= {"acl", "service", "service_prefix", "node", "node_prefix", "key_prefix", "operator",
-                           "agent", "agent_prefix", "query_prefix", "session_prefix", "event_prefix", "keyring",
-                           "mesh", "peering", "key"}
+    assert set(policy) <= {
+        "acl",
+        "service",
+        "service_prefix",
+        "node",
+        "node_prefix",
+        "key_prefix",
+        "operator",
+        "agent",
+        "agent_prefix",
+        "query_prefix",
+        "session_prefix",
+        "event_prefix",
+        "keyring",
+        "mesh",
+        "peering",
+        "key",
+    }
     assert policy["service"]["trino-coordinator"]["intentions"] == "write"
     assert "write" not in str(policy.get("operator", "")) and "mesh" not in policy
     assert f"{name}-policy.hcl" in (STACK / "consul" / "acl-init.sh").read_text()
@@ -369,8 +454,14 @@ def test_stack_jupyterhub_config_loads_into_a_working_spawner(monkeypatch):
 
     from consulspawner import ConsulSpawner
 
-    for key in ("CONSUL_HTTP_ADDR", "CONSUL_CACERT", "CONSUL_HTTP_TOKEN_FILE", "CONSULSPAWNER_NETWORK",
-                "CONSULSPAWNER_SIDECAR_IMAGE", "CONSULSPAWNER_NOTEBOOK_IMAGE"):
+    for key in (
+        "CONSUL_HTTP_ADDR",
+        "CONSUL_CACERT",
+        "CONSUL_HTTP_TOKEN_FILE",
+        "CONSULSPAWNER_NETWORK",
+        "CONSULSPAWNER_SIDECAR_IMAGE",
+        "CONSULSPAWNER_NOTEBOOK_IMAGE",
+    ):
         monkeypatch.delenv(key, raising=False)
     config = PyFileConfigLoader("jupyterhub_config.py", path=str(STACK)).load_config()
 
@@ -383,8 +474,9 @@ def test_stack_jupyterhub_config_loads_into_a_working_spawner(monkeypatch):
     from types import SimpleNamespace
 
     user = SimpleNamespace(name="alice", url="/user/alice/", escaped_name="alice", id=1, settings={})
-    spawner = ConsulSpawner(user=user, hub=Hub(), config=config, api_token="x" * 32,
-                            oauth_client_id="jupyterhub-user-alice")
+    spawner = ConsulSpawner(
+        user=user, hub=Hub(), config=config, api_token="x" * 32, oauth_client_id="jupyterhub-user-alice"
+    )
     assert spawner.consul_address == "https://consul-client:8501"
     assert spawner.consul_ca_file == "/run/secrets/consul/ca.pem"
     assert spawner.consul_token_file == "/run/secrets/consul/token"
@@ -404,4 +496,5 @@ def test_stack_jupyterhub_config_loads_into_a_working_spawner(monkeypatch):
     assert model["networks"]["mesh"]["name"] == spawner.network_name
     # The hub's image variable in compose.yaml defaults to the same sidecar image.
     assert model["services"]["hub"]["environment"]["CONSULSPAWNER_SIDECAR_IMAGE"].endswith(
-        f":-{spawner.sidecar_image}}}")
+        f":-{spawner.sidecar_image}}}"
+    )

@@ -22,6 +22,9 @@ def standalone_spawner(user_name: str, **settings) -> ConsulSpawner:
         setattr(config.ConsulSpawner, key, value)
     user = SimpleNamespace(name=user_name, url=f"/user/{user_name}/", escaped_name=user_name, id=1, settings={})
     return ConsulSpawner(
-        user=user, hub=Hub(), config=config, api_token=uuid.uuid4().hex,
+        user=user,
+        hub=Hub(),
+        config=config,
+        api_token=uuid.uuid4().hex,
         oauth_client_id=f"jupyterhub-user-{user_name}",
     )

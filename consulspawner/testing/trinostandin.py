@@ -196,8 +196,9 @@ def plan(sql: str, user: str, catalog: str | None, schema: str | None) -> tuple[
             return [dict(NATION_COLUMNS[i]) for i in index], [[r[i] for i in index] for r in rows]
         raise QueryFailed(TABLE_NOT_FOUND, f"line 1:15: Table '{'.'.join(parts)}' does not exist")
     raise QueryFailed(
-        NOT_SUPPORTED, "This Trino stand-in only runs SELECT <columns or *> FROM tpch.tiny.nation [ORDER BY <column>] "
-        "and SELECT current_user"
+        NOT_SUPPORTED,
+        "This Trino stand-in only runs SELECT <columns or *> FROM tpch.tiny.nation [ORDER BY <column>] "
+        "and SELECT current_user",
     )
 
 

@@ -50,7 +50,11 @@ c.ConsulSpawner.use_internal_ip = True
 c.ConsulSpawner.sidecar_image = env("CONSULSPAWNER_SIDECAR_IMAGE", "consulspawner/envoy-sidecar:1.20.2-v1.31.2")
 # consul connect envoy -bootstrap ... then Envoy with its admin interface on a unix socket.
 c.ConsulSpawner.sidecar_command = [
-    "consul-envoy-sidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}",
+    "consul-envoy-sidecar",
+    "-sidecar-for",
+    "{service_id}",
+    "-token-file",
+    "{token_file}",
 ]
 # Envoy's admin /ready over that socket, run with docker exec until it exits 0.
 c.ConsulSpawner.sidecar_ready_command = ["sidecar-ready"]

@@ -51,15 +51,18 @@ LABEL_HUB_INSTANCE = "org.jupyter.consulspawner.hub-instance"
 
 # Tests not run, with the reason; deselected in both runs.
 EXCLUDED = {
-    "tests/test_dockerspawner.py::test_image_pull_policy":
+    "tests/test_dockerspawner.py::test_image_pull_policy": (
         "pulls busybox:1.29.1 and busybox:latest from Docker Hub (pull_policy ifnotpresent after "
-        "removing the image, then 'always'): needs a container registry",
-    "tests/test_swarmspawner.py::test_start_stop":
+        "removing the image, then 'always'): needs a container registry"
+    ),
+    "tests/test_swarmspawner.py::test_start_stop": (
         "tests SwarmSpawner (swarm services), a sibling of ConsulSpawner under DockerSpawner, not "
-        "DockerSpawner: there is nothing to swap; it also needs `docker swarm init` on the shared daemon",
-    "tests/test_systemuserspawner.py::test_start_stop":
+        "DockerSpawner: there is nothing to swap; it also needs `docker swarm init` on the shared daemon"
+    ),
+    "tests/test_systemuserspawner.py::test_start_stop": (
         "tests SystemUserSpawner, a sibling of ConsulSpawner under DockerSpawner, not DockerSpawner: "
-        "there is nothing to swap (ConsulSpawner is no SystemUserSpawner)",
+        "there is nothing to swap (ConsulSpawner is no SystemUserSpawner)"
+    ),
 }
 
 # The hub listens on all addresses; containers reach it at their network's gateway. Set on the
@@ -216,11 +219,15 @@ def username():
 
 def our_containers(client):
     hub_instance = os.environ.get("DSSUITE_HUB_INSTANCE", "")
-    ids = {c["Id"] for c in client.api.containers(all=True, filters={"name": PREFIX})
-           if any(name.lstrip("/").startswith(f"{PREFIX}-") for name in c["Names"])}
+    ids = {
+        c["Id"]
+        for c in client.api.containers(all=True, filters={"name": PREFIX})
+        if any(name.lstrip("/").startswith(f"{PREFIX}-") for name in c["Names"])
+    }
     if hub_instance:
-        ids.update(c["Id"] for c in client.api.containers(
-            all=True, filters={"label": f"{LABEL_HUB_INSTANCE}={hub_instance}"}))
+        ids.update(
+            c["Id"] for c in client.api.containers(all=True, filters={"label": f"{LABEL_HUB_INSTANCE}={hub_instance}"})
+        )
     return ids
 
 

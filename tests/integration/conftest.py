@@ -34,7 +34,8 @@ DEVSIDECAR_COMMAND = ["devsidecar", "-sidecar-for", "{service_id}", "-token-file
 # It exits on SIGTERM as jupyterhub-singleuser does (PID 1 gets no default handler, and docker
 # stop would otherwise wait its 10 s for every server).
 NOTEBOOK_COMMAND = [
-    "python3", "-c",
+    "python3",
+    "-c",
     "import http.server, signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
     "http.server.ThreadingHTTPServer(('', 8888), http.server.SimpleHTTPRequestHandler).serve_forever()",
 ]
@@ -110,8 +111,9 @@ async def policy_token(admin, role):
     existing = await admin.request("GET", f"/v1/acl/policy/name/{name}", ok=(200, 403, 404))
     if existing.status != 200:
         await admin.request("PUT", "/v1/acl/policy", body={"Name": name, "Rules": rules})
-    token = await admin.request("PUT", "/v1/acl/token", body={"Description": f"{role} token (tests)",
-                                                               "Policies": [{"Name": name}]})
+    token = await admin.request(
+        "PUT", "/v1/acl/token", body={"Description": f"{role} token (tests)", "Policies": [{"Name": name}]}
+    )
     return token.body["SecretID"]
 
 
@@ -198,8 +200,11 @@ def inspect_json(container):
 async def mesh_objects(admin, service_name):
     """Everything in Consul that belongs to one server."""
     services = sorted(s for s in await admin.agent_services() if s in (service_name, f"{service_name}-sidecar-proxy"))
-    tokens = [t["AccessorID"] for t in await admin.list_tokens()
-              if (owner := ownership.parse(t.get("Description"))) and owner.service == service_name]
+    tokens = [
+        t["AccessorID"]
+        for t in await admin.list_tokens()
+        if (owner := ownership.parse(t.get("Description"))) and owner.service == service_name
+    ]
     entry = await admin.get_config(KIND, "trino-coordinator")
     sources = [s["Name"] for s in (entry or {}).get("Sources", []) if s["Name"] == service_name]
     return {"services": services, "tokens": tokens, "sources": sources}
@@ -231,8 +236,11 @@ def remove_containers(docker_client, ids, show_logs=False):
 async def containers_gone(docker_client, name, timeout=30):
     """Wait until no container matches ``name``: with ``remove=True`` Docker removes a stopped
     container asynchronously (auto_remove), so it may linger a moment after stop returns."""
-    await wait_for(lambda: not container_ids(docker_client, name=name),
-                   timeout=timeout, message=f"containers named {name} to be removed")
+    await wait_for(
+        lambda: not container_ids(docker_client, name=name),
+        timeout=timeout,
+        message=f"containers named {name} to be removed",
+    )
 
 
 @pytest.fixture

@@ -52,8 +52,10 @@ class TrinoSide:
         self._register(ORCHESTRATOR, free_port("127.0.0.1"), COORDINATOR, self.orchestrator_upstream)
         self.write_intentions(COORDINATOR, [ORCHESTRATOR, WORKER])
         self.write_intentions(WORKER, [COORDINATOR])
-        self.tokens = {name: self.consul("PUT", "/v1/acl/token", {"ServiceIdentities": [{"ServiceName": name}]})
-                       ["SecretID"] for name in self.public}
+        self.tokens = {
+            name: self.consul("PUT", "/v1/acl/token", {"ServiceIdentities": [{"ServiceName": name}]})["SecretID"]
+            for name in self.public
+        }
 
     # ---------------------------------------------------------------- Consul, as an operator
     def consul(self, method: str, path: str, body=None):
@@ -65,25 +67,39 @@ class TrinoSide:
             return json.loads(raw) if raw.strip() else None
 
     def _register(self, name: str, app_port: int, upstream: str, upstream_port: int) -> None:
-        self.consul("PUT", "/v1/agent/service/register", {
-            "Name": name,
-            "Address": self.gateway,
-            "Port": app_port,
-            "Connect": {"SidecarService": {
+        self.consul(
+            "PUT",
+            "/v1/agent/service/register",
+            {
+                "Name": name,
                 "Address": self.gateway,
-                "Port": self.public[name],
-                "Proxy": {
-                    "LocalServiceAddress": "127.0.0.1",
-                    "LocalServicePort": app_port,
-                    "Upstreams": [{"DestinationName": upstream, "LocalBindAddress": "127.0.0.1",
-                                   "LocalBindPort": upstream_port}],
+                "Port": app_port,
+                "Connect": {
+                    "SidecarService": {
+                        "Address": self.gateway,
+                        "Port": self.public[name],
+                        "Proxy": {
+                            "LocalServiceAddress": "127.0.0.1",
+                            "LocalServicePort": app_port,
+                            "Upstreams": [
+                                {
+                                    "DestinationName": upstream,
+                                    "LocalBindAddress": "127.0.0.1",
+                                    "LocalBindPort": upstream_port,
+                                }
+                            ],
+                        },
+                    }
                 },
-            }},
-        })
+            },
+        )
 
     def write_intentions(self, destination: str, sources: list[str]) -> None:
-        entry = {"Kind": "service-intentions", "Name": destination,
-                 "Sources": [{"Name": s, "Action": "allow", "Description": "the article's"} for s in sources]}
+        entry = {
+            "Kind": "service-intentions",
+            "Name": destination,
+            "Sources": [{"Name": s, "Action": "allow", "Description": "the article's"} for s in sources],
+        }
         assert self.consul("PUT", "/v1/config", entry) is True
 
     def http_protocol(self) -> None:
@@ -103,8 +119,12 @@ class TrinoSide:
     def start(self) -> TrinoSide:
         for name in self.public:
             agent = Agent(self.fake.url, self.tokens[name])
-            proxy = ConnectProxy(agent, f"{name}-sidecar-proxy", admin_socket=str(self.tmp / f"{name}.sock"),
-                                 reauthorize_interval=REAUTHORIZE)
+            proxy = ConnectProxy(
+                agent,
+                f"{name}-sidecar-proxy",
+                admin_socket=str(self.tmp / f"{name}.sock"),
+                reauthorize_interval=REAUTHORIZE,
+            )
             self.proxies[name] = proxy.start(timeout=60)
         return self
 
@@ -117,8 +137,9 @@ class TrinoSide:
     # ---------------------------------------------------------------- the article's traffic
     def orchestrator_query(self) -> list:
         """The orchestrator's query through its own sidecar: 25 rows, as user orchestrator."""
-        cur = trino.dbapi.connect(host="127.0.0.1", port=self.orchestrator_upstream, user="orchestrator",
-                                  max_attempts=1, request_timeout=15).cursor()
+        cur = trino.dbapi.connect(
+            host="127.0.0.1", port=self.orchestrator_upstream, user="orchestrator", max_attempts=1, request_timeout=15
+        ).cursor()
         cur.execute("SELECT * FROM tpch.tiny.nation")
         rows = cur.fetchall()
         assert len(rows) == 25

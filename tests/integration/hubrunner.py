@@ -34,8 +34,9 @@ class HubAPI:
         self.session = aiohttp.ClientSession()
 
     async def call(self, method, path, body=None, ok=(200, 201, 202, 204)):
-        async with self.session.request(method, f"{self.base}/hub/api{path}", headers=self.headers,
-                                        json=body) as response:
+        async with self.session.request(
+            method, f"{self.base}/hub/api{path}", headers=self.headers, json=body
+        ) as response:
             text = await response.text()
             assert response.status in ok, f"{method} {path}: {response.status} {text}"
             return json.loads(text) if text else None
@@ -55,13 +56,15 @@ class HubAPI:
             await self.call("POST", f"/users/{user}", ok=(201, 409))
             await self.call("POST", f"/users/{user}/server", ok=(201, 202))
         for user in users:
-            await wait_for(lambda user=user: self.ready(user), timeout=timeout, interval=1,
-                           message=f"{user}'s server to be ready")
+            await wait_for(
+                lambda user=user: self.ready(user), timeout=timeout, interval=1, message=f"{user}'s server to be ready"
+            )
 
     async def touch(self, user):
         now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        await self.call("POST", f"/users/{user}/activity",
-                        {"last_activity": now, "servers": {"": {"last_activity": now}}})
+        await self.call(
+            "POST", f"/users/{user}/activity", {"last_activity": now, "servers": {"": {"last_activity": now}}}
+        )
 
 
 class HubRunner:
@@ -104,8 +107,14 @@ class HubRunner:
     def _launch(self, env):
         with open(self.log_path, "wb") as log:
             # Its own session, so the proxy it starts can be killed with it.
-            return subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(CONFIG)], cwd=self.workdir,
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(CONFIG)],
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     async def start(self, **extra_env):
         self.runs += 1

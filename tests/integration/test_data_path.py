@@ -27,8 +27,15 @@ from ..conftest import MASTER_TOKEN
 from .conftest import NAME_PREFIX, container_exec, hub_stop, wait_for
 from .datapath import COORDINATOR, ORCHESTRATOR, REAUTHORIZE, WORKER, TrinoSide
 
-PROXY_COMMAND = ["connectproxy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}",
-                 "-reauthorize-interval", str(REAUTHORIZE)]
+PROXY_COMMAND = [
+    "connectproxy",
+    "-sidecar-for",
+    "{service_id}",
+    "-token-file",
+    "{token_file}",
+    "-reauthorize-interval",
+    str(REAUTHORIZE),
+]
 
 # Run inside a notebook with python3 -c: the issue's first query, printed as one JSON line.
 QUERY = """
@@ -88,7 +95,7 @@ while time.time() < end:
 # ------------------------------------------------------------------------------------ fixtures
 @pytest.fixture
 def consul_intervals():
-    """"fast" (check_interval_override 0.5 s, as the other Docker tests) unless a test
+    """ "fast" (check_interval_override 0.5 s, as the other Docker tests) unless a test
     parametrizes it to "consul-defaults"."""
     return "fast"
 
@@ -146,8 +153,9 @@ async def started(trino_side, spawner):
 # ------------------------------------------------------------------------------------ helpers
 async def query(docker_client, spawner, user: str = "", sql: str | None = None) -> dict:
     args = [user] + ([sql] if sql else [])
-    code, out = await asyncio.to_thread(container_exec, docker_client, spawner.container_id,
-                                        "python3", "-c", QUERY, *args)
+    code, out = await asyncio.to_thread(
+        container_exec, docker_client, spawner.container_id, "python3", "-c", QUERY, *args
+    )
     assert code == 0, out
     return json.loads(out.strip().splitlines()[-1])
 
@@ -355,8 +363,10 @@ async def test_a_revoked_intention_is_denied_at_connection_time(analyst, trino_s
     assert len(ok_rows(await query(docker_client, alice))) == 25
     denied = trino_side.proxies[COORDINATOR].counters["denied_connections"]
     await remove_source(trino_side, f"jupyter-{alice.user.name}")
-    await wait_for(lambda: trino_side.proxies[COORDINATOR].status()["intentions"] == 2,
-                   message="the coordinator's proxy to see the revocation")
+    await wait_for(
+        lambda: trino_side.proxies[COORDINATOR].status()["intentions"] == 2,
+        message="the coordinator's proxy to see the revocation",
+    )
     result = await query(docker_client, alice)
     assert not result["ok"] and result["error"] == "TrinoConnectionError", result
     assert trino_side.proxies[COORDINATOR].counters["denied_connections"] > denied
@@ -453,8 +463,9 @@ async def test_rotated_root_existing_servers_keep_working_new_connections_use_it
 
     def alice_rotated():
         status = sidecar_status(docker_client, alice)
-        return status if status["active_root_id"] == new_root and status["leaf_serial"] != before["leaf_serial"] \
-            else None
+        return (
+            status if status["active_root_id"] == new_root and status["leaf_serial"] != before["leaf_serial"] else None
+        )
 
     after = await wait_for(lambda: asyncio.to_thread(alice_rotated), message="alice's sidecar on the new root")
     answered = session.answers().count("200")
@@ -506,8 +517,11 @@ async def test_spawn_at_consuls_default_check_intervals_does_not_wait_for_them(
     took = time.monotonic() - started_at
     print(f"\nspawn at Consul's default check intervals took {took:.2f} s")
     checks = trino_side.consul("GET", "/v1/agent/checks")
-    [tcp] = [c for c in checks.values()
-             if c["ServiceID"] == f"jupyter-{alice.user.name}-sidecar-proxy" and c["Type"] == "tcp"]
+    [tcp] = [
+        c
+        for c in checks.values()
+        if c["ServiceID"] == f"jupyter-{alice.user.name}-sidecar-proxy" and c["Type"] == "tcp"
+    ]
     assert tcp["Interval"] == "10s"
     assert tcp["Output"] == "", "the sidecar's TCP check ran before the spawn finished"
     assert took < 5.0, f"the spawn took {took:.1f} s: did it wait for a Consul check?"

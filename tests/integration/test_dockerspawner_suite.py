@@ -71,9 +71,23 @@ def dockerspawner_tests(tmp_path_factory):
     wanted = version("dockerspawner")
     download = tmp_path_factory.mktemp("dockerspawner-sdist")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--no-binary", ":all:", "--dest", str(download), f"dockerspawner=={wanted}"],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(download),
+            f"dockerspawner=={wanted}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     if result.returncode != 0:
         pytest.fail(f"pip could not download the dockerspawner {wanted} sdist from PyPI:\n{result.stderr[-2000:]}")
@@ -81,9 +95,14 @@ def dockerspawner_tests(tmp_path_factory):
     root = tmp_path_factory.mktemp("dockerspawner-tests")
     with tarfile.open(sdist) as archive:
         # tests/ alone; a conftest.py (14.0.0 ships none) would replace the plugin's fixtures.
-        members = [m for m in archive.getmembers()
-                   if m.isfile() and len(parts := Path(m.name).parts) >= 3 and parts[1] == "tests"
-                   and parts[-1] != "conftest.py"]
+        members = [
+            m
+            for m in archive.getmembers()
+            if m.isfile()
+            and len(parts := Path(m.name).parts) >= 3
+            and parts[1] == "tests"
+            and parts[-1] != "conftest.py"
+        ]
         if not any(Path(m.name).name.startswith("test_") for m in members):
             pytest.fail(f"the dockerspawner {wanted} sdist ({sdist.name}) has no tests/test_*.py")
         for member in members:
@@ -94,8 +113,11 @@ def dockerspawner_tests(tmp_path_factory):
 
 
 def _remove_ours(client):
-    ids = {c["Id"] for c in client.api.containers(all=True, filters={"name": PREFIX})
-           if any(name.lstrip("/").startswith(f"{PREFIX}-") for name in c["Names"])}
+    ids = {
+        c["Id"]
+        for c in client.api.containers(all=True, filters={"name": PREFIX})
+        if any(name.lstrip("/").startswith(f"{PREFIX}-") for name in c["Names"])
+    }
     labelled = {"label": f"{LABEL_HUB_INSTANCE}={HUB_INSTANCE}"}
     ids.update(c["Id"] for c in client.api.containers(all=True, filters=labelled))
     remove_containers(client, sorted(ids))
@@ -164,15 +186,33 @@ def run_suite(spawner, tests, network, images, consul, tmp_path):
     root = tests["root"]
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(SUITE / "pytest.ini"), "--rootdir", str(root),
-         "--confcutdir", str(root), "-p", "dssuite_plugin", str(root / "tests")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            str(SUITE / "pytest.ini"),
+            "--rootdir",
+            str(root),
+            "--confcutdir",
+            str(root),
+            "-p",
+            "dssuite_plugin",
+            str(root / "tests"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
     )
     elapsed = time.monotonic() - started
     (tmp_path / f"{spawner}.log").write_text(result.stdout + result.stderr)
     if not report.exists():
-        pytest.fail(f"the {spawner} run wrote no report (exit {result.returncode}):\n"
-                    f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}")
+        pytest.fail(
+            f"the {spawner} run wrote no report (exit {result.returncode}):\n"
+            f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+        )
     data = json.loads(report.read_text())
     data["elapsed"] = elapsed
     data["output"] = result.stdout
@@ -190,11 +230,13 @@ def _registrations(requests):
     return sum(1 for method, path in requests if method == "PUT" and path.startswith("/v1/agent/service/register"))
 
 
-def test_dockerspawner_suite_passes_with_consulspawner(dockerspawner_tests, suite_network, stand_in_images,
-                                                        images, tmp_path, capsys):
+def test_dockerspawner_suite_passes_with_consulspawner(
+    dockerspawner_tests, suite_network, stand_in_images, images, tmp_path, capsys
+):
     runs = {}
-    with FakeConsul(acl_master_token=MASTER_TOKEN, host=suite_network["gateway"],
-                    check_interval_override=0.5).start() as consul:
+    with FakeConsul(
+        acl_master_token=MASTER_TOKEN, host=suite_network["gateway"], check_interval_override=0.5
+    ).start() as consul:
         for spawner in ("docker", "consul"):
             before = len(consul.requests)
             runs[spawner] = run_suite(spawner, dockerspawner_tests, suite_network, images, consul, tmp_path)
@@ -217,8 +259,10 @@ def _report(dockerspawner_tests, runs, stand_in_images, tmp_path):
     docker_run, consul_run = runs["docker"], runs["consul"]
     print(f"\ndockerspawner {dockerspawner_tests['version']} test suite (its PyPI sdist), run outputs in {tmp_path}")
     for spawner, run in runs.items():
-        print(f"  {spawner.capitalize() + 'Spawner':>13}: {_counts(run['outcomes'])} in {run['elapsed']:.0f}s "
-              f"({run['registrations']} Consul service registrations)")
+        print(
+            f"  {spawner.capitalize() + 'Spawner':>13}: {_counts(run['outcomes'])} in {run['elapsed']:.0f}s "
+            f"({run['registrations']} Consul service registrations)"
+        )
     print(f"  stand-in image tags made here: {', '.join(stand_in_images) or 'none (names already present)'}")
     print("  excluded (cannot run here):")
     for nodeid, reason in sorted(docker_run["excluded"].items()):
@@ -236,8 +280,10 @@ def _report(dockerspawner_tests, runs, stand_in_images, tmp_path):
             print(f"  fails with ConsulSpawner by construction: {nodeid}: {reason}")
             continue
         regressions.append(nodeid)
-        print(f"  FAILS with ConsulSpawner only: {nodeid} ({consul_run['outcomes'].get(nodeid, 'not run')}):\n"
-              f"{consul_run['failures'].get(nodeid, '')[-4000:]}")
+        print(
+            f"  FAILS with ConsulSpawner only: {nodeid} ({consul_run['outcomes'].get(nodeid, 'not run')}):\n"
+            f"{consul_run['failures'].get(nodeid, '')[-4000:]}"
+        )
     if len(passed_with_docker) < len(docker_run["outcomes"]):
         print(f"\n--- DockerSpawner run ---\n{docker_run['output'][-8000:]}")
     return regressions
@@ -254,8 +300,12 @@ def test_deprecated_alias_behaves_as_on_dockerspawner(caplog):
     config.DockerSpawner.image_whitelist = {"1.0": "jupyterhub/singleuser:1.0"}
     log = logging.getLogger("dssuite-alias")
     spawner = ConsulSpawner(config=config, log=log)
-    assert caplog.record_tuples == [(
-        log.name, logging.WARNING,
-        "ConsulSpawner.image_whitelist is deprecated in DockerSpawner 12.0, use ConsulSpawner.allowed_images instead",
-    )]
+    assert caplog.record_tuples == [
+        (
+            log.name,
+            logging.WARNING,
+            "ConsulSpawner.image_whitelist is deprecated in DockerSpawner 12.0, "
+            "use ConsulSpawner.allowed_images instead",
+        )
+    ]
     assert spawner.allowed_images == {"1.0": "jupyterhub/singleuser:1.0"}

@@ -60,8 +60,9 @@ async def test_graceful_restarts_reconcile_without_duplicates(hub_runner, admin,
             [f"jupyter-{u}{suffix}" for u in (lost_service, lost_token) for suffix in ("", "-sidecar-proxy")]
         )
         for user in (lost_service, lost_token):
-            await wait_for(lambda user=user: upstream_works(docker_client, user), timeout=60,
-                           message=f"{user}'s upstream")
+            await wait_for(
+                lambda user=user: upstream_works(docker_client, user), timeout=60, message=f"{user}'s upstream"
+            )
         hub_runner.stop()
 
     after = await mesh_objects(admin, f"jupyter-{lost_token}")
@@ -74,13 +75,23 @@ def start_janitor(consul_url, token_file):
     """The janitor as its own process (as in its own container): it needs only Consul, and a
     token of docker/consul/janitor-policy.hcl."""
     env = {**os.environ, "CONSUL_HTTP_ADDR": consul_url}
-    command = [sys.executable, "-m", "consulspawner.janitor", "--interval", "1", "--grace", "5",
-               "--token-file", str(token_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "consulspawner.janitor",
+        "--interval",
+        "1",
+        "--grace",
+        "5",
+        "--token-file",
+        str(token_file),
+    ]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-async def test_after_sigkill_consul_and_the_janitor_remove_everything(hub_runner, admin, mesh_consul,
-                                                                      docker_client, user_name):
+async def test_after_sigkill_consul_and_the_janitor_remove_everything(
+    hub_runner, admin, mesh_consul, docker_client, user_name
+):
     assert await admin.set_config({"Kind": KIND, "Name": DEST, "Sources": [ORCHESTRATOR]}, cas=0)
     orchestrator = copy.deepcopy((await admin.get_config(KIND, DEST))["Sources"][0])
     users = [f"{user_name}x", f"{user_name}y"]
@@ -119,8 +130,7 @@ async def test_after_sigkill_consul_and_the_janitor_remove_everything(hub_runner
     await wait_for(lambda: hub_runner.proxy_pid() is None, timeout=30, message="the orphaned proxy to be gone")
 
 
-async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, admin, docker_client, images,
-                                                                  user_name):
+async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, admin, docker_client, images, user_name):
     """A hub killed mid-spawn leaves a token, a registration, an intention and a sidecar that no
     saved state names. The next hub start removes them, and leaves live servers alone."""
     orphan_user, live_user = f"{user_name}o", f"{user_name}l"
@@ -130,10 +140,16 @@ async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, adm
     [(destination, entry)] = plan.grants(time.time())
     await IntentionWriter(admin, "jupyterhub").grant(destination, entry)
     docker_client.containers.run(
-        images["sidecar"], ["sleep", "600"], name=f"{plan.service_id}.consul-sidecar", detach=True,
-        labels={"org.jupyter.consulspawner.role": "sidecar", "org.jupyter.consulspawner.hub-instance": "jupyterhub",
-                "org.jupyter.consulspawner.service-id": plan.service_id,
-                "org.jupyter.consulspawner.incarnation": plan.owner.incarnation},
+        images["sidecar"],
+        ["sleep", "600"],
+        name=f"{plan.service_id}.consul-sidecar",
+        detach=True,
+        labels={
+            "org.jupyter.consulspawner.role": "sidecar",
+            "org.jupyter.consulspawner.hub-instance": "jupyterhub",
+            "org.jupyter.consulspawner.service-id": plan.service_id,
+            "org.jupyter.consulspawner.incarnation": plan.owner.incarnation,
+        },
     )
     # Another hub's objects are not this hub's to remove.
     other = build_plan(MeshSettings(hub_instance="other-hub"), f"{user_name}z")

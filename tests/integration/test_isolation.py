@@ -18,7 +18,8 @@ from ..conftest import MASTER_TOKEN
 from .conftest import NOTHING, container_exec, hub_stop, mesh_objects, policy_token
 
 AF_PACKET_PROBE = (
-    "python3", "-c",
+    "python3",
+    "-c",
     "import socket, os\n"
     "try:\n"
     "    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n"
@@ -69,8 +70,13 @@ async def test_a_servers_token_reaches_only_its_own_identity(make_spawner, mesh_
         assert own["Service"] == f"jupyter-{user_name}"
         refusals = {
             "leaf of another": as_alice.request("GET", f"/v1/agent/connect/ca/leaf/jupyter-{user_name}b"),
-            "intention write": as_alice.set_config({"Kind": KIND, "Name": "trino-coordinator", "Sources": [
-                {"Name": f"jupyter-{user_name}", "Action": "allow"}]}),
+            "intention write": as_alice.set_config(
+                {
+                    "Kind": KIND,
+                    "Name": "trino-coordinator",
+                    "Sources": [{"Name": f"jupyter-{user_name}", "Action": "allow"}],
+                }
+            ),
             "register another": as_alice.register_service({"ID": "extra", "Name": "extra", "Port": 1}),
             "deregister another": as_alice.deregister_service(f"jupyter-{user_name}b"),
         }
@@ -90,13 +96,22 @@ async def test_l7_without_http_protocol_is_refused_before_anything_is_created(ma
     assert not await admin.list_tokens(service_name=f"jupyter-{user_name}")
 
 
-async def test_l7_service_defaults_managed_on_request_and_never_over_a_foreign_entry(make_spawner, admin,
-                                                                                    mesh_consul, user_name):
+async def test_l7_service_defaults_managed_on_request_and_never_over_a_foreign_entry(
+    make_spawner, admin, mesh_consul, user_name
+):
     # The hub's policy has no service:write on the destination; a site that opts in grants it.
-    await admin.request("PUT", "/v1/acl/policy", body={
-        "Name": "hub-writes-service-defaults", "Rules": 'service "trino-coordinator" { policy = "write" }'})
-    token = (await admin.request("PUT", "/v1/acl/token", body={
-        "Policies": [{"Name": "consulspawner-hub"}, {"Name": "hub-writes-service-defaults"}]})).body["SecretID"]
+    await admin.request(
+        "PUT",
+        "/v1/acl/policy",
+        body={"Name": "hub-writes-service-defaults", "Rules": 'service "trino-coordinator" { policy = "write" }'},
+    )
+    token = (
+        await admin.request(
+            "PUT",
+            "/v1/acl/token",
+            body={"Policies": [{"Name": "consulspawner-hub"}, {"Name": "hub-writes-service-defaults"}]},
+        )
+    ).body["SecretID"]
     managed = make_spawner(user_name, intention_mode="L7", manage_l7_service_defaults=True, consul_token=token)
     await managed.start()
     entry = await admin.get_config("service-defaults", "trino-coordinator")
@@ -106,11 +121,17 @@ async def test_l7_service_defaults_managed_on_request_and_never_over_a_foreign_e
     # Someone else's entry saying tcp is theirs: refused, never replaced.
     with FakeConsul(acl_master_token=MASTER_TOKEN, host=mesh_consul.host, check_interval_override=0.5) as other:
         async with ConsulClient(other.url, MASTER_TOKEN) as other_admin:
-            assert await other_admin.set_config({"Kind": "service-defaults", "Name": "trino-coordinator",
-                                                 "Protocol": "tcp"})
+            assert await other_admin.set_config(
+                {"Kind": "service-defaults", "Name": "trino-coordinator", "Protocol": "tcp"}
+            )
             other_token = await policy_token(other_admin, "hub")
-            spawner = make_spawner(f"{user_name}x", intention_mode="L7", manage_l7_service_defaults=True,
-                                   consul_address=other.url, consul_token=other_token)
+            spawner = make_spawner(
+                f"{user_name}x",
+                intention_mode="L7",
+                manage_l7_service_defaults=True,
+                consul_address=other.url,
+                consul_token=other_token,
+            )
             with pytest.raises(RuntimeError, match="protocol is 'tcp'"):
                 await spawner.start()
             assert (await other_admin.get_config("service-defaults", "trino-coordinator"))["Protocol"] == "tcp"

@@ -44,8 +44,13 @@ async def test_a_crashed_sidecar_is_restarted_by_docker(make_spawner, admin, doc
     first_pid = sidecar_state(docker_client, spawner)["Pid"]
     os.kill(first_pid, 9)  # a crash, not a `docker kill`: the restart policy applies
 
-    await wait_for(lambda: sidecar_state(docker_client, spawner)["Pid"] not in (0, first_pid)
-                   and sidecar_state(docker_client, spawner)["Running"], message="the sidecar restarted by Docker")
+    await wait_for(
+        lambda: (
+            sidecar_state(docker_client, spawner)["Pid"] not in (0, first_pid)
+            and sidecar_state(docker_client, spawner)["Running"]
+        ),
+        message="the sidecar restarted by Docker",
+    )
     assert docker_client.api.inspect_container(spawner.sidecar_container_id)["RestartCount"] >= 1
     # Several keeper rounds later the server is still whole.
     rounds = spawner.keeper_rounds
@@ -56,8 +61,9 @@ async def test_a_crashed_sidecar_is_restarted_by_docker(make_spawner, admin, doc
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
 
 
-async def test_a_killed_sidecar_takes_its_notebook_down_and_the_next_start_works(make_spawner, admin, docker_client,
-                                                                               user_name):
+async def test_a_killed_sidecar_takes_its_notebook_down_and_the_next_start_works(
+    make_spawner, admin, docker_client, user_name
+):
     spawner = make_spawner(user_name, keeper_interval=1)
     await spawner.start()
     docker_client.api.kill(spawner.sidecar_container_id)  # Docker does not restart what was killed on purpose
@@ -74,8 +80,9 @@ async def test_a_killed_sidecar_takes_its_notebook_down_and_the_next_start_works
     await hub_stop(spawner)
 
 
-async def test_a_late_teardown_of_the_old_server_never_touches_the_new_one(make_spawner, admin, mesh_consul,
-                                                                         docker_client, user_name):
+async def test_a_late_teardown_of_the_old_server_never_touches_the_new_one(
+    make_spawner, admin, mesh_consul, docker_client, user_name
+):
     spawner = make_spawner(user_name, consul_request_timeout=2)
     name = f"jupyter-{user_name}"
     await spawner.start()
@@ -106,8 +113,9 @@ async def test_a_late_teardown_of_the_old_server_never_touches_the_new_one(make_
     assert await mesh_objects(admin, name) == NOTHING
 
 
-async def test_a_token_consul_commits_but_answers_late_is_neither_lost_nor_doubled(make_spawner, admin, mesh_consul,
-                                                                                 user_name):
+async def test_a_token_consul_commits_but_answers_late_is_neither_lost_nor_doubled(
+    make_spawner, admin, mesh_consul, user_name
+):
     spawner = make_spawner(user_name, consul_request_timeout=1)
     name = f"jupyter-{user_name}"
     mesh_consul.delay_response("PUT", r"^/v1/acl/token$", seconds=3)
@@ -154,8 +162,9 @@ async def test_teardown_needs_only_state(make_spawner, admin, docker_client, use
 
     # After a hub restart with configuration that could not even plan a spawn (intention TTL
     # below the check TTL) and a Trino-user callable that fails: the stop still revokes all.
-    restored = make_spawner(user_name, intention_mode=L7, trino_user=broken, check_ttl=600, intention_ttl=60,
-                            keeper_interval=3600)
+    restored = make_spawner(
+        user_name, intention_mode=L7, trino_user=broken, check_ttl=600, intention_ttl=60, keeper_interval=3600
+    )
     restored.load_state(state)
     await restored.stop()
     await restored.run_post_stop_hook()
@@ -247,8 +256,11 @@ async def test_stop_is_bounded_when_consul_hangs(make_spawner, admin, mesh_consu
     assert not container_ids(docker_client, name=f"jupyter-{user_name}", status="running")
     await containers_gone(docker_client, f"jupyter-{user_name}", timeout=10)
     mesh_consul.clear_faults()
-    await wait_for(lambda: _nothing(admin, f"jupyter-{user_name}"), timeout=90,
-                   message="the background teardown once Consul answers")
+    await wait_for(
+        lambda: _nothing(admin, f"jupyter-{user_name}"),
+        timeout=90,
+        message="the background teardown once Consul answers",
+    )
 
 
 async def test_a_long_name_in_any_script_spawns_beside_others(mesh_consul, admin):
@@ -263,8 +275,12 @@ async def test_a_long_name_in_any_script_spawns_beside_others(mesh_consul, admin
     client = ConsulClient(mesh_consul.url, MASTER_TOKEN)
     try:
         writer = IntentionWriter(client, "hub-bytes")
-        meshes = [ServerMesh(client, writer, build_plan(settings, n, incarnation=new_incarnation()), MeshState(),
-                             retry_budget=2) for n in names]
+        meshes = [
+            ServerMesh(
+                client, writer, build_plan(settings, n, incarnation=new_incarnation()), MeshState(), retry_budget=2
+            )
+            for n in names
+        ]
         results = await asyncio.gather(*(m.grant() for m in meshes), return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == []
         entry = await admin.get_config(KIND, DEST)
@@ -300,8 +316,9 @@ async def test_another_hubs_sidecars_survive_the_orphan_sweep(make_spawner, dock
     with other_consul.start():
         async with ConsulClient(other_consul.url, MASTER_TOKEN) as other_admin:
             other_token = await policy_token(other_admin, "hub")
-        other_hub = make_spawner(user_name, consul_address=other_consul.url, consul_token=other_token,
-                                 hub_instance="jupyterhub")
+        other_hub = make_spawner(
+            user_name, consul_address=other_consul.url, consul_token=other_token, hub_instance="jupyterhub"
+        )
         await other_hub.start()
         this_hub = make_spawner(f"{user_name}x", hub_instance="jupyterhub")
         client, writer = this_hub._client_and_writer()

@@ -9,8 +9,11 @@ import pytest
 
 from .conftest import NOTHING, container_exec, containers_gone, hub_stop, mesh_objects, wait_for
 
-UPSTREAM_PROBE = ("python3", "-c",
-                  "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:28080/', timeout=5).read())")
+UPSTREAM_PROBE = (
+    "python3",
+    "-c",
+    "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:28080/', timeout=5).read())",
+)
 
 
 async def upstream_answers(docker_client, spawner):
@@ -18,8 +21,9 @@ async def upstream_answers(docker_client, spawner):
     return code == 0
 
 
-async def test_token_rotation_keeps_the_server_usable_with_one_live_token(make_spawner, admin, docker_client,
-                                                                          user_name):
+async def test_token_rotation_keeps_the_server_usable_with_one_live_token(
+    make_spawner, admin, docker_client, user_name
+):
     spawner = make_spawner(user_name, token_ttl=60, token_rotation_margin=59, keeper_interval=3600)
     await spawner.start()
     name = f"jupyter-{user_name}"
@@ -48,26 +52,33 @@ async def test_token_rotation_keeps_the_server_usable_with_one_live_token(make_s
 async def _upstream_gap_during(docker_client, spawner, work):
     """Longest stretch (s) in which the notebook's upstream refused connections while ``work``
     ran (a connection attempt every 50 ms from inside the notebook's network namespace)."""
-    probe = docker_client.api.exec_create(spawner.container_id, [
-        "python3", "-c",
-        "import socket, time\n"
-        "gap = worst = 0.0; last_ok = time.monotonic(); end = time.monotonic() + 60\n"
-        "while time.monotonic() < end:\n"
-        "    try:\n"
-        "        socket.create_connection(('127.0.0.1', 28080), timeout=1).close(); now = time.monotonic()\n"
-        "        worst = max(worst, now - last_ok); last_ok = now\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "    time.sleep(0.05)\n"
-        "    if open('/tmp/stop-probe', 'a') and __import__('os').path.getsize('/tmp/stop-probe'): break\n"
-        "print(round(worst, 3))\n",
-    ])
+    probe = docker_client.api.exec_create(
+        spawner.container_id,
+        [
+            "python3",
+            "-c",
+            "import socket, time\n"
+            "gap = worst = 0.0; last_ok = time.monotonic(); end = time.monotonic() + 60\n"
+            "while time.monotonic() < end:\n"
+            "    try:\n"
+            "        socket.create_connection(('127.0.0.1', 28080), timeout=1).close(); now = time.monotonic()\n"
+            "        worst = max(worst, now - last_ok); last_ok = now\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    time.sleep(0.05)\n"
+            "    if open('/tmp/stop-probe', 'a') and __import__('os').path.getsize('/tmp/stop-probe'): break\n"
+            "print(round(worst, 3))\n",
+        ],
+    )
     output = asyncio.get_running_loop().run_in_executor(None, docker_client.api.exec_start, probe["Id"])
     await asyncio.sleep(0.5)
     await work
     await asyncio.get_running_loop().run_in_executor(
-        None, lambda: docker_client.containers.get(spawner.container_id).exec_run(
-            ["sh", "-c", "echo stop > /tmp/stop-probe"]))
+        None,
+        lambda: docker_client.containers.get(spawner.container_id).exec_run(
+            ["sh", "-c", "echo stop > /tmp/stop-probe"]
+        ),
+    )
     return float((await output).decode().strip().splitlines()[-1])
 
 
@@ -81,8 +92,9 @@ START_CALLS = [
 
 
 @pytest.mark.parametrize(("method", "path"), START_CALLS)
-async def test_each_start_call_failing_once_leaves_consul_consistent(make_spawner, admin, mesh_consul,
-                                                                     docker_client, user_name, method, path):
+async def test_each_start_call_failing_once_leaves_consul_consistent(
+    make_spawner, admin, mesh_consul, docker_client, user_name, method, path
+):
     spawner = make_spawner(user_name)
     name = f"jupyter-{user_name}"
     mesh_consul.fail(method, path, status=500, times=1)
@@ -111,8 +123,9 @@ STOP_CALLS = [
 
 
 @pytest.mark.parametrize(("method", "path"), STOP_CALLS)
-async def test_each_stop_call_failing_once_is_eventually_done(make_spawner, admin, mesh_consul, docker_client,
-                                                              user_name, method, path):
+async def test_each_stop_call_failing_once_is_eventually_done(
+    make_spawner, admin, mesh_consul, docker_client, user_name, method, path
+):
     spawner = make_spawner(user_name, consul_retry_budget=0.1)
     name = f"jupyter-{user_name}"
     await spawner.start()
@@ -124,8 +137,9 @@ async def test_each_stop_call_failing_once_is_eventually_done(make_spawner, admi
     assert mesh_consul.count(method, path) >= 1
 
 
-async def test_consul_slow_at_spawn_fails_in_bounded_time_naming_the_call(make_spawner, admin, mesh_consul,
-                                                                          docker_client, user_name):
+async def test_consul_slow_at_spawn_fails_in_bounded_time_naming_the_call(
+    make_spawner, admin, mesh_consul, docker_client, user_name
+):
     spawner = make_spawner(user_name, consul_request_timeout=1.0, consul_retry_budget=2.0)
     mesh_consul.hang("PUT", r"^/v1/agent/service/register$", times=100)
     started = time.monotonic()
@@ -163,8 +177,9 @@ async def test_consul_down_at_stop_then_back(make_spawner, admin, mesh_consul, d
     await wait_for(lambda: _nothing(admin, name), timeout=90, message="revocation once Consul is back")
 
 
-async def test_consul_restarted_with_state_kept_running_servers_keep_working(make_spawner, admin, mesh_consul,
-                                                                              docker_client, user_name):
+async def test_consul_restarted_with_state_kept_running_servers_keep_working(
+    make_spawner, admin, mesh_consul, docker_client, user_name
+):
     spawner = make_spawner(user_name, keeper_interval=0.5)
     await spawner.start()
     mesh_consul.stop()

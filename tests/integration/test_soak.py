@@ -33,8 +33,9 @@ CALLS = [
 ]
 
 
-async def test_soak_start_stop_cycles_with_random_consul_faults(make_spawner, admin, mesh_consul, docker_client,
-                                                              user_name):
+async def test_soak_start_stop_cycles_with_random_consul_faults(
+    make_spawner, admin, mesh_consul, docker_client, user_name
+):
     seed = int(os.environ.get("CONSULSPAWNER_SOAK_SEED", time.time()))
     rng = random.Random(seed)
     print(f"\nsoak seed {seed}")
@@ -43,8 +44,9 @@ async def test_soak_start_stop_cycles_with_random_consul_faults(make_spawner, ad
 
     users = [f"{user_name}{i}" for i in range(USERS)]
     spawners = {
-        user: make_spawner(user, consul_request_timeout=1.5, consul_retry_budget=3, keeper_interval=0.5,
-                           sidecar_ready_timeout=30)
+        user: make_spawner(
+            user, consul_request_timeout=1.5, consul_retry_budget=3, keeper_interval=0.5, sidecar_ready_timeout=30
+        )
         for user in users
     }
     counts = {"cycles": 0, "started": 0, "failed_starts": 0, "faults": 0}
@@ -100,6 +102,9 @@ async def test_soak_start_stop_cycles_with_random_consul_faults(make_spawner, ad
         return all([await mesh_objects(admin, f"jupyter-{user}") == NOTHING for user in users])
 
     await wait_for(clean, timeout=180, interval=1, message="Consul to hold nothing of the stopped servers")
-    await wait_for(lambda: not container_ids(docker_client, name=f"jupyter-{NAME_PREFIX}"), timeout=60,
-                   message="Docker to hold no container of the stopped servers")
+    await wait_for(
+        lambda: not container_ids(docker_client, name=f"jupyter-{NAME_PREFIX}"),
+        timeout=60,
+        message="Docker to hold no container of the stopped servers",
+    )
     assert (await admin.get_config(KIND, DEST))["Sources"] == [orchestrator]

@@ -32,7 +32,10 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
     sidecar = docker_client.containers.get(spawner.sidecar_container_id)
     assert sidecar.attrs["HostConfig"]["NetworkMode"] == f"container:{spawner.container_id}"
     code, out = container_exec(
-        docker_client, spawner.container_id, "python3", "-c",
+        docker_client,
+        spawner.container_id,
+        "python3",
+        "-c",
         "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:28080/').read().decode())",
     )
     assert code == 0, out
@@ -45,8 +48,13 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
     assert (env["TRINO_HOST"], env["TRINO_PORT"], env["TRINO_USER"]) == ("127.0.0.1", "28080", user_name)
     assert secret not in json.dumps(notebook.attrs)
     assert secret not in json.dumps(sidecar.attrs), "the token must not be in the sidecar's config either"
-    code, out = container_exec(docker_client, spawner.container_id, "sh", "-c",
-                               f"grep -rs {secret} /proc/1/environ /consul /etc /root /tmp; true")
+    code, out = container_exec(
+        docker_client,
+        spawner.container_id,
+        "sh",
+        "-c",
+        f"grep -rs {secret} /proc/1/environ /consul /etc /root /tmp; true",
+    )
     assert secret not in out
     code, out = container_exec(docker_client, spawner.sidecar_container_id, "cat", "/consul/token")
     assert code == 0 and out == secret
@@ -109,8 +117,9 @@ async def test_restarted_hub_can_stop_from_state(make_spawner, admin, user_name)
         ("PUT", r"^/v1/config$", "PUT /v1/config"),
     ],
 )
-async def test_a_failing_consul_step_rolls_everything_back(make_spawner, admin, mesh_consul, docker_client,
-                                                           user_name, method, path, failed_call):
+async def test_a_failing_consul_step_rolls_everything_back(
+    make_spawner, admin, mesh_consul, docker_client, user_name, method, path, failed_call
+):
     spawner = make_spawner(user_name)
     # 403 is not retried, so the step really fails.
     mesh_consul.fail(method, path, status=403, times=1, body="Permission denied: injected")

@@ -84,8 +84,14 @@ class StubConsul:
 
 
 def owner(service, incarnation=INCARNATION, hub="hub-a", user=None):
-    return ownership.Owner(hub=hub, user=user or service.removeprefix("jupyter-"), server="", service=service,
-                           incarnation=incarnation, expires_at=2_000_000_000)
+    return ownership.Owner(
+        hub=hub,
+        user=user or service.removeprefix("jupyter-"),
+        server="",
+        service=service,
+        incarnation=incarnation,
+        expires_at=2_000_000_000,
+    )
 
 
 def entry_for(service, **kw):
@@ -98,10 +104,12 @@ def refuse_source(bad_name, status=500):
             if source["Name"] == bad_name:
                 return ConsulError("PUT /v1/config", status, f"Sources[{i}].Description exceeds maximum length 512")
         return None
+
     return refuse
 
 
 # -- validation before a change joins a batch -----------------------------------------------------
+
 
 def _long_description(service, size):
     marker = owner(service).marker()
@@ -130,10 +138,11 @@ def bad_entries():
         "permission-empty-http": {**l7, "Permissions": [{"Action": "allow", "HTTP": {}}]},
         "two-paths": {**l7, "Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "/", "PathExact": "/x"}}]},
         "relative-path": {**l7, "Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "v1"}}]},
-        "header-two-matchers": {**l7, "Permissions": [
-            {"Action": "allow", "HTTP": {"Header": [{**header, "Prefix": "o"}]}}]},
-        "header-no-name": {**l7, "Permissions": [
-            {"Action": "allow", "HTTP": {"Header": [{"Exact": "ok"}]}}]},
+        "header-two-matchers": {
+            **l7,
+            "Permissions": [{"Action": "allow", "HTTP": {"Header": [{**header, "Prefix": "o"}]}}],
+        },
+        "header-no-name": {**l7, "Permissions": [{"Action": "allow", "HTTP": {"Header": [{"Exact": "ok"}]}}]},
         "bad-method": {**l7, "Permissions": [{"Action": "allow", "HTTP": {"Methods": ["FETCH"]}}]},
         "twice-method": {**l7, "Permissions": [{"Action": "allow", "HTTP": {"Methods": ["GET", "get"]}}]},
     }
@@ -182,12 +191,14 @@ async def test_16_concurrent_grants_one_invalid_fails_alone():
 
 # -- a batch Consul refuses is split until only the offending change fails --------------------------
 
+
 @pytest.mark.parametrize("status", [400, 500])
 async def test_a_refused_batch_is_bisected_and_only_the_bad_change_fails(status):
     consul = StubConsul(refuse=refuse_source("jupyter-u11", status))
     writer = IntentionWriter(consul, "hub-a")
-    results = await asyncio.gather(*(writer.grant(DEST, entry_for(f"jupyter-u{i}")) for i in range(16)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(writer.grant(DEST, entry_for(f"jupyter-u{i}")) for i in range(16)), return_exceptions=True
+    )
     failed = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
     assert list(failed) == [11]
     assert isinstance(failed[11], ConsulError) and failed[11].status == status
@@ -198,11 +209,15 @@ async def test_a_refused_batch_is_bisected_and_only_the_bad_change_fails(status)
 
 async def test_two_bad_changes_fail_and_fourteen_land():
     bad = {"jupyter-u2", "jupyter-u13"}
-    consul = StubConsul(refuse=lambda e: next(
-        (ConsulError("PUT /v1/config", 500, "bad") for s in e["Sources"] if s["Name"] in bad), None))
+    consul = StubConsul(
+        refuse=lambda e: next(
+            (ConsulError("PUT /v1/config", 500, "bad") for s in e["Sources"] if s["Name"] in bad), None
+        )
+    )
     writer = IntentionWriter(consul, "hub-a")
-    results = await asyncio.gather(*(writer.grant(DEST, entry_for(f"jupyter-u{i}")) for i in range(16)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(writer.grant(DEST, entry_for(f"jupyter-u{i}")) for i in range(16)), return_exceptions=True
+    )
     assert [i for i, r in enumerate(results) if isinstance(r, BaseException)] == [2, 13]
     assert len(consul.sources()) == 14
 
@@ -211,8 +226,9 @@ async def test_two_bad_changes_fail_and_fourteen_land():
 async def test_refusals_that_concern_every_change_are_not_split(status):
     consul = StubConsul(refuse=lambda e: ConsulError("PUT /v1/config", status, "no"))
     writer = IntentionWriter(consul, "hub-a")
-    results = await asyncio.gather(*(writer.grant(DEST, entry_for(f"jupyter-u{i}")) for i in range(8)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(writer.grant(DEST, entry_for(f"jupyter-u{i}")) for i in range(8)), return_exceptions=True
+    )
     assert all(isinstance(r, ConsulError) for r in results)
     assert len(consul.writes()) == 1
 
@@ -236,6 +252,7 @@ async def test_a_cas_conflict_still_rereads_and_retries():
 
 
 # -- what the writer knows from its own last call -----------------------------------------------
+
 
 async def test_after_deleting_the_entry_the_next_grant_creates_without_reading():
     consul = StubConsul()
@@ -273,6 +290,7 @@ async def test_a_no_op_against_a_remembered_view_is_confirmed_by_a_read():
 
 
 # -- conditional revokes ---------------------------------------------------------------------------
+
 
 async def test_revoke_by_incarnation_only_removes_that_start():
     consul = StubConsul()

@@ -40,8 +40,19 @@ def test_long_name_is_truncated_to_a_dns_label_and_keeps_its_hash():
 
 
 def test_the_look_alikes_from_the_issue_all_differ():
-    pairs = [("Alice", ""), ("alice", ""), ("a.b", ""), ("a-b", ""), ("a b", ""), ("a/b", ""),
-             ("..", ""), (".", ""), ("alice", "x"), ("alice-x", ""), ("alice", "X")]
+    pairs = [
+        ("Alice", ""),
+        ("alice", ""),
+        ("a.b", ""),
+        ("a-b", ""),
+        ("a b", ""),
+        ("a/b", ""),
+        ("..", ""),
+        (".", ""),
+        ("alice", "x"),
+        ("alice-x", ""),
+        ("alice", "X"),
+    ]
     names = [naming.service_name(u, s) for u, s in pairs]
     assert len(set(names)) == len(pairs)
 
@@ -68,8 +79,7 @@ def test_sidecar_id_follows_consul():
         # Kept as is, bob-sidecar-proxy would be exactly bob's sidecar ID.
         ("bob-sidecar-proxy", naming.DEFAULT_TEMPLATE, "jupyter-bob-sidecar-proxy--1fb1b1a77b"),
         ("sidecar-proxy", naming.DEFAULT_TEMPLATE, "jupyter-sidecar-proxy--d46d06f236"),
-        ("a-sidecar-proxy-sidecar-proxy", naming.DEFAULT_TEMPLATE,
-         "jupyter-a-sidecar-proxy-sidecar-proxy--887d687ea5"),
+        ("a-sidecar-proxy-sidecar-proxy", naming.DEFAULT_TEMPLATE, "jupyter-a-sidecar-proxy-sidecar-proxy--887d687ea5"),
         # Judged on the rendered name: under "{slug}-proxy" user "a" is "a-proxy", whose sidecar
         # is "a-proxy-sidecar-proxy", which user "a-proxy-sidecar" would otherwise render to.
         ("a-proxy-sidecar", "{slug}-proxy", "a-proxy-sidecar--594f8de285-proxy"),
@@ -128,8 +138,10 @@ near_miss_users = st.builds(
 
 
 @settings(max_examples=800, deadline=None)
-@given(a=st.tuples(near_miss_users, st.sampled_from(["", "b", "srv", "B"])),
-       b=st.tuples(near_miss_users, st.sampled_from(["", "b", "srv", "B"])))
+@given(
+    a=st.tuples(near_miss_users, st.sampled_from(["", "b", "srv", "B"])),
+    b=st.tuples(near_miss_users, st.sampled_from(["", "b", "srv", "B"])),
+)
 def test_near_miss_names_never_collide(a, b):
     if a != b:
         assert naming.service_name(*a) != naming.service_name(*b)
@@ -139,10 +151,14 @@ def test_near_miss_names_never_collide(a, b):
 # almost never produce "-sidecar-proxy", so build such names on purpose.
 suffixed_users = st.one_of(
     user_names,
-    st.builds(lambda base, suffix: base + suffix, st.text(max_size=60),
-              st.sampled_from((*naming.RESERVED_SUFFIXES, "sidecar-proxy", "-proxy", "-sidecar"))),
-    st.builds(lambda base, n: base + "-sidecar-proxy" * n,
-              st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True), st.integers(1, 3)),
+    st.builds(
+        lambda base, suffix: base + suffix,
+        st.text(max_size=60),
+        st.sampled_from((*naming.RESERVED_SUFFIXES, "sidecar-proxy", "-proxy", "-sidecar")),
+    ),
+    st.builds(
+        lambda base, n: base + "-sidecar-proxy" * n, st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True), st.integers(1, 3)
+    ),
 )
 templates = st.sampled_from([naming.DEFAULT_TEMPLATE, "{slug}", "{slug}-proxy", "hub2-{slug}-nb"])
 

@@ -46,7 +46,11 @@ def test_255_character_names_fit_512_bytes_and_keep_the_marker(kind, server_kind
     parsed = ownership.parse(description)
     assert parsed is not None
     assert (parsed.hub, parsed.service, parsed.incarnation, parsed.expires_at) == (
-        "main", SERVICE, INCARNATION, 1_900_000_000)
+        "main",
+        SERVICE,
+        INCARNATION,
+        1_900_000_000,
+    )
     assert user.startswith(parsed.user)
     assert server.startswith(parsed.server)
     # Truncated, not emptied: a person reading the janitor's log still sees who it was.
@@ -89,8 +93,10 @@ def test_incarnation_is_in_the_marker_and_the_service_meta():
 
 
 def test_old_markers_without_incarnation_still_parse():
-    old = ('JupyterHub server alice/ (hub main) consulspawner/v1 '
-           '{"expires_at":100,"hub":"main","server":"","service":"jupyter-alice","user":"alice"}')
+    old = (
+        "JupyterHub server alice/ (hub main) consulspawner/v1 "
+        '{"expires_at":100,"hub":"main","server":"","service":"jupyter-alice","user":"alice"}'
+    )
     parsed = ownership.parse(old)
     assert parsed == Owner(hub="main", user="alice", server="", service="jupyter-alice", expires_at=100)
     assert parsed.incarnation == ""
@@ -139,8 +145,12 @@ def test_a_user_name_holding_a_fake_marker_cannot_forge_an_owner():
 
 
 @settings(max_examples=400, deadline=None)
-@given(user=st.text(min_size=1, max_size=255), server=st.text(max_size=255),
-       hub=st.text(min_size=1, max_size=40), expires=st.one_of(st.none(), st.integers(0, 2**40)))
+@given(
+    user=st.text(min_size=1, max_size=255),
+    server=st.text(max_size=255),
+    hub=st.text(min_size=1, max_size=40),
+    expires=st.one_of(st.none(), st.integers(0, 2**40)),
+)
 def test_any_names_fit_and_round_trip_what_matters(user, server, hub, expires):
     o = Owner(hub=hub, user=user, server=server, service=SERVICE, incarnation=INCARNATION, expires_at=expires)
     description = o.describe()

@@ -13,8 +13,13 @@ SETTINGS = MeshSettings(hub_instance="hub-a", check_ttl=60, deregister_critical_
 
 def test_registration_of_a_plain_user():
     plan = build_plan(SETTINGS, "alice", service_port=8888, incarnation="c0ffee")
-    meta = {"managed-by": "consulspawner", "hub-instance": "hub-a", "hub-user": "alice", "hub-server": "",
-            "incarnation": "c0ffee"}
+    meta = {
+        "managed-by": "consulspawner",
+        "hub-instance": "hub-a",
+        "hub-user": "alice",
+        "hub-server": "",
+        "incarnation": "c0ffee",
+    }
     assert plan.registration("172.18.0.5") == {
         "ID": "jupyter-alice",
         "Name": "jupyter-alice",
@@ -79,7 +84,9 @@ def test_notebook_env_points_the_trino_client_at_the_sidecar():
     settings = MeshSettings(upstreams=(Upstream("trino-coordinator", 28080), Upstream("reports", 29000)))
     env = build_plan(settings, "dave", trino_user="dave").notebook_env()
     assert env == {
-        "TRINO_HOST": "127.0.0.1", "TRINO_PORT": "28080", "TRINO_USER": "dave",
+        "TRINO_HOST": "127.0.0.1",
+        "TRINO_PORT": "28080",
+        "TRINO_USER": "dave",
         "CONSUL_SERVICE_NAME": "jupyter-dave",
     }
     assert not any("TOKEN" in key for key in env)

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         "--acl-master-token", default=None, help="turn ACLs on (default deny) with this management token"
     )
     parser.add_argument(
-        "--acl-master-token-file", default=None,
+        "--acl-master-token-file",
+        default=None,
         help="as --acl-master-token, read from a file (keeps the token out of the process list)",
     )
     parser.add_argument("--datacenter", default="dc1")
