@@ -624,6 +624,7 @@ class ConsulSpawner(DockerSpawner):
         self._mesh_failure = ""
         self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
         self._unfinished_teardown: asyncio.Future | None = None
+        self._last_probe_output = ""  # what the sidecar's readiness command said last
 
     def load_state(self, state):
         super().load_state(state)
@@ -951,19 +952,9 @@ class ConsulSpawner(DockerSpawner):
             await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
             return
         deadline = time.monotonic() + self.sidecar_ready_timeout
-        last = ""
+        self._last_probe_output = ""
         while True:
-            try:
-                created = await self.sidecar_docker(
-                    "exec_create", self.sidecar_container_id, self.sidecar_ready_command, stdout=True, stderr=True
-                )
-                exec_id = created["Id"]
-            except APIError as e:
-                if e.status_code != 409:  # 409: not running (exited, or Docker restarting it)
-                    raise
-                raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready") from e
-            last = (await self.sidecar_docker("exec_start", exec_id)).decode(errors="replace").strip()[-200:]
-            if (await self.sidecar_docker("exec_inspect", exec_id))["ExitCode"] == 0:
+            if await self._probe_sidecar_ready():
                 self.log.info("Sidecar %s is ready", self.sidecar_container_name)
                 return
             # Not ready yet: only now ask whether it (or the notebook) died meanwhile.
@@ -971,9 +962,25 @@ class ConsulSpawner(DockerSpawner):
                 raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready")
             if time.monotonic() > deadline:
                 raise SidecarNotReady(
-                    f"sidecar {self.sidecar_container_name} not ready after {self.sidecar_ready_timeout:g}s: {last}"
+                    f"sidecar {self.sidecar_container_name} not ready after {self.sidecar_ready_timeout:g}s: "
+                    f"{self._last_probe_output}"
                 )
             await asyncio.sleep(0.1)
+
+    async def _probe_sidecar_ready(self) -> bool:
+        """Run ``sidecar_ready_command`` in the sidecar once; False unless it exits 0. Docker
+        refuses an exec into a container that is not running (409 or 500, at create or start):
+        that is "not ready" too, and the caller's liveness check says whether it died."""
+        try:
+            created = await self.sidecar_docker(
+                "exec_create", self.sidecar_container_id, self.sidecar_ready_command, stdout=True, stderr=True
+            )
+            output = await self.sidecar_docker("exec_start", created["Id"])
+            self._last_probe_output = output.decode(errors="replace").strip()[-200:]
+            return (await self.sidecar_docker("exec_inspect", created["Id"]))["ExitCode"] == 0
+        except APIError as e:
+            self._last_probe_output = f"docker exec refused: {e.explanation or e}"
+            return False
 
     async def _container_running(self, container: str) -> bool:
         info = await self._inspect(container)
