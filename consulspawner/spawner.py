@@ -1075,7 +1075,9 @@ class ConsulSpawner(DockerSpawner):
         if status is not None:
             # Once the keeper has taken a server down, say why, not just the notebook's exit.
             return f"removed from the service mesh: {self._mesh_failure}" if self._mesh_failure else status
-        if not self.mesh_state.empty and not self.sidecar_container_id:
+        if not self.mesh_state.empty and not self.sidecar_container_id and not self._lock().locked():
+            # (Not while a start, stop or keeper round holds the server: mid-start the token
+            # exists before the sidecar does.)
             return "the server has mesh state but no sidecar"
         if not self.mesh_state.empty and (self._keeper is None or self._keeper.done()):
             # Restored without a running loop at load_state (tools): the keeper starts here.
