@@ -651,9 +651,11 @@ class ConsulSpawner(DockerSpawner):
 
     def _client_and_writer(self) -> tuple[ConsulClient, IntentionWriter]:
         loop = asyncio.get_running_loop()
+        # The token file's path, not its content, identifies the client: the file is read once,
+        # when the client is made, never on each call from the hub's event loop.
         key = (
             self.consul_address,
-            hash(self._hub_token),
+            self.consul_token_file or hash(self.consul_token),
             self.consul_ca_file,
             self.consul_client_cert,
             self.consul_client_key,
