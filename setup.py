@@ -13,6 +13,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["consulspawner", "consulspawner.*"]),
+    # The development stand-ins (fake Consul agent, Connect proxy, Trino) are a second
+    # distribution, dev/setup.py: the demo and the test command install both.
     # What production needs, and nothing else: the hub talks to Consul through our own small
     # aiohttp client (consulspawner/consul.py).
     install_requires=[
@@ -23,11 +25,6 @@ setup(
         "tornado>=6.2",
     ],
     extras_require={
-        # The development stand-ins under consulspawner/testing/ (fake Consul agent with its
-        # Connect CA, Connect proxy, Trino): for the tests and the demo, never for production.
-        "dev": [
-            "cryptography>=41",
-        ],
         "test": [
             "cryptography>=41",
             "pytest>=8",

@@ -11,7 +11,7 @@ import time
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient
 from consulspawner.intentions import KIND, IntentionWriter, source_entry
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 DEST = "trino-coordinator"
 

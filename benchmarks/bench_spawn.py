@@ -16,8 +16,8 @@ import uuid
 
 import docker
 
-from consulspawner.testing.fakeconsul import FakeConsul
-from consulspawner.testing.standalone import standalone_spawner
+from consulspawner_dev.fakeconsul import FakeConsul
+from consulspawner_dev.standalone import standalone_spawner
 
 NETWORK = "consulspawner-bench"
 TOKEN = str(uuid.uuid4())

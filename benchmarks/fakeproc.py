@@ -13,7 +13,7 @@ def indexed_alias_recompute() -> None:
     each registration (O(checks^2) per call: 400 registrations take 5.6 s, 500 concurrent ones
     time out), by the same computation over a per-service index (O(checks)). Same statuses,
     same outputs; Consul itself updates an alias check from a watch on its one target."""
-    from consulspawner.testing.fakeconsul import state as fake_state
+    from consulspawner_dev.fakeconsul import state as fake_state
 
     def _recompute_aliases(self) -> None:
         statuses: dict[str, list[str]] = {}
@@ -43,7 +43,7 @@ def indexed_alias_recompute() -> None:
 
 
 def _serve(conn, kwargs: dict, fast_aliases: bool) -> None:
-    from consulspawner.testing.fakeconsul import FakeConsul
+    from consulspawner_dev.fakeconsul import FakeConsul
 
     if fast_aliases:
         indexed_alias_recompute()

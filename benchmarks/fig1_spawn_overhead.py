@@ -23,13 +23,13 @@ import common
 import docker
 from hubs import BenchHub
 
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 PLAIN, MESH = "DockerSpawner", "ConsulSpawner"
 
 
 def make_spawner(kind: str, user_name: str, settings: dict):
-    """A spawner built as JupyterHub builds one (cf. consulspawner.testing.standalone)."""
+    """A spawner built as JupyterHub builds one (cf. consulspawner_dev.standalone)."""
     from types import SimpleNamespace
 
     from dockerspawner import DockerSpawner

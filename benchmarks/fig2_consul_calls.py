@@ -21,7 +21,7 @@ from collections import Counter
 import common
 from stubdocker import StubDockerAPI
 
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 _SIDECAR_ID = re.compile(r"jupyter-[a-z0-9-]+-sidecar-proxy")
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|jupyter-[a-z0-9-]+[a-z0-9]")

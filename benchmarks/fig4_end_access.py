@@ -40,9 +40,9 @@ import docker
 
 from consulspawner.consul import ConsulClient
 from consulspawner.intentions import KIND, IntentionWriter
-from consulspawner.testing.connectproxy import Agent, ConnectProxy
-from consulspawner.testing.fakeconsul import FakeConsul
-from consulspawner.testing.trinostandin import TrinoStandIn
+from consulspawner_dev.connectproxy import Agent, ConnectProxy
+from consulspawner_dev.fakeconsul import FakeConsul
+from consulspawner_dev.trinostandin import TrinoStandIn
 
 DEST = "trino-coordinator"
 HUB = "csbench-hub"

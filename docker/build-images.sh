@@ -4,8 +4,8 @@
 #   consulspawner/debian-base:bookworm   debootstrap --variant=minbase + docker import (built once)
 #   consulspawner/python-base:<hash12>   + python3, python3-venv, the host's extra CA certificates
 #   consulspawner/notebook:<hash12>      + venv with jupyterhub==<host version>, JupyterLab, trino; user jovyan
-#   consulspawner/devsidecar:<hash12>    + consulspawner/testing/devsidecar.py as `devsidecar` on PATH
-#   consulspawner/connectproxy:<hash12>  + consulspawner/testing/connectproxy.py as `connectproxy` on PATH
+#   consulspawner/devsidecar:<hash12>    + dev/consulspawner_dev/devsidecar.py as `devsidecar` on PATH
+#   consulspawner/connectproxy:<hash12>  + dev/consulspawner_dev/connectproxy.py as `connectproxy` on PATH
 #
 # <hash12> covers every build input (the build context, the build arguments and the parent
 # image's ID), so an unchanged image is never rebuilt and a second run takes seconds.
@@ -182,13 +182,13 @@ notebook="$(build consulspawner/notebook "$ctx" "$python_base" "JUPYTERHUB_VERSI
 # 4. Dev sidecar.
 ctx="$WORK/devsidecar"
 mkdir -p "$ctx"
-cp "$HERE/devsidecar/Dockerfile" "$REPO/consulspawner/testing/devsidecar.py" "$ctx/"
+cp "$HERE/devsidecar/Dockerfile" "$REPO/dev/consulspawner_dev/devsidecar.py" "$ctx/"
 sidecar="$(build consulspawner/devsidecar "$ctx" "$python_base")"
 
 # 5. Connect proxy stand-in (mTLS, intentions; readiness on a unix socket).
 ctx="$WORK/connectproxy"
 mkdir -p "$ctx"
-cp "$HERE/connectproxy/Dockerfile" "$REPO/consulspawner/testing/connectproxy.py" "$ctx/"
+cp "$HERE/connectproxy/Dockerfile" "$REPO/dev/consulspawner_dev/connectproxy.py" "$ctx/"
 proxy="$(build consulspawner/connectproxy "$ctx" "$python_base")"
 
 env_file="$HERE/.images.env"

@@ -3,12 +3,12 @@
 Runs the whole system on this machine, each part as its own process (in a session of its own, so
 Ctrl-C reaches this launcher alone and it can stop things in order):
 
-- Consul: the in-repo fake agent (consulspawner.testing.fakeconsul) with ACLs on, default deny,
+- Consul: the in-repo fake agent (consulspawner_dev.fakeconsul) with ACLs on, default deny,
   on the Docker network's gateway so containers reach it; or, with ``--consul URL``, a real
   agent, bootstrapped with the token in $CONSUL_HTTP_TOKEN_FILE.
 - ACL: a policy and a token for the hub (docker/consul/hub-policy.hcl) and for the janitor
   (docker/consul/janitor-policy.hcl); each secret only in a 0600 file under <state>/secrets/.
-- Trino: the stand-in (consulspawner.testing.trinostandin) on 127.0.0.1, registered as
+- Trino: the stand-in (consulspawner_dev.trinostandin) on 127.0.0.1, registered as
   trino-coordinator with a Connect sidecar: the Connect proxy stand-in, on the gateway.
 - JupyterHub (jupyterhub_config/jupyterhub_config.py) with ConsulSpawner, the connectproxy image
   as every server's sidecar, configurable-http-proxy, jupyterhub-idle-culler and the janitor
@@ -354,7 +354,7 @@ class Demo:
             [
                 sys.executable,
                 "-m",
-                "consulspawner.testing.fakeconsul",
+                "consulspawner_dev.fakeconsul",
                 "--host",
                 self.gateway,
                 "--port",
@@ -408,7 +408,7 @@ class Demo:
             [
                 sys.executable,
                 "-m",
-                "consulspawner.testing.trinostandin",
+                "consulspawner_dev.trinostandin",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -465,7 +465,7 @@ class Demo:
             [
                 sys.executable,
                 "-m",
-                "consulspawner.testing.connectproxy",
+                "consulspawner_dev.connectproxy",
                 "-sidecar-for",
                 service_id,
                 "-http-addr",
@@ -485,7 +485,7 @@ class Demo:
                 [
                     sys.executable,
                     "-m",
-                    "consulspawner.testing.connectproxy",
+                    "consulspawner_dev.connectproxy",
                     "ready",
                     "-admin-socket",
                     str(admin_socket),
@@ -603,7 +603,7 @@ class Demo:
             f"{secrets_dir / 'janitor-token'} (docker/consul/janitor-policy.hcl)",
             f"  intentions:      {mode}"
             + ("" if self.args.l7 else "; for L7 (only your own X-Trino-User) re-run: bash scripts/demo.sh --l7"),
-            "  Trino:           a stand-in (consulspawner/testing/trinostandin.py), not Trino",
+            "  Trino:           a stand-in (dev/consulspawner_dev/trinostandin.py), not Trino",
             f"  logs:            {self.logs}/",
             "Ctrl-C stops every server, the hub and the rest, and removes every container, service, token and "
             "intention the demo made.",

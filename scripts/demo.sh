@@ -5,7 +5,7 @@
 #   bash scripts/demo.sh [--consul URL] [--l7] [--port N] [--network NAME] [--state-dir DIR]
 #
 # What it installs, and where (never into the system's Python or npm):
-#   .venv/   a virtualenv of this project: pip install -e '.[dev]' jupyterhub-idle-culler
+#   .venv/   a virtualenv of this project: pip install -e . -e ./dev jupyterhub-idle-culler
 #   .npm/    configurable-http-proxy (npm --prefix .npm)
 #   Docker   started if it does not answer (scripts/ensure-docker.sh; apt-get install if missing)
 #   images   docker/build-images.sh (cached by content hash)
@@ -49,10 +49,10 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 stamp="$venv/.consulspawner-demo"
-want="$(cat setup.py scripts/demo.sh | sha256sum | cut -c1-16)"
+want="$(cat setup.py dev/setup.py scripts/demo.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing consulspawner (editable, with the dev stand-ins) and jupyterhub-idle-culler into .venv/ (pip; log .demo/logs/pip.log)"
-    if ! "$venv/bin/python" -m pip install --disable-pip-version-check -e '.[dev]' jupyterhub-idle-culler \
+    if ! "$venv/bin/python" -m pip install --disable-pip-version-check -e . -e ./dev jupyterhub-idle-culler \
         >"$repo/.demo/logs/pip.log" 2>&1; then
         tail -n 30 "$repo/.demo/logs/pip.log" >&2
         say "ERROR: pip install into .venv/ failed (log: .demo/logs/pip.log)"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== installing the package and its test dependencies" >&2
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]' -e ./dev
 
 if ! command -v configurable-http-proxy >/dev/null 2>&1; then
     echo "== installing configurable-http-proxy (npm)" >&2

@@ -1,9 +1,19 @@
 """Shared fixtures: a fake Consul agent per test (plain or with ACLs) and our client on it."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from consulspawner.consul import ConsulClient
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
+
+# Processes the tests start (hubs, fake agents, stand-ins) import this checkout's code, not
+# whatever checkout is installed: the same order as pytest.ini's pythonpath.
+_REPO = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(_REPO), str(_REPO / "dev")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 MASTER_TOKEN = "11111111-2222-4333-8444-555555555555"
 

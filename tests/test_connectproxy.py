@@ -22,10 +22,10 @@ import urllib.request
 
 import pytest
 
-from consulspawner.testing import connectproxy
-from consulspawner.testing.connectproxy import Agent, ConnectProxy, Request, evaluate, probe_ready
-from consulspawner.testing.fakeconsul import FakeConsul
-from consulspawner.testing.trinostandin import TrinoStandIn
+from consulspawner_dev import connectproxy
+from consulspawner_dev.connectproxy import Agent, ConnectProxy, Request, evaluate, probe_ready
+from consulspawner_dev.fakeconsul import FakeConsul
+from consulspawner_dev.trinostandin import TrinoStandIn
 
 from .conftest import MASTER_TOKEN
 
@@ -471,7 +471,7 @@ def run_proxy(mesh: Mesh, service: str, token: str, admin: str) -> subprocess.Po
         [
             sys.executable,
             "-m",
-            "consulspawner.testing.connectproxy",
+            "consulspawner_dev.connectproxy",
             "-sidecar-for",
             service,
             "-token-file",
@@ -491,7 +491,7 @@ def run_proxy(mesh: Mesh, service: str, token: str, admin: str) -> subprocess.Po
 
 def ready_cli(admin: str) -> int:
     return subprocess.run(
-        [sys.executable, "-m", "consulspawner.testing.connectproxy", "ready", "-admin-socket", admin],
+        [sys.executable, "-m", "consulspawner_dev.connectproxy", "ready", "-admin-socket", admin],
         capture_output=True,
         timeout=30,
     ).returncode

@@ -1,4 +1,4 @@
-"""consulspawner/testing/devsidecar.py as a real subprocess against a stub Consul agent."""
+"""dev/consulspawner_dev/devsidecar.py as a real subprocess against a stub Consul agent."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from consulspawner.testing import devsidecar
+from consulspawner_dev import devsidecar
 
 SCRIPT = Path(devsidecar.__file__)
 TOKEN = "5a1f7c2e-0d4b-4c39-9e8e-devsidecar-secret"

@@ -13,7 +13,7 @@ import pytest
 
 from consulspawner import spawner as spawner_module
 from consulspawner.spawner import ConsulSpawner
-from consulspawner.testing.standalone import standalone_spawner
+from consulspawner_dev.standalone import standalone_spawner
 
 
 def test_the_short_name_consul_loads_the_spawner():
@@ -51,7 +51,7 @@ def test_the_sidecar_gets_its_token_and_ca_as_files_of_its_user():
 def test_the_hubs_token_leaves_the_environment_its_children_inherit():
     """JupyterHub hands its environment to configurable-http-proxy and managed services."""
     script = (
-        "import os; from consulspawner.testing.standalone import standalone_spawner\n"
+        "import os; from consulspawner_dev.standalone import standalone_spawner\n"
         "assert 'CONSUL_HTTP_TOKEN' not in os.environ\n"
         "print(standalone_spawner('alice').consul_token)\n"
     )

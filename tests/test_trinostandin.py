@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from consulspawner.testing.trinostandin import NATION_ROWS, TrinoStandIn
+from consulspawner_dev.trinostandin import NATION_ROWS, TrinoStandIn
 
 trino = pytest.importorskip("trino")
 
@@ -84,7 +84,7 @@ def test_cli_serves_until_sigterm(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consulspawner.testing.trinostandin", "--port", str(port)],
+        [sys.executable, "-m", "consulspawner_dev.trinostandin", "--port", str(port)],
         stderr=subprocess.PIPE,
     )
     try:

@@ -9,7 +9,7 @@ import aiohttp
 import consul.aio
 import pytest
 
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN as MASTER
 

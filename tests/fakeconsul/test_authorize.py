@@ -89,7 +89,7 @@ async def test_with_acls_default_deny_and_service_write_on_target(acl_fake, admi
 
 
 async def test_explicit_default_intention_policy(make_client):
-    from consulspawner.testing.fakeconsul import FakeConsul
+    from consulspawner_dev.fakeconsul import FakeConsul
 
     with FakeConsul(acl_master_token=MASTER, default_intention_allow=True).start() as f:
         got = await _authorize(make_client(f, MASTER), "db", "web")

@@ -9,7 +9,7 @@ import asyncio
 
 from cryptography import x509
 
-from consulspawner.testing.fakeconsul import FakeConsul, state
+from consulspawner_dev.fakeconsul import FakeConsul, state
 
 ROOTS = "/v1/agent/connect/ca/roots"
 LEAF = "/v1/agent/connect/ca/leaf/web"

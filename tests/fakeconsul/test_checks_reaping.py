@@ -5,7 +5,7 @@ import socket
 
 import consul
 
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 
 async def _status(client, check_id):

@@ -1,4 +1,4 @@
-"""``python -m consulspawner.testing.fakeconsul`` serves until SIGTERM/SIGINT."""
+"""``python -m consulspawner_dev.fakeconsul`` serves until SIGTERM/SIGINT."""
 
 import json
 import signal
@@ -49,7 +49,7 @@ def spawn():
     def start(*args):
         port = _free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "consulspawner.testing.fakeconsul", "--port", str(port), *args],
+            [sys.executable, "-m", "consulspawner_dev.fakeconsul", "--port", str(port), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -8,7 +8,7 @@ import aiohttp
 import consul
 import pytest
 
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 from .conftest import MASTER
 

@@ -19,8 +19,8 @@ import pytest
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient
 from consulspawner.intentions import KIND
-from consulspawner.testing.fakeconsul import FakeConsul
-from consulspawner.testing.standalone import standalone_spawner
+from consulspawner_dev.fakeconsul import FakeConsul
+from consulspawner_dev.standalone import standalone_spawner
 
 from ..conftest import MASTER_TOKEN
 

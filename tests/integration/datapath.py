@@ -21,9 +21,9 @@ import urllib.request
 
 import trino
 
-from consulspawner.testing.connectproxy import Agent, ConnectProxy
-from consulspawner.testing.fakeconsul import FakeConsul
-from consulspawner.testing.trinostandin import TrinoStandIn
+from consulspawner_dev.connectproxy import Agent, ConnectProxy
+from consulspawner_dev.fakeconsul import FakeConsul
+from consulspawner_dev.trinostandin import TrinoStandIn
 
 from ..conftest import MASTER_TOKEN
 

@@ -20,8 +20,8 @@ import uuid
 import pytest
 from cryptography import x509
 
-from consulspawner.testing.fakeconsul import FakeConsul
-from consulspawner.testing.fakeconsul import state as fakeconsul_state
+from consulspawner_dev.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import state as fakeconsul_state
 
 from ..conftest import MASTER_TOKEN
 from .conftest import NAME_PREFIX, container_exec, hub_stop, wait_for

@@ -32,7 +32,7 @@ import pytest
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient, ConsulError
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 from .conftest import NAME_PREFIX, container_ids, remove_containers, wait_for
 from .hubrunner import free_port

@@ -35,7 +35,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN
 from .conftest import DEVSIDECAR_COMMAND, remove_containers

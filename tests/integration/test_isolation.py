@@ -12,7 +12,7 @@ import pytest
 
 from consulspawner.consul import ConsulClient, ConsulError
 from consulspawner.intentions import KIND
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN
 from .conftest import NOTHING, container_exec, hub_stop, mesh_objects, policy_token

@@ -17,7 +17,7 @@ from consulspawner import ownership
 from consulspawner import spawner as spawner_module
 from consulspawner.consul import ConsulClient
 from consulspawner.intentions import KIND, L7
-from consulspawner.testing.fakeconsul import FakeConsul
+from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN
 from .conftest import NOTHING, container_ids, containers_gone, hub_stop, mesh_objects, policy_token, wait_for

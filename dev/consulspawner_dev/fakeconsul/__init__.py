@@ -2,13 +2,13 @@
 
 Usage::
 
-    from consulspawner.testing.fakeconsul import FakeConsul
+    from consulspawner_dev.fakeconsul import FakeConsul
 
     with FakeConsul(acl_master_token="secret").start() as fake:
         ...  # point a Consul client at fake.url
 
 See :class:`FakeConsul` for the test knobs (clock, faults, snapshots) and ``python -m
-consulspawner.testing.fakeconsul --help`` for running it as a process.
+consulspawner_dev.fakeconsul --help`` for running it as a process.
 """
 
 from .acl import ConsulError

@@ -1,4 +1,4 @@
-"""``python -m consulspawner.testing.fakeconsul``: serve a fake Consul agent until killed."""
+"""``python -m consulspawner_dev.fakeconsul``: serve a fake Consul agent until killed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .server import FakeConsul
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consulspawner.testing.fakeconsul", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m consulspawner_dev.fakeconsul", description=__doc__)
     parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(

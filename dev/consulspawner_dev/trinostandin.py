@@ -28,7 +28,7 @@ It records the ``X-Trino-User`` of every submitted query (``TrinoStandIn.queries
 check who the coordinator saw. There is no authentication: behind a Connect sidecar with L7
 intentions on ``X-Trino-User`` that is exactly what the mesh is there to enforce.
 
-    python -m consulspawner.testing.trinostandin --port 8080 [--host 127.0.0.1]
+    python -m consulspawner_dev.trinostandin --port 8080 [--host 127.0.0.1]
 """
 
 from __future__ import annotations

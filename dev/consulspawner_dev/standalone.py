@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from jupyterhub.objects import Hub
 from traitlets.config import Config
 
-from ..spawner import ConsulSpawner
+from consulspawner.spawner import ConsulSpawner
 
 
 def standalone_spawner(user_name: str, **settings) -> ConsulSpawner:
