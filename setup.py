@@ -45,6 +45,7 @@ setup(
     entry_points={
         "console_scripts": [
             "consulspawner-janitor = consulspawner.janitor:main",
+            "consulspawner-reach = consulspawner.reach:main",
         ],
         # spawner_class = "consul", and `jupyterhub --help-all` lists every ConsulSpawner trait.
         "jupyterhub.spawners": [
