@@ -106,3 +106,37 @@ def test_ordinary_values_pass():
     assert "withheld" not in event
     assert event["time"] == "2027-01-15T08:00:00.000Z"
     assert event["expiry"] == "2027-01-15T08:00:00.500Z"
+
+
+def test_the_documented_logging_config_writes_one_json_line_per_event(tmp_path):
+    """docs/operations.md's snippet, merged by traitlets as JupyterHub merges it."""
+    import re
+    from pathlib import Path
+
+    from traitlets.config import Application, Config
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", doc, re.S) if "logging_config" in block]
+    target = tmp_path / "audit.jsonl"
+    snippet = snippet.replace("/var/log/jupyterhub/consulspawner-audit.jsonl", str(target))
+    c = Config()
+    exec(snippet, {"c": c})
+
+    class Hub(Application):
+        pass
+
+    audit_logger = logging.getLogger("consulspawner.audit")
+    saved = (audit_logger.handlers[:], audit_logger.level, audit_logger.propagate)
+    try:
+        Hub(logging_config=c.JupyterHub.logging_config)._configure_logging()
+        audit.emit_for("grant", OWNER, trino_user="alice", destination="trino", cause="server started")
+        audit.emit_for("revoke", OWNER, destination="trino", cause="server stopped")
+        for handler in audit_logger.handlers:
+            handler.flush()
+        lines = target.read_text().splitlines()
+    finally:
+        for handler in audit_logger.handlers:
+            handler.close()
+        audit_logger.handlers, audit_logger.level, audit_logger.propagate = saved
+    assert [json.loads(text)["event"] for text in lines] == ["grant", "revoke"]
+    assert all(text.startswith("{") for text in lines)
