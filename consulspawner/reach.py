@@ -39,7 +39,8 @@ from .consul import ConsulClient, ConsulError
 from .intentions import KIND, TRINO_USER_HEADER
 
 # Set by Consul's HTTP layer when a list left out entries the token may not read
-# (agent/consul/config_endpoint.go List: reply.QueryMeta.ResultsFilteredByACLs).
+# (agent/consul/config_endpoint.go List: reply.QueryMeta.ResultsFilteredByACLs; parsed by
+# api/api.go), and only for an authenticated (non-anonymous) token.
 FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
 COLUMNS = ("destination", "source", "hub_user", "server_name", "trino_user", "since", "until", "state")
 
