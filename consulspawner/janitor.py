@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from . import ownership
+from . import metrics, ownership
 from .consul import ConsulClient, ConsulError
 from .intentions import KIND, IntentionWriter
 
@@ -185,8 +185,10 @@ class Janitor:
                     await self.consul.deregister_service(deletion.target)
             except Exception as e:
                 log.warning("Could not delete %s: %s", deletion.line(), e)
+                metrics.janitor_metrics().deletion_failed(deletion.kind)
                 continue
             log.info("Deleted %s", deletion.line())
+            metrics.janitor_metrics().deleted(deletion.kind)
             done.append(deletion)
         return done
 
@@ -229,6 +231,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics (passes, deletions, failures) on this port, all interfaces",
+    )
     args = parser.parse_args(argv)
     if args.interval <= 0 or args.grace < 0 or args.critical_limit < 0:
         parser.error("--interval must be positive, --grace and --critical-limit not negative")
@@ -247,6 +254,9 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if args.metrics_port is not None:
+        server, _ = metrics.serve_janitor_metrics(args.metrics_port)
+        log.info("Serving metrics on port %d", server.server_port)
     async with ConsulClient(args.consul_address, token, ca_file=args.ca_file) as consul:
         janitor = Janitor(consul, hub_instance=args.hub_instance, grace=args.grace, critical_limit=args.critical_limit)
         while True:
@@ -259,8 +269,10 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
                     len(deletions),
                     "" if not deletions else ": " + ", ".join(sorted({d.kind for d in deletions})),
                 )
+                metrics.janitor_metrics().pass_done(ok=True)
             except ConsulError as e:
                 log.warning("Pass failed, nothing deleted: %s", e)
+                metrics.janitor_metrics().pass_done(ok=False)
                 if args.once:
                     return 1
             if args.once or stop.is_set():
