@@ -5,6 +5,7 @@ jupyterhub_config.py loaded through JupyterHub's own loader into a working Consu
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -599,6 +600,25 @@ def test_jwt_key_init_refuses_a_key_others_could_read(key_dirs):
     result = _key_init(key_dir=key_dir, pub_dir=pub_dir)
     assert result.returncode == 1
     assert "readable by others" in result.stderr and "PRIVATE" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="giving a file to another uid needs root")
+def test_jwt_key_init_gives_the_key_to_the_hubs_uid(key_dirs):
+    import stat
+
+    key_dir, pub_dir = key_dirs
+    hub_uid = 10001  # a site whose hub does not run as root
+
+    def run(owner: int) -> subprocess.CompletedProcess:
+        return _key_init("--owner", str(owner), key_dir=key_dir, pub_dir=pub_dir)
+
+    assert run(hub_uid).returncode == 0
+    info = (key_dir / "key.pem").stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (hub_uid, 0o600)
+    assert key_dir.stat().st_uid == hub_uid and stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    refused = run(4242)  # the same key for another uid: refused, not silently re-owned
+    assert refused.returncode == 1 and "not the hub's uid 4242" in refused.stderr
+    assert key_dir.stat().st_uid == hub_uid  # and nothing was changed before refusing
 
 
 def test_jwt_key_rotation_stage_switch_retire(key_dirs):

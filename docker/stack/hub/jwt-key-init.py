@@ -91,12 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.umask(0o077)
     key, nxt = os.path.join(args.key_dir, KEY), os.path.join(args.key_dir, NEXT)
-    # The volume roots: only the hub lists the key directory; anyone may read the public one.
-    if os.stat(args.key_dir).st_uid != args.owner:
-        os.chown(args.key_dir, args.owner, args.owner)
-    os.chmod(args.key_dir, 0o700)
-    os.chmod(args.pub_dir, 0o755)
     try:
+        # Keys that exist are checked before anything is changed.
+        for path in (key, nxt):
+            if os.path.exists(path):
+                load_key(path, args.owner)
+        # The volume roots: only the hub lists the key directory; anyone may read the public one.
+        if os.stat(args.key_dir).st_uid != args.owner:
+            os.chown(args.key_dir, args.owner, args.owner)
+        os.chmod(args.key_dir, 0o700)
+        os.chmod(args.pub_dir, 0o755)
         if args.command == "init":
             if os.path.exists(key):
                 signer = load_key(key, args.owner)
