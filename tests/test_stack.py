@@ -547,7 +547,6 @@ def test_identity_files_are_what_consulspawner_identity_makes():
 
 
 def _key_init(*args: str, key_dir: Path, pub_dir: Path) -> subprocess.CompletedProcess:
-    import os
     import sys
 
     return subprocess.run(
@@ -567,7 +566,6 @@ def key_dirs(tmp_path):
 
 
 def test_jwt_key_init_makes_a_0600_key_once_and_publishes_its_public_half(key_dirs):
-    import os
     import stat
 
     from consulspawner.identity import Signer
@@ -774,7 +772,6 @@ json.dump(state, open(state_path, "w"))
 @pytest.fixture
 def fake_consul(tmp_path):
     import json
-    import os
     import sys
 
     if not shutil.which("jq"):
