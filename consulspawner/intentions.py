@@ -1,5 +1,8 @@
 """Grant and revoke intentions for our services, one ``service-intentions`` entry at a time.
 
+The I/O half of intentions: the source entries themselves (built, validated, read back) are
+the pure ``entries`` module's.
+
 All sources for one destination live in one config entry (docs: config-entries/service-intentions),
 so every grant or revoke is a read-modify-write of that entry, made safe with ``?cas=<ModifyIndex>``
 (``cas=0``: create only) and retried when someone else wrote first. The legacy
@@ -12,12 +15,12 @@ and one flusher applies everything queued so far in a single write; whatever arr
 write goes into the next one. N simultaneous changes cost a handful of writes, and none is lost:
 every caller's future resolves only after a write containing its change has landed.
 
-Ownership: a source is ours only if its ``Description`` carries our marker (see ``ownership``)
-for this hub. Sources written by anyone else pass through every write untouched, and a grant
+Ownership: a source is ours only if its ``Description`` carries our marker for this hub
+(``entries.owned_by``). Sources written by anyone else pass through every write untouched, and a grant
 never replaces a foreign source of the same name.
 
 Isolation: one caller's bad change must not fail the others coalesced with it. Each grant is
-checked against Consul's own validation (:func:`validate_source`) before it joins a batch, and
+checked against Consul's own validation (``entries.validate_source``) before it joins a batch, and
 a batch Consul still refuses as invalid is split in halves, recursively, so only the offending
 change fails.
 
@@ -33,34 +36,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import ownership
 from .consul import ConsulClient, ConsulError
+from .entries import KIND, owned_by, source_owner, validate_source
 
 log = logging.getLogger(__name__)
 
-KIND = "service-intentions"
-L4 = "L4"
-L7 = "L7"
-TRINO_USER_HEADER = "X-Trino-User"
 # Fields Consul adds on read that must not be sent back as if they were ours to set.
 _RAFT_FIELDS = ("CreateIndex", "ModifyIndex", "Hash")
-# Consul's checks of a service-intentions source, as ServiceIntentionsConfigEntry.validate in
-# hashicorp/consul agent/structs/config_entry_intentions.go makes them:
-# len(src.Description) > metaValueMaxLength (512, agent/structs/structs.go), Go len() = bytes.
-DESCRIPTION_MAX_BYTES = ownership.DESCRIPTION_MAX_BYTES
-_ACTIONS = ("allow", "deny")
-_PATH_FIELDS = ("PathExact", "PathPrefix", "PathRegex")
-_HEADER_MATCHERS = ("Present", "Exact", "Prefix", "Suffix", "Regex")
-# isValidHTTPMethod (same file): the methods net/http names.
-_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE")
-# A source we grant is a service that holds an ACL service identity, so its name is one:
-# validServiceIdentityName and ServiceIdentityNameMaxLength in hashicorp/consul acl/validation.go.
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$")
-_SERVICE_NAME_MAX = 256
 # Consul answers a config write it finds invalid with 400 (decoding) or 500 (validation errors
 # come back through the RPC layer as 500). Those concern some change in the batch, so the batch
 # is split; 401/403 (ACL), 429 and 502..504 or no answer concern every change alike.
@@ -71,117 +56,12 @@ class IntentionConflict(Exception):
     """A change would touch a source that is not ours (or not this hub's)."""
 
 
-class IntentionRefused(ValueError):
-    """A source Consul would refuse, caught before it joined a batch: only its caller fails."""
-
-    def __init__(self, source: object, reason: str):
-        self.source = source
-        self.reason = reason
-        super().__init__(f"intention source {source!r} refused before writing: {reason}")
-
-
-def validate_source(entry: dict) -> None:
-    """Raise :class:`IntentionRefused` unless Consul would accept ``entry`` as one of our sources.
-
-    The checks are Consul's own for a ``Sources[]`` item (config_entry_intentions.go, validate),
-    plus ours: the name can hold a service identity and the Description carries our marker.
-    """
-    name = entry.get("Name")
-    if not isinstance(name, str) or not _SERVICE_NAME.match(name) or len(name) > _SERVICE_NAME_MAX:
-        raise IntentionRefused(
-            name,
-            f"Name must be a service name ([a-z0-9_-], at most {_SERVICE_NAME_MAX} "
-            "characters, no '*'; acl/validation.go)",
-        )
-    description = entry.get("Description")
-    if not isinstance(description, str) or ownership.parse(description) is None:
-        raise IntentionRefused(name, "a granted source must carry an ownership marker in its Description")
-    size = len(description.encode("utf-8", "surrogatepass"))
-    if size > DESCRIPTION_MAX_BYTES:
-        raise IntentionRefused(
-            name,
-            f"Description is {size} bytes; Consul's limit is {DESCRIPTION_MAX_BYTES} "
-            "bytes (Sources[].Description, metaValueMaxLength)",
-        )
-    permissions = entry.get("Permissions")
-    if permissions is None:
-        if entry.get("Action") not in _ACTIONS:
-            raise IntentionRefused(name, "Action must be 'allow' or 'deny' when there are no Permissions")
-        return
-    if "Action" in entry:
-        raise IntentionRefused(name, "Action must be omitted if Permissions are specified")
-    if not isinstance(permissions, list) or not permissions:
-        raise IntentionRefused(name, "Permissions must be a non-empty list (or absent, with an Action)")
-    for j, permission in enumerate(permissions):
-        _validate_permission(name, j, permission)
-
-
-def _validate_permission(name: str, j: int, permission: object) -> None:
-    where = f"Permissions[{j}]"
-    if not isinstance(permission, dict) or permission.get("Action") not in _ACTIONS:
-        raise IntentionRefused(name, f"{where}.Action must be 'allow' or 'deny'")
-    http = permission.get("HTTP")
-    if not isinstance(http, dict):
-        raise IntentionRefused(name, f"{where}.HTTP is required")
-    paths = [field_ for field_ in _PATH_FIELDS if http.get(field_)]
-    if len(paths) > 1:
-        raise IntentionRefused(name, f"{where}.HTTP should only contain at most one of {', '.join(_PATH_FIELDS)}")
-    for field_ in ("PathExact", "PathPrefix"):
-        value = http.get(field_)
-        if value and (not isinstance(value, str) or not value.startswith("/")):
-            raise IntentionRefused(name, f"{where}.HTTP.{field_} doesn't start with '/': {value!r}")
-    parts = len(paths)
-    for k, header in enumerate(http.get("Header") or []):
-        if not isinstance(header, dict) or not header.get("Name"):
-            raise IntentionRefused(name, f"{where}.HTTP.Header[{k}] missing required Name field")
-        if sum(1 for matcher in _HEADER_MATCHERS if header.get(matcher)) != 1:
-            raise IntentionRefused(
-                name, f"{where}.HTTP.Header[{k}] should only contain one of {', '.join(_HEADER_MATCHERS)}"
-            )
-        parts += 1
-    methods = http.get("Methods") or []
-    if methods:
-        # Consul upper-cases methods in Normalize before Validate looks for duplicates.
-        upper = [str(method).upper() for method in methods]
-        bad = [method for method in upper if method not in _HTTP_METHODS]
-        if bad:
-            raise IntentionRefused(name, f"{where}.HTTP.Methods contains an invalid method {bad[0]!r}")
-        if len(set(upper)) != len(upper):
-            raise IntentionRefused(name, f"{where}.HTTP.Methods contains a method more than once")
-        parts += 1
-    if parts == 0:
-        raise IntentionRefused(name, f"{where}.HTTP should not be empty")
-
-
 class _WriteRefused(Exception):
     """Consul refused the config write itself (not the read before it)."""
 
     def __init__(self, error: ConsulError):
         super().__init__(str(error))
         self.error = error
-
-
-def source_entry(source: str, owner: ownership.Owner, mode: str = L4, trino_user: str | None = None) -> dict:
-    """The ``Sources[]`` item that grants ``source`` access, carrying the ownership marker.
-
-    L4: ``Action: allow`` for the whole connection. L7: allow only HTTP requests whose
-    ``X-Trino-User`` header is exactly this user's Trino user, then deny everything else
-    explicitly (Consul takes the first matching permission), so the outcome does not depend on
-    the cluster's default intention policy. L7 needs the destination's protocol to be http.
-    """
-    entry: dict = {"Name": source, "Description": owner.describe(DESCRIPTION_MAX_BYTES)}
-    if mode == L4:
-        entry["Action"] = "allow"
-    elif mode == L7:
-        if not trino_user:
-            raise ValueError("L7 intentions need the Trino user this source may act as")
-        entry["Permissions"] = [
-            {"Action": "allow", "HTTP": {"Header": [{"Name": TRINO_USER_HEADER, "Exact": trino_user}]}},
-            {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
-        ]
-    else:
-        raise ValueError(f"intention mode must be {L4!r} or {L7!r}, not {mode!r}")
-    return entry
 
 
 @dataclass
@@ -228,13 +108,12 @@ class IntentionWriter:
         self._known_absent: set[str] = set()
 
     def owns(self, source: dict) -> bool:
-        owner = ownership.parse(source.get("Description"))
-        return owner is not None and owner.hub == self.hub_instance
+        return owned_by(source, self.hub_instance)
 
     async def grant(self, destination: str, entry: dict) -> None:
         """Add or replace our source ``entry["Name"]`` on ``destination``.
 
-        Raises :class:`IntentionRefused` (a ValueError) at once, before any Consul call, for an
+        Raises ``entries.IntentionRefused`` (a ValueError) at once, before any Consul call, for an
         entry Consul would refuse; a ConsulError if Consul refuses it anyway; and
         :class:`IntentionConflict` if a source of that name is not this hub's. Other changes
         coalesced with this one are unaffected by any of these.
@@ -266,7 +145,7 @@ class IntentionWriter:
                 raise ValueError("revoke(incarnation=...) needs a non-empty incarnation")
 
             def condition(existing: dict, only_if=only_if) -> bool:
-                owner = ownership.parse(existing.get("Description"))
+                owner = source_owner(existing)
                 return (
                     owner is not None
                     and owner.incarnation == incarnation
@@ -419,6 +298,6 @@ class IntentionWriter:
             if entry is None:
                 self.log.info("Revoked intention %s -> %s", name, destination)
             else:
-                owner = ownership.parse(entry["Description"])
+                owner = source_owner(entry)
                 user = owner.user if owner else "?"
                 self.log.info("Granted intention %s -> %s for hub user %r", name, destination, user)

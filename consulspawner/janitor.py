@@ -33,7 +33,8 @@ from typing import TypeGuard
 
 from . import ownership
 from .consul import ConsulClient, ConsulError
-from .intentions import KIND, IntentionWriter
+from .entries import KIND
+from .intentions import IntentionWriter
 
 log = logging.getLogger("consulspawner.janitor")
 

@@ -8,14 +8,12 @@ reused by a spawner for another container backend.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from . import naming, ownership
-from .intentions import L4, L7, source_entry
+from .entries import L4, L7, source_entry
 
 TRINO_DESTINATION = "trino-coordinator"
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,254}[a-z0-9])?$")
 _TRINO_USER_MAX = 256
 
 
@@ -29,7 +27,7 @@ class Upstream:
     local_bind_address: str = "127.0.0.1"
 
     def __post_init__(self):
-        if not _SERVICE_NAME.match(self.destination):
+        if not naming.is_service_identity_name(self.destination):
             raise ValueError(f"upstream destination {self.destination!r} is not a valid Consul service name")
         if not 1 <= int(self.local_bind_port) <= 65535:
             raise ValueError(f"upstream {self.destination}: local_bind_port {self.local_bind_port} out of range")
@@ -69,7 +67,7 @@ class MeshSettings:
         if self.intention_mode not in (L4, L7):
             raise ValueError(f"intention mode must be {L4!r} or {L7!r}, not {self.intention_mode!r}")
         for destination in self.intention_destinations:
-            if not _SERVICE_NAME.match(destination):
+            if not naming.is_service_identity_name(destination):
                 raise ValueError(f"intention destination {destination!r} is not a valid Consul service name")
         ports = [u.local_bind_port for u in self.upstreams]
         if len(set(ports)) != len(ports):

@@ -8,15 +8,8 @@ import pytest
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient, ConsulError
-from consulspawner.intentions import (
-    KIND,
-    L4,
-    L7,
-    IntentionConflict,
-    IntentionRefused,
-    IntentionWriter,
-    source_entry,
-)
+from consulspawner.entries import KIND, L4, L7, IntentionRefused, source_entry
+from consulspawner.intentions import IntentionConflict, IntentionWriter
 
 DEST = "trino-coordinator"
 ORCHESTRATOR = {

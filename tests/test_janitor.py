@@ -8,7 +8,8 @@ import sys
 import time
 
 from consulspawner import ownership
-from consulspawner.intentions import KIND, IntentionWriter, source_entry
+from consulspawner.entries import KIND, source_entry
+from consulspawner.intentions import IntentionWriter
 from consulspawner.janitor import Janitor
 
 from .conftest import MASTER_TOKEN

@@ -16,7 +16,7 @@ from traitlets import TraitError
 from consulspawner import ownership
 from consulspawner import spawner as spawner_module
 from consulspawner.consul import ConsulClient
-from consulspawner.intentions import KIND, L7
+from consulspawner.entries import KIND, L7
 from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN

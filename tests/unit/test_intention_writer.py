@@ -11,15 +11,15 @@ import pytest
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulError
-from consulspawner.intentions import (
+from consulspawner.entries import (
     DESCRIPTION_MAX_BYTES,
     KIND,
     L7,
     IntentionRefused,
-    IntentionWriter,
     source_entry,
     validate_source,
 )
+from consulspawner.intentions import IntentionWriter
 
 DEST = "trino-coordinator"
 INCARNATION = "0123456789abcdef0123456789abcdef"

@@ -1,11 +1,13 @@
 """The mesh plan is pure: what it registers and grants is asserted as literal dicts."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from consulspawner import ownership
-from consulspawner.intentions import L7
+from consulspawner.entries import L7
 from consulspawner.plan import MeshSettings, Upstream, build_plan
 
 SETTINGS = MeshSettings(hub_instance="hub-a", check_ttl=60, deregister_critical_after=90)
@@ -141,3 +143,14 @@ def test_marker_round_trip_and_damaged_markers():
     assert ownership.parse("orchestrator may call trino") is None
     assert ownership.parse(ownership.MARKER + "{not json") is None
     assert ownership.parse(ownership.MARKER + json.dumps({"hub": 1, "user": "u", "server": "", "service": "s"})) is None
+
+
+def test_the_plan_and_its_entries_import_no_io():
+    # Pure means importable without the Consul client or the writer (issue 15).
+    code = (
+        "import sys, consulspawner.plan, consulspawner.entries; "
+        "print(sorted(m for m in sys.modules if m in "
+        "('consulspawner.consul', 'consulspawner.intentions', 'aiohttp', 'asyncio')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
