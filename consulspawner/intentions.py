@@ -13,7 +13,10 @@ Coalescing: a hub starting or culling many servers at once would otherwise write
 N times, each write invalidating the others' CAS index. Changes for one destination are queued
 and one flusher applies everything queued so far in a single write; whatever arrives during that
 write goes into the next one. N simultaneous changes cost a handful of writes, and none is lost:
-every caller's future resolves only after a write containing its change has landed.
+every caller's future resolves only after a write containing its change has landed. Within a
+batch the changes apply in the order they were submitted, each to what the earlier ones left,
+so a batch means exactly what the same changes one write at a time would: a late conditional
+revoke of an old start never removes a grant a newer start made just before it.
 
 Ownership: a source is ours only if its ``Description`` carries our marker for this hub
 (``entries.owned_by``). Sources written by anyone else pass through every write untouched, and a grant
@@ -128,11 +131,15 @@ class IntentionWriter:
         only_if: Callable[[dict], bool] | None = None,
         *,
         incarnation: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Remove our source ``source`` from ``destination``; nothing to do if it is gone.
 
-        ``only_if`` is checked against the source as read in the same CAS cycle that deletes
-        it, so a janitor never removes a grant the hub extended after the janitor looked.
+        Returns True once the source is gone (removed, or absent already), False when it is
+        still there because ``only_if`` no longer held: then it was not this caller's to remove.
+        ``only_if`` is checked against the source as it stands at this change's turn: read in
+        the same CAS cycle that deletes it, after every change submitted before this one, so a
+        janitor never removes a grant the hub extended after the janitor looked, and a late
+        teardown never removes the grant a newer start made in the same batch.
         ``incarnation``: remove the source only while its marker names this incarnation (one
         start of the server), so a late teardown of an old start spares a newer one's grant.
         Both conditions must hold when both are given.
@@ -152,15 +159,15 @@ class IntentionWriter:
                     and (only_if is None or bool(only_if(existing)))
                 )
 
-        await self._submit(destination, source, None, condition)
+        return bool(await self._submit(destination, source, None, condition))
 
-    async def _submit(self, destination: str, source: str, entry: dict | None, only_if=None) -> None:
+    async def _submit(self, destination: str, source: str, entry: dict | None, only_if=None) -> bool | None:
         future = asyncio.get_running_loop().create_future()
         queue = self._queues.setdefault(destination, _Queue())
         queue.changes.append(_Change(source, entry, future, only_if))
         if queue.flusher is None or queue.flusher.done():
             queue.flusher = asyncio.create_task(self._flush(destination, queue))
-        await future
+        return await future
 
     async def _flush(self, destination: str, queue: _Queue) -> None:
         # Let every change submitted in this loop iteration join the first batch.
@@ -172,7 +179,7 @@ class IntentionWriter:
     async def _apply(self, destination: str, batch: list[_Change]) -> None:
         """Write ``batch`` and settle every caller's future; split the batch if Consul refuses it."""
         try:
-            refused = await self._write(destination, batch)
+            outcomes = await self._write(destination, batch)
         except _WriteRefused as refusal:
             error = refusal.error
             if len(batch) > 1 and error.status in _SPLIT_STATUSES:
@@ -196,13 +203,13 @@ class IntentionWriter:
         except Exception as e:
             self._fail(batch, e)
             return
-        for change in batch:
+        for change, outcome in zip(batch, outcomes, strict=True):
             if change.future.done():
                 continue
-            if change.source in refused:
-                change.future.set_exception(refused[change.source])
+            if isinstance(outcome, Exception):
+                change.future.set_exception(outcome)
             else:
-                change.future.set_result(None)
+                change.future.set_result(outcome)
 
     @staticmethod
     def _fail(batch: list[_Change], error: BaseException) -> None:
@@ -210,14 +217,15 @@ class IntentionWriter:
             if not change.future.done():
                 change.future.set_exception(error)
 
-    async def _write(self, destination: str, batch: list[_Change]) -> dict[str, Exception]:
-        """Apply a batch in one CAS write, re-reading on conflict. Returns refused changes."""
-        # Later changes to the same source win: a grant then a revoke in one batch is a revoke.
-        wanted: dict[str, dict | None] = {}
-        conditions: dict[str, Callable[[dict], bool] | None] = {}
-        for change in batch:
-            wanted[change.source] = change.entry
-            conditions[change.source] = change.only_if
+    async def _write(self, destination: str, batch: list[_Change]) -> list[bool | Exception | None]:
+        """Apply a batch in one CAS write, re-reading on conflict.
+
+        The changes apply in the order they were submitted, each to what the earlier ones left
+        (a grant then a revoke is a revoke; a conditional revoke sees a grant made before it in
+        the same batch). Returns each change's outcome, in batch order: None for a grant that
+        holds, True for a revoke that left the source gone, False for a revoke whose condition
+        no longer held, or the exception that refused the change.
+        """
         for attempt in range(1, self.max_attempts + 1):
             # Believed absent (we deleted it last): try to create without reading first.
             assumed = destination in self._known_absent
@@ -228,35 +236,53 @@ class IntentionWriter:
                 current = await self.consul.retrying(
                     lambda: self.consul.get_config(KIND, destination), budget=self.retry_budget
                 )
-            sources = list((current or {}).get("Sources") or [])
-            refused: dict[str, Exception] = {}
-            by_name = {s.get("Name"): i for i, s in enumerate(sources)}
-            changed: set[str] = set()
-            for name, entry in wanted.items():
+            before = list((current or {}).get("Sources") or [])
+            sources: list[dict | None] = list(before)
+            by_name = {s.get("Name"): i for i, s in enumerate(before)}
+            outcomes: list[bool | Exception | None] = []
+            applied: list[_Change] = []
+            for change in batch:
+                name = change.source
                 index = by_name.get(name)
                 existing = sources[index] if index is not None else None
                 if existing is not None and not self.owns(existing):
-                    refused[name] = IntentionConflict(
-                        f"source {name!r} on {destination!r} was not written by this hub; left untouched"
+                    outcomes.append(
+                        IntentionConflict(
+                            f"source {name!r} on {destination!r} was not written by this hub; left untouched"
+                        )
                     )
-                    continue
-                if entry is None:
-                    condition = conditions[name]
-                    if index is not None and (condition is None or condition(sources[index])):
+                elif change.entry is None:
+                    if index is None or existing is None:
+                        outcomes.append(True)  # gone already
+                        continue
+                    try:
+                        due = change.only_if is None or bool(change.only_if(existing))
+                    except Exception as e:  # a caller's broken condition fails that caller only
+                        outcomes.append(e)
+                        continue
+                    if due:
                         sources[index] = None
-                        changed.add(name)
+                        del by_name[name]
+                        applied.append(change)
+                    # False: not ours to remove any more (a newer grant, perhaps earlier in this
+                    # very batch); its caller hears so rather than a success.
+                    outcomes.append(due)
                 elif index is None:
-                    sources.append(entry)
-                    changed.add(name)
-                elif {k: sources[index].get(k) for k in entry} != entry:
+                    by_name[name] = len(sources)
+                    sources.append(change.entry)
+                    applied.append(change)
+                    outcomes.append(None)
+                else:
                     # Compare only what we set: Consul adds Precedence, Type... on read.
-                    sources[index] = entry
-                    changed.add(name)
-            if not changed:
+                    if {k: (existing or {}).get(k) for k in change.entry} != change.entry:
+                        sources[index] = change.entry
+                        applied.append(change)
+                    outcomes.append(None)
+            kept = [s for s in sources if s is not None]
+            if kept == before:
                 if assumed:
                     continue  # "nothing to do" judged on a remembered view: confirm with a read
-                return refused
-            kept = [s for s in sources if s is not None]
+                return outcomes
             try:
                 if current is None:
                     ok = await self._create(destination, kept)
@@ -277,8 +303,8 @@ class IntentionWriter:
                     raise  # no answer: the write may or may not have landed; nothing to split
                 raise _WriteRefused(e) from e
             if ok:
-                self._log_changes(destination, {name: wanted[name] for name in changed})
-                return refused
+                self._log_changes(destination, applied)
+                return outcomes
             self.conflicts += 1
             self.log.debug("CAS conflict on %s %s (attempt %d), re-reading", KIND, destination, attempt)
             await asyncio.sleep(random.uniform(0, min(0.05 * attempt, 0.5)))
@@ -293,11 +319,11 @@ class IntentionWriter:
         entry = {"Kind": KIND, "Name": destination, "Sources": sources}
         return await self.consul.set_config(entry, cas=0)
 
-    def _log_changes(self, destination: str, changes: dict[str, dict | None]) -> None:
-        for name, entry in changes.items():
-            if entry is None:
-                self.log.info("Revoked intention %s -> %s", name, destination)
+    def _log_changes(self, destination: str, changes: list[_Change]) -> None:
+        for change in changes:
+            if change.entry is None:
+                self.log.info("Revoked intention %s -> %s", change.source, destination)
             else:
-                owner = source_owner(entry)
+                owner = source_owner(change.entry)
                 user = owner.user if owner else "?"
-                self.log.info("Granted intention %s -> %s for hub user %r", name, destination, user)
+                self.log.info("Granted intention %s -> %s for hub user %r", change.source, destination, user)

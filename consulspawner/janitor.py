@@ -179,7 +179,9 @@ class Janitor:
                             return False
                         return not expired_only or (owner.expires_at is not None and owner.expires_at <= now)
 
-                    await self._writer(deletion.hub).revoke(destination, source, only_if=still_due)
+                    if not await self._writer(deletion.hub).revoke(destination, source, only_if=still_due):
+                        log.info("Kept %s: it changed since the survey", deletion.line())
+                        continue
                 elif deletion.kind == "token":
                     await self.consul.delete_token(deletion.target)
                 elif deletion.kind == "service":
