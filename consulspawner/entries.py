@@ -10,12 +10,30 @@ into Consul is ``intentions.IntentionWriter``'s job.
 
 from __future__ import annotations
 
-from . import naming, ownership
+from . import naming, ownership, trinouser
 
 KIND = "service-intentions"
 L4 = "L4"
 L7 = "L7"
 TRINO_USER_HEADER = "X-Trino-User"
+# Request headers other than X-Trino-User from which Trino derives who is asking. An L7 grant
+# refuses any request that carries one (trinodb/trino, HttpRequestSessionContextFactory):
+# - X-Trino-Original-User: buildSessionOriginalIdentity makes it the original identity, the one
+#   impersonation and SET SESSION AUTHORIZATION are checked for.
+# - X-Presto-User, X-Presto-Original-User: the same headers under the legacy name, read when
+#   the server sets protocol.compatibility.alternate-header-name=Presto (ProtocolHeaders
+#   .detectProtocol). Trino answers 400 when both X-Trino-* and X-Presto-* arrive, so with
+#   X-Trino-User required these are refused twice; refusing them here does not depend on that.
+# - Authorization: an authenticator derives the authenticated identity from it; with no
+#   authentication configured, InsecureAuthenticator takes a Basic user name (no password) as
+#   the principal, which Trino then checks impersonation of X-Trino-User against. The mesh is the
+#   authentication here: a notebook presents no other identity.
+# Left allowed, since Trino checks them against the bound user rather than taking them on trust:
+# X-Trino-Role (addEnabledRoles denies a system role not granted to that user; a catalog role is
+# checked by its connector), X-Trino-Extra-Credential (credentials the user hands its
+# connectors; buildSessionOriginalIdentity drops them). A site-chosen alternate header name other
+# than Presto is not known here.
+REFUSED_IDENTITY_HEADERS = ("X-Trino-Original-User", "X-Presto-User", "X-Presto-Original-User", "Authorization")
 # Consul's checks of a service-intentions source, as ServiceIntentionsConfigEntry.validate in
 # hashicorp/consul agent/structs/config_entry_intentions.go makes them:
 # len(src.Description) > metaValueMaxLength (512, agent/structs/structs.go), Go len() = bytes.
@@ -113,10 +131,12 @@ def _validate_permission(name: str, j: int, permission: object) -> None:
 def source_entry(source: str, owner: ownership.Owner, mode: str = L4, trino_user: str | None = None) -> dict:
     """The ``Sources[]`` item that grants ``source`` access, carrying the ownership marker.
 
-    L4: ``Action: allow`` for the whole connection. L7: allow only HTTP requests whose
-    ``X-Trino-User`` header is exactly this user's Trino user, then deny everything else
-    explicitly (Consul takes the first matching permission), so the outcome does not depend on
-    the cluster's default intention policy. L7 needs the destination's protocol to be http.
+    L4: ``Action: allow`` for the whole connection. L7, in order: deny a request that carries any
+    of :data:`REFUSED_IDENTITY_HEADERS`, then allow one whose ``X-Trino-User`` header is exactly
+    this user's Trino user, then deny everything else explicitly, so the outcome does not depend
+    on the cluster's default intention policy. The first matching permission decides: Consul
+    turns each permission into "this AND NOT every earlier one" (agent/xds/rbac.go,
+    removePermissionPrecedence). L7 needs the destination's protocol to be http.
     """
     entry: dict = {"Name": source, "Description": owner.describe(DESCRIPTION_MAX_BYTES)}
     if mode == L4:
@@ -124,7 +144,12 @@ def source_entry(source: str, owner: ownership.Owner, mode: str = L4, trino_user
     elif mode == L7:
         if not trino_user:
             raise ValueError("L7 intentions need the Trino user this source may act as")
+        trinouser.check_trino_user(trino_user, owner.user)
         entry["Permissions"] = [
+            *(
+                {"Action": "deny", "HTTP": {"Header": [{"Name": name, "Present": True}]}}
+                for name in REFUSED_IDENTITY_HEADERS
+            ),
             {"Action": "allow", "HTTP": {"Header": [{"Name": TRINO_USER_HEADER, "Exact": trino_user}]}},
             {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
         ]

@@ -124,7 +124,8 @@ async def test_l7_grant_binds_the_trino_user_and_counts_as_deny_for_l4(consul_cl
     writer = IntentionWriter(consul_client, "hub-a")
     await writer.grant(DEST, entry_for("jupyter-carol", mode=L7, trino_user="carol"))
     [source] = (await consul_client.get_config(KIND, DEST))["Sources"]
-    assert source["Permissions"][0]["HTTP"]["Header"] == [{"Name": "X-Trino-User", "Exact": "carol"}]
+    [allow] = [p for p in source["Permissions"] if p["Action"] == "allow"]
+    assert allow["HTTP"]["Header"] == [{"Name": "X-Trino-User", "Exact": "carol"}]
     assert "Action" not in source
     roots = (await consul_client.request("GET", "/v1/agent/connect/ca/roots")).body
     uri = f"spiffe://{roots['TrustDomain']}/ns/default/dc/dc1/svc/jupyter-carol"
