@@ -26,7 +26,8 @@ from typing import TypeGuard
 
 from . import ownership
 from .consul import ConsulClient, ConsulError
-from .intentions import KIND, IntentionWriter
+from .entries import KIND
+from .intentions import IntentionWriter
 from .plan import MeshPlan
 
 log = logging.getLogger(__name__)

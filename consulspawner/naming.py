@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from typing import TypeGuard
 
 DEFAULT_TEMPLATE = "jupyter-{slug}"
 MAX_NAME_LENGTH = 63  # one DNS label
@@ -143,3 +144,18 @@ def sidecar_id(parent_service_id: str) -> str:
     ``<parent-id>-sidecar-proxy``.
     """
     return f"{parent_service_id}{RESERVED_SUFFIXES[0]}"
+
+
+# Any name that can hold an ACL service identity (ours, a destination, an upstream):
+# validServiceIdentityName and ServiceIdentityNameMaxLength in hashicorp/consul acl/validation.go.
+SERVICE_IDENTITY_NAME_MAX = 256
+_SERVICE_IDENTITY_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$")
+
+
+def is_service_identity_name(name: object) -> TypeGuard[str]:
+    """Whether ``name`` is a Consul service name that can hold an ACL service identity."""
+    return (
+        isinstance(name, str)
+        and len(name) <= SERVICE_IDENTITY_NAME_MAX
+        and _SERVICE_IDENTITY_NAME.match(name) is not None
+    )

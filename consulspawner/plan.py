@@ -8,15 +8,12 @@ reused by a spawner for another container backend.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from . import naming, ownership
-from .intentions import L4, L7, source_entry
+from . import naming, ownership, trinouser
+from .entries import L4, L7, source_entry
 
 TRINO_DESTINATION = "trino-coordinator"
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,254}[a-z0-9])?$")
-_TRINO_USER_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -29,7 +26,7 @@ class Upstream:
     local_bind_address: str = "127.0.0.1"
 
     def __post_init__(self):
-        if not _SERVICE_NAME.match(self.destination):
+        if not naming.is_service_identity_name(self.destination):
             raise ValueError(f"upstream destination {self.destination!r} is not a valid Consul service name")
         if not 1 <= int(self.local_bind_port) <= 65535:
             raise ValueError(f"upstream {self.destination}: local_bind_port {self.local_bind_port} out of range")
@@ -69,7 +66,7 @@ class MeshSettings:
         if self.intention_mode not in (L4, L7):
             raise ValueError(f"intention mode must be {L4!r} or {L7!r}, not {self.intention_mode!r}")
         for destination in self.intention_destinations:
-            if not _SERVICE_NAME.match(destination):
+            if not naming.is_service_identity_name(destination):
                 raise ValueError(f"intention destination {destination!r} is not a valid Consul service name")
         ports = [u.local_bind_port for u in self.upstreams]
         if len(set(ports)) != len(ports):
@@ -195,10 +192,8 @@ def build_plan(
     spawner state, so a template changed while the server runs never loses track of what was
     registered; ``incarnation`` goes into every marker."""
     trino_user = user_name if trino_user is None else trino_user
-    if not _valid_trino_user(trino_user):
-        # It becomes an HTTP header value (L7) and an environment variable: no control
-        # characters (no header injection), no surrounding blanks, a sane length.
-        raise ValueError(f"Trino user {trino_user!r} for hub user {user_name!r} is not a printable name")
+    # It becomes the X-Trino-User an L7 intention binds, so only what Envoy and Trino read alike.
+    trinouser.check_trino_user(trino_user, user_name)
     name = service_id or naming.service_name(user_name, server_name, settings.name_template)
     owner = ownership.Owner(
         hub=settings.hub_instance, user=user_name, server=server_name, service=name, incarnation=incarnation
@@ -210,10 +205,4 @@ def build_plan(
         service_name=name,
         trino_user=trino_user,
         service_port=int(service_port),
-    )
-
-
-def _valid_trino_user(value: object) -> bool:
-    return (
-        isinstance(value, str) and 0 < len(value) <= _TRINO_USER_MAX and value.isprintable() and value == value.strip()
     )

@@ -40,7 +40,8 @@ from traitlets import (
 
 from . import naming, ownership
 from .consul import ConsulClient, ConsulError, parse_address
-from .intentions import L4, L7, IntentionWriter
+from .entries import L4, L7
+from .intentions import IntentionWriter
 from .mesh import MeshState, ServerMesh, SidecarNotReady, new_incarnation, sweep_orphans
 from .plan import TRINO_DESTINATION, MeshPlan, MeshSettings, Upstream, build_plan
 
