@@ -115,7 +115,8 @@ def cause_of(error: BaseException) -> str:
     """The fixed-set cause of a step's failure (never the error text: unbounded)."""
     # Imported here: intentions imports consul, and metrics must stay importable on its own.
     from .consul import ConsulError
-    from .intentions import IntentionConflict, IntentionRefused
+    from .entries import IntentionRefused
+    from .intentions import IntentionConflict
 
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
         return "timeout"

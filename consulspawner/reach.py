@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 from . import ownership
 from .consul import ConsulClient, ConsulError
-from .intentions import KIND, TRINO_USER_HEADER
+from .entries import KIND, TRINO_USER_HEADER
 
 # Set by Consul's HTTP layer when a list left out entries the token may not read
 # (agent/consul/config_endpoint.go List: reply.QueryMeta.ResultsFilteredByACLs; parsed by

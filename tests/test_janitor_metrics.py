@@ -11,7 +11,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from consulspawner import ownership
-from consulspawner.intentions import L4, IntentionWriter, source_entry
+from consulspawner.entries import L4, source_entry
+from consulspawner.intentions import IntentionWriter
 
 from .conftest import MASTER_TOKEN
 

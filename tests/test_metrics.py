@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consulspawner import metrics
 from consulspawner.consul import ConsulError
-from consulspawner.intentions import IntentionConflict, IntentionRefused
+from consulspawner.entries import IntentionRefused
+from consulspawner.intentions import IntentionConflict
 
 
 def value(name: str, **labels: str) -> float:

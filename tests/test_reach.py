@@ -10,7 +10,8 @@ import pytest
 
 from consulspawner import ownership, reach
 from consulspawner.consul import ConsulClient
-from consulspawner.intentions import KIND, L4, L7, IntentionWriter, source_entry
+from consulspawner.entries import KIND, L4, L7, source_entry
+from consulspawner.intentions import IntentionWriter
 from consulspawner.janitor import Janitor
 
 from .conftest import MASTER_TOKEN
