@@ -137,6 +137,12 @@ class AclTokens:
                 s["ServiceName"]
                 for s in token.get("ServiceIdentities") or []
                 if not s.get("Datacenters") or self.datacenter in s["Datacenters"]
+            ) + tuple(
+                # A builtin/service templated policy (from a templated-policy binding rule)
+                # grants what a service identity of that name grants (acl_templated_policy.go).
+                (t.get("TemplateVariables") or {}).get("Name", "")
+                for t in token.get("TemplatedPolicies") or []
+                if t.get("TemplateName") == "builtin/service"
             )
             return Authorizer(token["AccessorID"], management=management, services=services, rules=rules)
 
@@ -162,7 +168,7 @@ class AclTokens:
     def _token_view(self, token: dict) -> dict:
         out = _strip_private(token)
         out["Policies"] = self._policy_links_view(out.get("Policies"))
-        for key in ("Policies", "ServiceIdentities", "Roles", "NodeIdentities"):
+        for key in ("Policies", "ServiceIdentities", "Roles", "NodeIdentities", "TemplatedPolicies"):
             if not out.get(key):
                 out.pop(key, None)
         return copy.deepcopy(out)
@@ -455,7 +461,10 @@ class AclTokens:
             if token is None or self._token_expired(token):
                 # acl.ACLResourceNotExistError("token", ...) as a 404
                 raise ConsulError(404, "Requested token does not exist: ACL not found")
-            return self.idx("acl-tokens"), self._token_view(token)
+            view = self._token_view(token)
+            if not authz.acl_write():
+                view["SecretID"] = "<hidden>"  # aclfilter.go filterToken: acl:read without acl:write
+            return self.idx("acl-tokens"), view
 
     def acl_token_self(self, secret: str | None) -> tuple[int, dict]:
         with self.lock:
@@ -524,7 +533,10 @@ class AclTokens:
                         "Description",
                         "Policies",
                         "ServiceIdentities",
+                        "NodeIdentities",
+                        "TemplatedPolicies",
                         "Local",
+                        "AuthMethod",
                         "ExpirationTime",
                         "CreateTime",
                         "Hash",

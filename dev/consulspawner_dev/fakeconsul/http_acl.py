@@ -115,3 +115,87 @@ class AclRoutes:
         token = request_token(request)
         index, body = await self._block(request, lambda: self.state.acl_policy_list(token))
         return json_response(body, headers=self._meta_headers(index))
+
+    # ------------------------------------------------------------------ auth methods, binding rules, login
+    # agent/acl_endpoint.go ACLAuthMethod* / ACLBindingRule* / ACLLogin / ACLLogout.
+    async def acl_auth_method_create(self, request, _rest):
+        self._acl_enabled_or_401()
+        body = await self._body(request, "AuthMethod decoding failed")
+        return json_response(self.state.auth_method_set(body, request_token(request)))
+
+    async def acl_auth_method_crud(self, request, name):
+        self._acl_enabled_or_401()
+        token = request_token(request)
+        if not name and request.method != "PUT":
+            raise ConsulError(400, "Missing auth method name")
+        if request.method == "GET":
+            index, body = await self._block(request, lambda: self.state.auth_method_read(name, token))
+            return json_response(body, headers=self._meta_headers(index))
+        if request.method == "DELETE":
+            return json_response(self.state.auth_method_delete(name, token))
+        body = await self._body(request, "AuthMethod decoding failed")
+        return json_response(self.state.auth_method_set(body, token, name_in_url=name))
+
+    async def acl_auth_methods(self, request, _rest):
+        self._acl_enabled_or_401()
+        token = request_token(request)
+        index, body = await self._block(request, lambda: self.state.auth_method_list(token))
+        return json_response(body, headers=self._meta_headers(index))
+
+    async def acl_binding_rule_create(self, request, _rest):
+        self._acl_enabled_or_401()
+        body = await self._body(request, "BindingRule decoding failed")
+        return json_response(self.state.binding_rule_set(body, request_token(request)))
+
+    async def acl_binding_rule_crud(self, request, rule_id):
+        self._acl_enabled_or_401()
+        token = request_token(request)
+        if not rule_id and request.method != "PUT":
+            raise ConsulError(400, "Missing binding rule ID")
+        if request.method == "GET":
+            index, body = await self._block(request, lambda: self.state.binding_rule_read(rule_id, token))
+            return json_response(body, headers=self._meta_headers(index))
+        if request.method == "DELETE":
+            return json_response(self.state.binding_rule_delete(rule_id, token))
+        body = await self._body(request, "BindingRule decoding failed")
+        return json_response(self.state.binding_rule_set(body, token, rule_id_in_url=rule_id))
+
+    async def acl_binding_rules(self, request, _rest):
+        self._acl_enabled_or_401()
+        token = request_token(request)
+        method = request.query.get("authmethod", "")
+        index, body = await self._block(request, lambda: self.state.binding_rule_list(token, method))
+        return json_response(body, headers=self._meta_headers(index))
+
+    async def acl_login(self, request, _rest):
+        # ACLLogin never calls parseToken: a token on the request is not looked at at all, so
+        # the RPC's "do not provide a token when logging in" cannot trigger over HTTP.
+        self._acl_enabled_or_401()
+        body = await self._body(request, "Failed to decode request body")
+        return json_response(self.state.login(body))
+
+    async def acl_logout(self, request, _rest):
+        self._acl_enabled_or_401()
+        return json_response(self.state.logout(request_token(request)))
+
+    @staticmethod
+    def acl_routes(app) -> list:
+        """The ACL endpoints' routes (agent/http_register.go), for the dispatcher's table."""
+        return [
+            ("/v1/acl/token", ["PUT"], app.acl_token_create),
+            ("/v1/acl/token/self", ["GET"], app.acl_token_self),
+            ("/v1/acl/token/", ["GET", "PUT", "DELETE"], app.acl_token_crud),
+            ("/v1/acl/tokens", ["GET"], app.acl_tokens),
+            ("/v1/acl/policy", ["PUT"], app.acl_policy_create),
+            ("/v1/acl/policy/", ["GET", "PUT", "DELETE"], app.acl_policy_crud),
+            ("/v1/acl/policy/name/", ["GET"], app.acl_policy_by_name),
+            ("/v1/acl/policies", ["GET"], app.acl_policies),
+            ("/v1/acl/auth-method", ["PUT"], app.acl_auth_method_create),
+            ("/v1/acl/auth-method/", ["GET", "PUT", "DELETE"], app.acl_auth_method_crud),
+            ("/v1/acl/auth-methods", ["GET"], app.acl_auth_methods),
+            ("/v1/acl/binding-rule", ["PUT"], app.acl_binding_rule_create),
+            ("/v1/acl/binding-rule/", ["GET", "PUT", "DELETE"], app.acl_binding_rule_crud),
+            ("/v1/acl/binding-rules", ["GET"], app.acl_binding_rules),
+            ("/v1/acl/login", ["POST"], app.acl_login),
+            ("/v1/acl/logout", ["POST"], app.acl_logout),
+        ]

@@ -7,7 +7,8 @@ state is split the way Consul's source splits its subsystems, one mixin per modu
 - :mod:`.clock` - the fake clock, the raft-like index and blocking-query wake-ups;
 - :mod:`.agent_catalog` - agent service registration and the catalog;
 - :mod:`.health` - checks, reaping and the health views;
-- :mod:`.acl_tokens` - ACL tokens and policies;
+- :mod:`.acl_tokens` - ACL tokens and policies; :mod:`.acl_login` - auth methods, binding
+  rules, login and logout;
 - :mod:`.config_entries` and :mod:`.intentions` - config entries and intentions;
 - :mod:`.connect_ca` - the Connect CA.
 
@@ -22,6 +23,7 @@ import threading
 import time
 import uuid
 
+from .acl_login import AclLogin
 from .acl_tokens import AclTokens
 from .agent_catalog import AgentCatalog
 from .ca import ConnectCA
@@ -33,7 +35,7 @@ from .health import Health
 from .intentions import Intentions
 
 
-class State(Clock, AclTokens, AgentCatalog, Health, ConfigEntries, Intentions, ConnectCAState):
+class State(Clock, AclTokens, AclLogin, AgentCatalog, Health, ConfigEntries, Intentions, ConnectCAState):
     """All agent, catalog, config-entry, ACL and CA state of one fake Consul agent."""
 
     def __init__(
@@ -64,6 +66,8 @@ class State(Clock, AclTokens, AgentCatalog, Health, ConfigEntries, Intentions, C
         self.config_entries: dict[tuple[str, str], dict] = {}
         self.tokens: dict[str, dict] = {}
         self.policies: dict[str, dict] = {}
+        self.auth_methods: dict[str, dict] = {}
+        self.binding_rules: dict[str, dict] = {}
         self._parsed_rules: dict[str, dict] = {}
         self.leaves: dict[str, dict] = {}
         self._bump("nodes")  # the node itself registers first, as the first raft writes do
