@@ -307,3 +307,42 @@ async def test_binding_rule_refusals(acl_fake, raw, signer, setup, over, text):
     rule = {"AuthMethod": "hub-a", "BindType": "service", "BindName": "jupyter-${value.user}", **over}
     status, body = await _call(raw, acl_fake, "PUT", "/v1/acl/binding-rule", body=rule)
     assert status == 500 and text in body
+
+
+# ---------------------------------------------------------------- other bind types
+
+
+async def test_policy_and_templated_policy_bindings(acl_fake, raw, signer, setup):
+    del setup  # the method and its service rule exist
+    # binder.go: BindTypePolicy links an existing policy by name (none bound if it is missing).
+    status, policy = await _call(raw, acl_fake, "PUT", "/v1/acl/policy", body={"Name": "hub-a-reader", "Rules": ""})
+    assert status == 200
+    for body in (
+        {"AuthMethod": "hub-a", "BindType": "policy", "BindName": "hub-${value.hub}-reader"},
+        {"AuthMethod": "hub-a", "BindType": "policy", "BindName": "no-such-policy"},
+        {
+            "AuthMethod": "hub-a",
+            "BindType": "templated-policy",
+            "BindName": "builtin/service",
+            "BindVars": {"Name": "jupyter-${value.user}-t"},
+        },
+    ):
+        status, text = await _call(raw, acl_fake, "PUT", "/v1/acl/binding-rule", body=body)
+        assert status == 200, text
+    status, token = await _login(raw, acl_fake, signer.sign(_claims(acl_fake)))
+    assert status == 200, token
+    assert token["Policies"] == [{"ID": policy["ID"], "Name": "hub-a-reader"}]
+    assert token["TemplatedPolicies"] == [
+        {"TemplateName": "builtin/service", "TemplateVariables": {"Name": "jupyter-alice-t"}}
+    ]
+    # What the token may do: service:write on both bound names, nothing else.
+    for name, allowed in (("jupyter-alice", True), ("jupyter-alice-t", True), ("jupyter-bob", False)):
+        reg = {"Name": name, "ID": name, "Port": 8888}
+        status, _, _ = await raw(acl_fake, "PUT", "/v1/agent/service/register", token=token["SecretID"], json=reg)
+        assert status == (200 if allowed else 403), name
+
+
+async def test_unknown_template_is_refused(acl_fake, raw, signer, setup):
+    body = {"AuthMethod": "hub-a", "BindType": "templated-policy", "BindName": "builtin/everything"}
+    status, text = await _call(raw, acl_fake, "PUT", "/v1/acl/binding-rule", body=body)
+    assert status == 500 and "does not match existing template name: builtin/everything" in text
