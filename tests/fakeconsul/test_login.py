@@ -346,3 +346,18 @@ async def test_unknown_template_is_refused(acl_fake, raw, signer, setup):
     body = {"AuthMethod": "hub-a", "BindType": "templated-policy", "BindName": "builtin/everything"}
     status, text = await _call(raw, acl_fake, "PUT", "/v1/acl/binding-rule", body=body)
     assert status == 500 and "does not match existing template name: builtin/everything" in text
+
+
+async def test_badly_typed_claims_fail_as_the_signature_does(acl_fake, raw, signer, setup):
+    # go-jose's parsedJWT.Claims(key, ...) verifies and unmarshals in one call; an unmarshal
+    # error fails every key, so oidcauth/jwt.go reports "no known key successfully validated".
+    for over in ({"exp": "soon"}, {"aud": 7}, {"iss": ["a"]}):
+        status, body = await _login(raw, acl_fake, signer.sign(_claims(acl_fake, **over)))
+        assert (status, body) == (500, "no known key successfully validated the token signature"), over
+
+
+async def test_login_body_must_decode(acl_fake, raw, signer, setup):
+    status, text = await _call(
+        raw, acl_fake, "POST", "/v1/acl/login", token=None, body={"AuthMethod": "hub-a", "BearerToken": 5}
+    )
+    assert status == 400 and text.startswith("Failed to decode request body:")

@@ -364,6 +364,13 @@ class AclLogin:
                     "Failed to decode request body: json: cannot unmarshal into Go struct field "
                     "ACLLoginParams.Meta of type string",
                 )
+            for field in ("AuthMethod", "BearerToken"):
+                if not isinstance(body.get(field) or "", str):
+                    raise ConsulError(
+                        400,
+                        f"Failed to decode request body: json: cannot unmarshal into Go struct field "
+                        f"ACLLoginParams.{field} of type string",
+                    )
             name = body.get("AuthMethod") or ""
             method = self.auth_methods.get(name)
             if method is None:

@@ -137,13 +137,30 @@ def _leeway(config: dict, name: str, default: float) -> float:
     return 0.0 if value < 0 else (default if value == 0 else value)
 
 
+_UNVERIFIED = "no known key successfully validated the token signature"
+
+
 def _numeric(claims: dict, name: str) -> float:
     value = claims.get(name)
     if value is None:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise JWTError(f"error parsing token: json: cannot unmarshal {type(value).__name__} into NumericDate")
+        # go-jose: parsedJWT.Claims(key, ...) verifies AND unmarshals; an unmarshal error makes
+        # every key "fail", so Consul reports the signature error.
+        raise JWTError(_UNVERIFIED)
     return float(int(value))
+
+
+def _check_registered_types(claims: dict) -> None:
+    """jwt.Claims unmarshal: iss/sub/jti strings, aud a string or a list of strings."""
+    for name in ("iss", "sub", "jti"):
+        if claims.get(name) is not None and not isinstance(claims[name], str):
+            raise JWTError(_UNVERIFIED)
+    aud = claims.get("aud")
+    if aud is not None and not (
+        isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+    ):
+        raise JWTError(_UNVERIFIED)
 
 
 def verify(config: dict, token: str, now: float) -> dict:
@@ -165,7 +182,8 @@ def verify(config: dict, token: str, now: float) -> dict:
     alg = str(header.get("alg", ""))
     signing_input = f"{parts[0]}.{parts[1]}".encode()
     if not any(_verify_with(_parse_public_key(k), alg, signing_input, sig) for k in config["JWTValidationPubKeys"]):
-        raise JWTError("no known key successfully validated the token signature")
+        raise JWTError(_UNVERIFIED)
+    _check_registered_types(claims)
     iat, exp, nbf = _numeric(claims, "iat"), _numeric(claims, "exp"), _numeric(claims, "nbf")
     if iat == 0 and exp == 0 and nbf == 0:
         raise JWTError("no issue time, notbefore, or expiration time encoded in token")
