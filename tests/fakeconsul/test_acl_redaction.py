@@ -57,3 +57,24 @@ async def test_self_read_is_not_redacted(acl_fake, raw):
     reader = await _token_with_rules(raw, acl_fake, 'acl = "read"')
     status, _, text = await raw(acl_fake, "GET", "/v1/acl/token/self", token=reader["SecretID"])
     assert status == 200 and json.loads(text)["SecretID"] == reader["SecretID"]
+
+
+async def test_the_fake_records_who_received_which_secret(acl_fake, raw):
+    # Test evidence (not a Consul behaviour): FakeConsul.secret_reads lists every unredacted
+    # SecretID the fake answered with, so a test can show a component never received another
+    # token's secret.
+    reader = await _token_with_rules(raw, acl_fake, 'acl = "read"')
+    writer = await _token_with_rules(raw, acl_fake, 'acl = "write"')
+    before = len(acl_fake.secret_reads)
+    await raw(acl_fake, "GET", "/v1/acl/tokens", token=reader["SecretID"])
+    await raw(acl_fake, "GET", f"/v1/acl/token/{writer['AccessorID']}", token=reader["SecretID"])
+    assert acl_fake.secret_reads[before:] == []  # redacted answers disclose nothing
+    await raw(acl_fake, "GET", f"/v1/acl/token/{reader['AccessorID']}", token=writer["SecretID"])
+    await raw(acl_fake, "GET", "/v1/acl/token/self", token=reader["SecretID"])
+    assert acl_fake.secret_reads[before:] == [
+        {"reader": writer["AccessorID"], "accessor": reader["AccessorID"], "operation": "token-read"},
+        {"reader": reader["AccessorID"], "accessor": reader["AccessorID"], "operation": "token-self"},
+    ]
+    await raw(acl_fake, "GET", "/v1/acl/tokens", token=writer["SecretID"])
+    listed = [r for r in acl_fake.secret_reads if r["operation"] == "token-list"]
+    assert {r["reader"] for r in listed} == {writer["AccessorID"]} and len(listed) >= 4

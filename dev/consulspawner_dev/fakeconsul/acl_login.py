@@ -404,7 +404,9 @@ class AclLogin:
                     token[key] = items
             if method.get("_max_ttl"):
                 self._apply_expiry(token, {"ExpirationTTL": format_duration(method["_max_ttl"])}, now)
-            return self._token_view(self._store_token(token))
+            stored = self._store_token(token)
+            self._disclose("", stored, "login")  # login carries no token: the reader is anonymous
+            return self._token_view(stored)
 
     def logout(self, secret: str | None) -> bool:
         """POST /v1/acl/logout (ACL.Logout): only a token made by login may log out."""

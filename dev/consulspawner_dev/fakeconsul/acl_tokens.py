@@ -165,6 +165,14 @@ class AclTokens:
         if not self.acl_enabled:
             raise ConsulError(401, ACL_DISABLED)
 
+    def _disclose(self, reader: str, token: dict, operation: str) -> None:
+        """Record that a request made with token ``reader`` received ``token``'s SecretID.
+
+        Test evidence, not Consul behaviour: lets a test show that a component never received
+        another token's secret (``FakeConsul.secret_reads``).
+        """
+        self.secret_reads.append({"reader": reader, "accessor": token["AccessorID"], "operation": operation})
+
     def _token_view(self, token: dict) -> dict:
         out = _strip_private(token)
         out["Policies"] = self._policy_links_view(out.get("Policies"))
@@ -229,6 +237,7 @@ class AclTokens:
             if body.get("NodeIdentities"):
                 token["NodeIdentities"] = body["NodeIdentities"]
             stored = self._store_token(token)
+            self._disclose(authz.accessor, stored, "token-write")
             return self._token_view(stored)
 
     def _apply_expiry(self, token: dict, body: dict, now: float) -> None:
@@ -464,6 +473,8 @@ class AclTokens:
             view = self._token_view(token)
             if not authz.acl_write():
                 view["SecretID"] = "<hidden>"  # aclfilter.go filterToken: acl:read without acl:write
+            else:
+                self._disclose(authz.accessor, token, "token-read")
             return self.idx("acl-tokens"), view
 
     def acl_token_self(self, secret: str | None) -> tuple[int, dict]:
@@ -472,6 +483,7 @@ class AclTokens:
             token = self._token_by_secret(secret or "")
             if token is None:
                 raise ConsulError(404, "Supplied token does not exist")
+            self._disclose(token["AccessorID"], token, "token-self")
             return self.idx("acl-tokens"), self._token_view(token)
 
     def acl_token_delete(self, accessor: str, secret: str | None) -> bool:
@@ -551,5 +563,7 @@ class AclTokens:
                         del stub["Policies"]
                 if not authz.acl_write():
                     stub["SecretID"] = "<hidden>"  # aclfilter.RedactedToken
+                else:
+                    self._disclose(authz.accessor, token, "token-list")
                 stubs.append(copy.deepcopy(stub))
             return self.idx("acl-tokens"), stubs

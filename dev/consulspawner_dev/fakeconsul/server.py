@@ -269,6 +269,17 @@ class FakeConsul:
         with self._faults_lock:
             return list(self._attempts)
 
+    @property
+    def secret_reads(self) -> list[dict]:
+        """Every SecretID the fake handed out: ``{"reader", "accessor", "operation"}`` in order.
+
+        ``reader`` is the AccessorID of the request's token ("" for a login, which has none),
+        ``accessor`` the token whose secret was in the answer, ``operation`` one of token-write,
+        token-read, token-list, token-self, login. Redacted answers are not recorded.
+        """
+        with self.state.lock:
+            return [dict(r) for r in self.state.secret_reads]
+
     def count(self, method: str, path_regex: str) -> int:
         """How many served requests match ``method`` ("*" for any) and ``path_regex``."""
         regex = re.compile(path_regex)

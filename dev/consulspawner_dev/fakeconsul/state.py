@@ -68,6 +68,7 @@ class State(Clock, AclTokens, AclLogin, AgentCatalog, Health, ConfigEntries, Int
         self.policies: dict[str, dict] = {}
         self.auth_methods: dict[str, dict] = {}
         self.binding_rules: dict[str, dict] = {}
+        self.secret_reads: list[dict] = []  # see AclTokens._disclose
         self._parsed_rules: dict[str, dict] = {}
         self.leaves: dict[str, dict] = {}
         self._bump("nodes")  # the node itself registers first, as the first raft writes do
