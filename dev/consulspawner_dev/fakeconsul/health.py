@@ -155,6 +155,10 @@ class Health:
                     return svc["Service"] == name and (svc.get("Connect") or {}).get("Native")
 
                 index = self.idx(f"connect:{name}", "nodes")
+                # health_endpoint.go ServiceNodes: a connect query needs service:read on the
+                # service whose proxies it finds; without it the answer is empty.
+                if not authz.service_read(name):
+                    return index, []
             else:
 
                 def matches(svc):
