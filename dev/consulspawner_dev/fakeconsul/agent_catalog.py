@@ -29,6 +29,7 @@ from .common import (
     SIDECAR_TCP_INTERVAL,
     _canonical_hash,
     _strip_private,
+    acl_filtered,
     validate_service_meta,
 )
 from .godur import DurationError, duration_value, format_duration
@@ -430,11 +431,12 @@ class AgentCatalog:
     def agent_services(self, secret: str | None) -> dict:
         with self.lock:
             authz = self.resolve(secret)
-            return {
+            out = {
                 sid: self._agent_service_view(svc)
                 for sid, svc in sorted(self.services.items())
                 if authz.service_read(svc["Service"])
             }
+            return acl_filtered(out, len(out) != len(self.services))
 
     def agent_service(self, sid: str, secret: str | None) -> tuple[str, dict]:
         """GET /v1/agent/service/<id>: the service and its ContentHash."""
@@ -464,7 +466,7 @@ class AgentCatalog:
                     view["CreateIndex"] = 0
                     view["ModifyIndex"] = 0
                     out[cid] = view
-            return out
+            return acl_filtered(out, len(out) != len(self.checks))
 
     # ------------------------------------------------------------------ catalog & health
     def _node_view(self) -> dict:
@@ -543,25 +545,29 @@ class AgentCatalog:
         with self.lock:
             authz = self.resolve(secret)
             out: dict[str, list] = {}
+            removed = False
             for svc in self.services.values():
                 # aclfilter filterServices: the name->tags map is filtered by service:read only.
                 if not authz.service_read(svc["Service"]):
+                    removed = True
                     continue
                 tags = out.setdefault(svc["Service"], [])
                 for tag in svc["Tags"]:
                     if tag not in tags:
                         tags.append(tag)
-            return self.idx("services", "nodes"), dict(sorted(out.items()))
+            return self.idx("services", "nodes"), acl_filtered(dict(sorted(out.items())), removed)
 
     def catalog_service(self, name: str, secret: str | None, tags: list[str]) -> tuple[int, list]:
         with self.lock:
             authz = self.resolve(secret)
             out = []
+            removed = False
             node = self._node_view()
             for svc in sorted(self.services.values(), key=lambda s: s["ID"]):
-                if svc["Service"] != name or not self._visible(authz, svc):
+                if svc["Service"] != name or any(t not in svc["Tags"] for t in tags):
                     continue
-                if any(t not in svc["Tags"] for t in tags):
+                if not self._visible(authz, svc):
+                    removed = True
                     continue
                 out.append(
                     {
@@ -591,7 +597,7 @@ class AgentCatalog:
                         "ModifyIndex": svc["ModifyIndex"],
                     }
                 )
-            return self.idx(f"service:{name}", "nodes"), out
+            return self.idx(f"service:{name}", "nodes"), acl_filtered(out, removed)
 
     # ------------------------------------------------------------------ misc
     def agent_self(self, secret: str | None) -> dict:

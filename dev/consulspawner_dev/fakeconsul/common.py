@@ -141,3 +141,22 @@ def _canonical_hash(obj) -> str:
     # Stands in for hashstructure's uint64 printed with %x: stable for equal content.
     raw = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).digest()[:8]
     return f"{int.from_bytes(raw, 'big'):x}"
+
+
+class FilteredList(list):
+    """A result list that says whether ACLs removed entries (QueryMeta.ResultsFilteredByACLs)."""
+
+    filtered_by_acls = False
+
+
+class FilteredDict(dict):
+    """A result map that says whether ACLs removed entries (QueryMeta.ResultsFilteredByACLs)."""
+
+    filtered_by_acls = False
+
+
+def acl_filtered(result, removed: bool):
+    """``result`` marked with whether ACL filtering removed anything from it."""
+    out = FilteredList(result) if isinstance(result, list) else FilteredDict(result)
+    out.filtered_by_acls = bool(removed)
+    return out

@@ -17,6 +17,7 @@ from .common import (
     CRITICAL,
     PASSING,
     TCP_DEFAULT_TIMEOUT,
+    acl_filtered,
 )
 
 
@@ -166,10 +167,12 @@ class Health:
 
                 index = self.idx(f"service:{name}", "nodes")
             out = []
+            removed = False
             for svc in sorted(self.services.values(), key=lambda s: s["ID"]):
-                if not matches(svc) or not self._visible(authz, svc):
+                if not matches(svc) or any(t not in svc["Tags"] for t in tags):
                     continue
-                if any(t not in svc["Tags"] for t in tags):
+                if not self._visible(authz, svc):
+                    removed = True
                     continue
                 checks = [self._serf_check()] + [
                     self._check_view(c) for c in self.checks.values() if c["ServiceID"] == svc["ID"]
@@ -177,15 +180,13 @@ class Health:
                 if passing and any(c["Status"] != PASSING for c in checks):
                     continue
                 out.append({"Node": self._node_view(), "Service": self._node_service_view(svc), "Checks": checks})
-            return index, out
+            return index, acl_filtered(out, removed)
 
     def health_checks(self, name: str, secret: str | None) -> tuple[int, list]:
         with self.lock:
             authz = self.resolve(secret)
-            out = []
+            found = [c for c in sorted(self.checks.values(), key=lambda c: c["CheckID"]) if c["ServiceName"] == name]
             # aclfilter filterHealthChecks: node:read on the check's node AND service:read.
-            if authz.service_read(name) and authz.node_read(self.node_name):
-                for chk in sorted(self.checks.values(), key=lambda c: c["CheckID"]):
-                    if chk["ServiceName"] == name:
-                        out.append(self._check_view(chk))
-            return self.idx(f"service:{name}", "nodes"), out
+            allowed = authz.service_read(name) and authz.node_read(self.node_name)
+            out = [self._check_view(c) for c in found] if allowed else []
+            return self.idx(f"service:{name}", "nodes"), acl_filtered(out, len(out) != len(found))

@@ -59,6 +59,16 @@ class _Fault:
 CLIENT_POLL = 0.25
 
 
+def _filtered_header(token: str, body) -> dict:
+    """X-Consul-Results-Filtered-By-ACLs: "true" when ACLs removed results, never for a request
+    without a token (agent/http.go setResultsFilteredByACLs; agent/consul/rpc.go
+    maskResultsFilteredByACLs; agent/agent_endpoint.go AgentServices "only if the user is
+    authenticated (to prevent information leaking)")."""
+    if token and getattr(body, "filtered_by_acls", False):
+        return {"X-Consul-Results-Filtered-By-ACLs": "true"}
+    return {}
+
+
 def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -272,7 +282,9 @@ class App(AclRoutes):
         return _json_response(self.state.agent_self(_token(request)))
 
     async def agent_services(self, request, _rest):
-        return _json_response(self.state.agent_services(_token(request)))
+        token = _token(request)
+        body = self.state.agent_services(token)
+        return _json_response(body, headers=_filtered_header(token, body))
 
     async def agent_service(self, request, sid):
         """Hash-based blocking (agent.LocalBlockingQuery): block while ContentHash == ?hash."""
@@ -285,7 +297,9 @@ class App(AclRoutes):
         return _json_response(view, headers={"X-Consul-ContentHash": content_hash})
 
     async def agent_checks(self, request, _rest):
-        return _json_response(self.state.agent_checks(_token(request)))
+        token = _token(request)
+        body = self.state.agent_checks(token)
+        return _json_response(body, headers=_filtered_header(token, body))
 
     async def _check_update(self, request, cid, status):
         self.state.check_update(cid, status, request.query.get("note", ""), _token(request))
@@ -340,13 +354,13 @@ class App(AclRoutes):
     async def catalog_services(self, request, _rest):
         token = _token(request)
         index, body = await self._block(request, lambda: self.state.catalog_services(token))
-        return _json_response(body, headers=self._meta_headers(index))
+        return _json_response(body, headers={**self._meta_headers(index), **_filtered_header(token, body)})
 
     async def catalog_service(self, request, name):
         token = _token(request)
         tags = request.query.getall("tag", [])
         index, body = await self._block(request, lambda: self.state.catalog_service(name, token, tags))
-        return _json_response(body, headers=self._meta_headers(index))
+        return _json_response(body, headers={**self._meta_headers(index), **_filtered_header(token, body)})
 
     async def _health(self, request, name, connect):
         token = _token(request)
@@ -355,7 +369,7 @@ class App(AclRoutes):
         index, body = await self._block(
             request, lambda: self.state.health_service(name, token, passing, tags, connect=connect)
         )
-        return _json_response(body, headers=self._meta_headers(index))
+        return _json_response(body, headers={**self._meta_headers(index), **_filtered_header(token, body)})
 
     async def health_service(self, request, name):
         return await self._health(request, name, False)
@@ -366,7 +380,7 @@ class App(AclRoutes):
     async def health_checks(self, request, name):
         token = _token(request)
         index, body = await self._block(request, lambda: self.state.health_checks(name, token))
-        return _json_response(body, headers=self._meta_headers(index))
+        return _json_response(body, headers={**self._meta_headers(index), **_filtered_header(token, body)})
 
     # ------------------------------------------------------------------ config entries
     @staticmethod
