@@ -344,9 +344,9 @@ class AclLogin:
                 out["TemplatedPolicies"].append(self._templated(template, rule.get("BindVars"), variables))
             elif kind == "policy":
                 name = _compute_bind_name(template, variables, _ROLE_NAME.match)
-                for policy in self.policies.values():
-                    if policy["Name"].lower() == name.lower():  # the policy name index is case-insensitive
-                        out["Policies"].append({"ID": policy["ID"], "Name": policy["Name"]})
+                policy = self._policy_by_name(name)
+                if policy is not None:
+                    out["Policies"].append({"ID": policy["ID"], "Name": policy["Name"]})
             else:  # role: the fake has no roles, so a role binding never binds anything
                 _compute_bind_name(template, variables, _ROLE_NAME.match)
         return out

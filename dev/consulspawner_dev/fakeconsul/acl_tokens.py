@@ -279,13 +279,18 @@ class AclTokens:
         token["_expires"] = exp
         token["ExpirationTime"] = format_time(exp)
 
+    def _policy_by_name(self, name: str) -> dict | None:
+        """state/acl_schema.go: the policy name index is lower-cased on write and on read."""
+        wanted = name.lower()
+        return next((p for p in self.policies.values() if p["Name"].lower() == wanted), None)
+
     def _normalize_policy_links(self, links) -> list:
         """auth/token_writer.go normalizePolicyLinks: by ID, else by name; de-duplicated by ID."""
         out: list = []
         for link in links or []:
             pid, name = link.get("ID") or "", link.get("Name") or ""
             if not pid:
-                policy = next((p for p in self.policies.values() if p["Name"] == name), None)
+                policy = self._policy_by_name(name)
                 if policy is None:
                     raise ConsulError(500, f"No such ACL policy with name {json.dumps(name)}")
             else:
@@ -353,7 +358,7 @@ class AclTokens:
                 raise ConsulError(
                     500, "Invalid Policy: invalid Name. Only alphanumeric characters, '-' and '_' are allowed"
                 )
-            name_match = next((p for p in self.policies.values() if p["Name"] == name), None)
+            name_match = self._policy_by_name(name)
             pid = body.get("ID") or ""
             existing = None
             if pid:
@@ -362,7 +367,7 @@ class AclTokens:
                 existing = self.policies.get(pid)
                 if existing is None:
                     raise ConsulError(500, f"cannot find policy {pid}")
-                if existing["Name"] != name and name_match is not None:
+                if name_match is not None and name_match["ID"] != pid:
                     raise ConsulError(500, f"Invalid Policy: A policy with name {json.dumps(name)} already exists")
                 if pid == GLOBAL_MANAGEMENT_ID:
                     if body.get("Datacenters"):
@@ -400,7 +405,7 @@ class AclTokens:
             if policy_id:
                 policy = self.policies.get(policy_id)
             else:
-                policy = next((p for p in self.policies.values() if p["Name"] == name), None)
+                policy = self._policy_by_name(name)
             if policy is None:
                 # agent/acl_endpoint.go ACLPolicyRead: acl.ACLResourceNotExistError("policy", ...)
                 raise ConsulError(404, "Requested policy does not exist: ACL not found")
