@@ -144,7 +144,24 @@ class AclTokens:
                 for t in token.get("TemplatedPolicies") or []
                 if t.get("TemplateName") == "builtin/service"
             )
+            # Node identities apply only in their datacenter (the resolver's synthetic policy),
+            # as do builtin/node templated policies (from a templated-policy binding rule).
+            nodes = [n["NodeName"] for n in token.get("NodeIdentities") or [] if n.get("Datacenter") == self.datacenter]
+            nodes += [
+                (t.get("TemplateVariables") or {}).get("Name", "")
+                for t in token.get("TemplatedPolicies") or []
+                if t.get("TemplateName") == "builtin/node"
+            ]
+            rules.extend(self._node_identity_rules(name) for name in nodes)
             return Authorizer(token["AccessorID"], management=management, services=services, rules=rules)
+
+    def _node_identity_rules(self, name: str) -> dict:
+        """agent/structs/acl_ce.go aclPolicyTemplateNodeIdentity: node write, all services read."""
+        key = f"node-identity:{name}"
+        if key not in self._parsed_rules:
+            text = f'node "{name}" {{ policy = "write" }}\nservice_prefix "" {{ policy = "read" }}\n'
+            self._parsed_rules[key] = parse_rules(text)
+        return self._parsed_rules[key]
 
     def _rules_of(self, policy: dict) -> dict:
         cached = self._parsed_rules.get(policy["Hash"])
@@ -234,8 +251,7 @@ class AclTokens:
             token["ServiceIdentities"] = self._normalize_service_identities(
                 body.get("ServiceIdentities"), token.get("Local", False)
             )
-            if body.get("NodeIdentities"):
-                token["NodeIdentities"] = body["NodeIdentities"]
+            token["NodeIdentities"] = self._normalize_node_identities(body.get("NodeIdentities"))
             stored = self._store_token(token)
             self._disclose(authz.accessor, stored, "token-write")
             return self._token_view(stored)
@@ -465,6 +481,26 @@ class AclTokens:
             else:
                 out[name] = {"ServiceName": name, **({"Datacenters": sorted(dcs)} if dcs else {})}
         return list(out.values())
+
+    @staticmethod
+    def _normalize_node_identities(ids) -> list:
+        """auth/token_writer.go normalizeNodeIdentities: name, datacenter, valid name; de-duplicated."""
+        out: list = []
+        for ident in ids or []:
+            name, dc = ident.get("NodeName") or "", ident.get("Datacenter") or ""
+            if not name:
+                raise ConsulError(500, "Node identity is missing the node name field on this token")
+            if not dc:
+                raise ConsulError(500, "Node identity is missing the datacenter field on this token")
+            if len(name) > 256 or not _SERVICE_IDENTITY_NAME.match(name):  # same pattern as nodes
+                raise ConsulError(
+                    500,
+                    "Node identity has an invalid name. Only lowercase alphanumeric characters, '-' and '_' "
+                    "are allowed",
+                )
+            if {"NodeName": name, "Datacenter": dc} not in out:
+                out.append({"NodeName": name, "Datacenter": dc})
+        return out
 
     def acl_token_read(self, accessor: str, secret: str | None) -> tuple[int, dict]:
         with self.lock:
