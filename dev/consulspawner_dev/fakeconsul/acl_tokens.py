@@ -561,6 +561,12 @@ class AclTokens:
             authz.require(authz.acl_read(), "acl", "read")
             if sum(1 for f in (policy, role, authmethod, servicename) if f) > 1:
                 raise ConsulError(500, "can only filter by one of policy, role, serviceName, or methodName at a time")
+            for value in (policy, role):
+                # state/acl_schema.go: the policies and roles indexes are read as UUIDs.
+                if value and len(value) != 36:
+                    raise ConsulError(500, "failed acl token lookup: index error: UUID must be 36 characters")
+                if value and not _UUID.match(value):
+                    raise ConsulError(500, "failed acl token lookup: index error: encoding/hex: invalid byte")
 
             def wanted(token: dict) -> bool:
                 if policy:
