@@ -566,6 +566,7 @@ class AclTokens:
                 if value and len(value) != 36:
                     raise ConsulError(500, "failed acl token lookup: index error: UUID must be 36 characters")
                 if value and not _UUID.match(value):
+                    # (go-memdb/hex error text abbreviated: the status and prefix are what matter)
                     raise ConsulError(500, "failed acl token lookup: index error: encoding/hex: invalid byte")
 
             def wanted(token: dict) -> bool:
