@@ -409,7 +409,7 @@ class AclLogin:
             return self._token_view(stored)
 
     def logout(self, secret: str | None) -> bool:
-        """POST /v1/acl/logout (ACL.Logout): only a token made by login may log out."""
+        """POST /v1/acl/logout (ACL.Logout -> auth.TokenWriter.Delete): only a login-made token."""
         with self.lock:
             self._require_acls()
             if not secret:
@@ -418,7 +418,8 @@ class AclLogin:
             if token is None:
                 raise not_found_acl()
             if not token.get("AuthMethod"):
-                raise ConsulError(403, PERMISSION_DENIED)
+                # auth/token_writer.go Delete(secretID, fromLogout=true)
+                raise ConsulError(403, f"{PERMISSION_DENIED}: token wasn't created via login")
             del self.tokens[token["AccessorID"]]
             self._bump("acl-tokens")
             return True
