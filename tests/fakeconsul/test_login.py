@@ -300,6 +300,11 @@ async def test_auth_method_refusals(acl_fake, raw, signer, over, text):
     [
         ({"Selector": 'value.hub = "a"'}, "invalid Binding Rule: Selector is invalid"),
         ({"Selector": 'other.hub == "a"'}, "invalid Binding Rule: Selector is invalid"),
+        # go-bexpr (field_config.go / validate.go): a []string only takes in/not in/is (not) empty,
+        # a string ==, !=, in, not in, matches; anything else is refused when the rule is written.
+        ({"Selector": 'list.groups == "admins"'}, 'Invalid match operator "Equal" for selector "list.groups"'),
+        ({"Selector": "value.user is empty"}, 'Invalid match operator "Is Empty" for selector "value.user"'),
+        ({"Selector": 'value.user.first == "a"'}, "is not valid"),
         ({"BindType": "group"}, 'unknown BindType "group"'),
         ({"BindName": "Jupyter-${value.user}"}, 'invalid bind name: "Jupyter-fake"'),
         ({"BindName": "jupyter-${value.nope}"}, "unknown variable accessed: value.nope"),

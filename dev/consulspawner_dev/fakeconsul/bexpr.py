@@ -171,15 +171,38 @@ class _Parser:
         raise SelectorError(f"expected a match operator after {'.'.join(sel)!r}")
 
 
+# go-bexpr field_config.go for ssoauth.fieldDetails: the two maps take key tests; a map's string
+# element takes equality, containment and regexps; a []string element containment and emptiness.
+_MAP_OPS = {"is empty", "is not empty", "in", "not in"}
+_OPS = {
+    "value": {"==", "!=", "in", "not in", "matches", "not matches"},
+    "list": {"in", "not in", "is empty", "is not empty"},
+}
+_OP_NAMES = {
+    "==": "Equal",
+    "!=": "Not Equal",
+    "in": "In",
+    "not in": "Not In",
+    "is empty": "Is Empty",
+    "is not empty": "Is Not Empty",
+    "matches": "Matches",
+    "not matches": "Not Matches",
+}
+
+
 def _check_fields(node) -> None:
-    """CreateEvaluatorForType: every selector must name a field of ssoauth.fieldDetails."""
+    """CreateEvaluatorForType (validate.go): each selector names a field of ssoauth.fieldDetails
+    and uses an operator that field supports."""
     if isinstance(node, _Bool):
         for arg in node.args:
             _check_fields(arg)
         return
-    head = node.selector[0]
+    head, path = node.selector[0], ".".join(node.selector)
     if head not in ("value", "list") or len(node.selector) > 2:
-        raise SelectorError(f'Selector "{".".join(node.selector)}" is not valid')
+        raise SelectorError(f'Selector "{path}" is not valid')
+    allowed = _MAP_OPS if len(node.selector) == 1 else _OPS[head]
+    if node.op not in allowed:
+        raise SelectorError(f'Invalid match operator "{_OP_NAMES[node.op]}" for selector "{path}"')
     if node.op in ("matches", "not matches"):
         try:
             re.compile(node.value or "")
