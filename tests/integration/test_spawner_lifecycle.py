@@ -156,7 +156,8 @@ async def test_l7_grant_keeps_the_trino_user_across_a_hub_restart(make_spawner, 
     async def header_value():
         entry = await admin.get_config("service-intentions", "trino-coordinator")
         [source] = [s for s in entry["Sources"] if s["Name"] == f"jupyter-{user_name}"]
-        return source["Permissions"][0]["HTTP"]["Header"][0]["Exact"]
+        [allow] = [p for p in source["Permissions"] if p["Action"] == "allow"]
+        return allow["HTTP"]["Header"][0]["Exact"]
 
     assert await header_value() == f"{user_name}_trino"
     await first.forget()  # the old hub process is gone
