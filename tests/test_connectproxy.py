@@ -557,3 +557,156 @@ def test_waits_for_readiness_until_listeners_and_certificates(mesh):
     assert probe_ready(str(mesh.tmp / "early.sock"))[0] == 200
     proxy.stop()
     assert probe_ready(str(mesh.tmp / "early.sock"))[0] == 0
+
+
+# ------------------------------------------------------------------------------------ CLI
+# What the retired placeholder sidecar (devsidecar) was tested for, now on the one dev sidecar.
+def run_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "consulspawner_dev.connectproxy", *args],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("source", ["flag", "env-file", "env"])
+def test_token_from_flag_then_env_file_then_env(tmp_path, monkeypatch, source):
+    secret = "5a1f7c2e-0d4b-4c39-9e8e-0123456789ab"
+    path = tmp_path / "token"
+    path.write_text(secret + "\n")
+    for name in ("CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    if source == "env-file":
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN_FILE", str(path))
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", "not-this-one")
+    elif source == "env":
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", secret)
+    assert connectproxy.read_token(str(path) if source == "flag" else None) == secret
+
+
+@pytest.mark.parametrize(
+    ("addr", "url"),
+    [
+        ("consul:8500", "http://consul:8500"),
+        ("http://10.0.0.1:8500/", "http://10.0.0.1:8500"),
+        ("https://consul.example:8501", "https://consul.example:8501"),
+    ],
+)
+def test_agent_address_forms(addr, url):
+    assert Agent(addr).base == url
+
+
+def test_listener_specs_defaults_and_skips_socket_upstreams():
+    registration = {
+        "Port": 21000,
+        "Proxy": {
+            "Upstreams": [
+                {"DestinationName": "db", "LocalBindPort": 9191},
+                {"DestinationName": "cache", "LocalBindSocketPath": "/tmp/cache.sock"},
+            ]
+        },
+    }
+    assert connectproxy.listener_specs(registration) == {
+        connectproxy.ListenerSpec("public", "0.0.0.0", 21000, ""),
+        connectproxy.ListenerSpec("upstream", "127.0.0.1", 9191, "db"),
+    }
+
+
+def test_proxy_id_and_env_address_with_scheme(mesh):
+    admin = str(mesh.tmp / "env.sock")
+    proc = run_cli(
+        "-proxy-id",
+        "jupyter-alice-sidecar-proxy",
+        "-admin-socket",
+        admin,
+        env={"CONSUL_HTTP_ADDR": mesh.fake.url, "CONSUL_HTTP_TOKEN": mesh.tokens["jupyter-alice"]},
+    )
+    try:
+        wait_for(lambda: ready_cli(admin) == 0 or proc.poll() is not None, "the proxy to be ready")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        rc, err = finish(proc)
+    assert rc == 0, err
+    assert mesh.tokens["jupyter-alice"] not in err
+
+
+def test_follows_registration_changes(mesh):
+    _server, client = mesh.start_both()
+    moved = free_port()
+    registration = mesh.consul("GET", "/v1/agent/service/jupyter-alice-sidecar-proxy")
+    registration["Proxy"]["Upstreams"][0]["LocalBindPort"] = moved
+    mesh.consul(
+        "PUT",
+        "/v1/agent/service/register",
+        {k: registration[k] for k in ("Kind", "ID", "Name", "Address", "Port", "Proxy") if k in registration}
+        | {"Name": registration["Service"]},
+    )
+    wait_for(lambda: any(s.port == moved for s in client.listeners), "the upstream listener to move")
+    wait_for(lambda: not any(s.port == mesh.upstream for s in client.listeners), "the old listener to close")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", mesh.upstream), timeout=2).close()
+    socket.create_connection(("127.0.0.1", moved), timeout=2).close()
+
+
+def test_exits_non_zero_when_the_registration_never_appears(mesh):
+    rc, err = finish(
+        run_cli("-sidecar-for", "ghost", "-http-addr", mesh.fake.url, "-register-timeout", "1.5", "-admin-socket", "")
+    )
+    assert rc == 1
+    assert "no registration ghost-sidecar-proxy within 1.5s" in err
+
+
+def test_exits_non_zero_when_the_agent_is_unreachable():
+    rc, err = finish(run_cli("-sidecar-for", "x", "-http-addr", f"127.0.0.1:{free_port()}", "-register-timeout", "1"))
+    assert rc == 1
+    assert "cannot reach the Consul agent" in err
+
+
+def test_public_port_taken_is_a_clear_failure(mesh):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", mesh.alice_public))
+        busy.listen()
+        rc, err = finish(
+            run_cli(
+                "-sidecar-for",
+                "jupyter-alice",
+                "-http-addr",
+                mesh.fake.url,
+                "-admin-socket",
+                str(mesh.tmp / "busy.sock"),
+                env={"CONSUL_HTTP_TOKEN": mesh.tokens["jupyter-alice"]},
+            )
+        )
+    assert rc == 1
+    assert f"cannot listen on 127.0.0.1:{mesh.alice_public}" in err
+
+
+def test_sigterm_while_waiting_for_the_registration_is_clean(mesh):
+    proc = run_cli("-sidecar-for", "later", "-http-addr", mesh.fake.url, "-admin-socket", str(mesh.tmp / "l.sock"))
+    try:
+        wait_for(lambda: probe_ready(str(mesh.tmp / "l.sock"))[0] == 503, "the proxy to wait for its registration")
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        rc, err = finish(proc)
+    assert rc == 0, err
+
+
+def test_requires_a_service_id():
+    rc, err = finish(run_cli())
+    assert rc == 2
+    assert "-sidecar-for" in err
