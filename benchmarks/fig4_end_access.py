@@ -309,7 +309,7 @@ def main() -> dict:
             common.docker_network(client) as gateway,
             FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake,
         ):
-            trino = TrinoStandIn(host=gateway).start()
+            trino = TrinoStandIn(host=gateway, process_forwarded="ignore").start()  # as docker/stack/trino
             proxy = None
             try:
                 proxy = trino_sidecar(fake, gateway, trino, args.reauthorize)

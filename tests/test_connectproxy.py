@@ -8,6 +8,7 @@ has its own token with only its service identity, as the spawner mints them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,8 +17,10 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -101,7 +104,7 @@ class Mesh:
         self.tmp = tmp_path
         self.fake = FakeConsul(acl_master_token=MASTER_TOKEN, host="127.0.0.1", check_interval_override=0.2).start()
         self.consul = Consul(self.fake)
-        self.trino = TrinoStandIn(page_size=10).start()
+        self.trino = TrinoStandIn(page_size=10, process_forwarded="ignore").start()  # as docker/stack/trino
         self.trino_public = free_port()
         self.alice_public = free_port()
         self.upstream = free_port()
@@ -710,3 +713,164 @@ def test_requires_a_service_id():
     rc, err = finish(run_cli())
     assert rc == 2
     assert "-sidecar-for" in err
+
+
+# ------------------------------------------------------------------------------------ L7 as Envoy
+class EchoApp:
+    """Stands in for the app behind the coordinator's sidecar: records each request head it gets."""
+
+    def __init__(self):
+        self.heads: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        stream = connectproxy.Stream(conn)
+        with conn:
+            try:
+                while (head := stream.head()) is not None:
+                    self.heads.append(head)
+                    _line, headers = connectproxy.parse_head(head)
+                    framing, length = connectproxy.body_framing(headers)
+                    if framing == "length":
+                        stream.exactly(length, lambda _b: None)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            except (OSError, ValueError):
+                return
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def echo(mesh):
+    """The coordinator's sidecar forwards to an EchoApp instead of the Trino stand-in."""
+    app = EchoApp()
+    registration = mesh.consul("GET", "/v1/agent/service/trino-coordinator")
+    mesh.consul(
+        "PUT",
+        "/v1/agent/service/register",
+        {
+            "Name": "trino-coordinator",
+            "Address": "127.0.0.1",
+            "Port": app.port,
+            "Connect": {"SidecarService": {"Address": "127.0.0.1", "Port": mesh.trino_public}},
+        },
+    )
+    assert registration["Port"] != app.port
+    yield app
+    app.close()
+
+
+def exchange(port: int, request: bytes) -> tuple[int | None, bytes]:
+    """One raw request through the upstream listener; (status or None if closed, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        stream = connectproxy.Stream(sock)
+        try:
+            head = stream.head()
+        except (OSError, ValueError):
+            return None, b""
+        if head is None:
+            return None, b""
+        status_line, headers = connectproxy.parse_head(head)
+        body: list[bytes] = []
+        framing, length = connectproxy.body_framing(headers)
+        if framing == "length":
+            stream.exactly(length, body.append)
+        return int(status_line.split()[1]), b"".join(body)
+
+
+def test_l7_adds_xfcc_and_xfp_as_consuls_envoy(mesh, echo):
+    """listeners.go makeInboundListener: APPEND_FORWARD with Subject, Cert, Chain, DNS, URI (Envoy
+    writes By, Hash, then Cert, Chain, Subject, URI, DNS); Envoy sets x-forwarded-proto."""
+    mesh.consul.http_protocol()
+    mesh.consul.allow()
+    server, client = mesh.start_both()
+    forged = "By=spiffe://evil/ns/default/dc/dc1/svc/trino-coordinator;URI=spiffe://evil/svc/admin"
+    status, _ = exchange(
+        mesh.upstream, f"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-Client-Cert: {forged}\r\n\r\n".encode()
+    )
+    assert status == 200
+    _line, headers = connectproxy.parse_head(echo.heads[-1])
+    xfcc = [v for k, v in headers if k.lower() == "x-forwarded-client-cert"]
+    assert len(xfcc) == 1
+    earlier, ours = xfcc[0].rsplit(",By=", 1)
+    assert earlier == forged  # APPEND_FORWARD keeps what came before and appends this hop
+    fields = [part.split("=", 1) for part in ("By=" + ours).split(";")]
+    assert [k for k, _ in fields][:6] == ["By", "Hash", "Cert", "Chain", "Subject", "URI"]
+    values = dict(fields)
+    assert values["By"] == server.self_uri
+    alice_der = ssl.PEM_cert_to_DER_cert(client.material.leaf["CertPEM"])
+    assert values["Hash"] == hashlib.sha256(alice_der).hexdigest()
+    assert values["URI"] == client.self_uri
+    assert urllib.parse.unquote(values["Cert"].strip('"')).strip() == client.material.leaf["CertPEM"].strip()
+    assert [v for k, v in headers if k.lower() == "x-forwarded-proto"] == ["https"]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+        "Content-Length: 5\r\nContent-Length: 5",
+        "Content-Length: 5\r\nContent-Length: 50",
+        "X-Trino-User: bob\r\n alice",
+    ],
+    ids=["cl-and-te", "duplicate-cl", "differing-cl", "obs-fold"],
+)
+def test_l7_refuses_ambiguous_framing_with_400(mesh, echo, framing):
+    """Envoy's HTTP/1 codec (codec_impl.cc, balsa_parser.cc): 400, and nothing reaches the app."""
+    mesh.consul.http_protocol()
+    mesh.consul.allow()
+    mesh.start_both()
+    smuggled = b"0\r\n\r\nPOST /v1/statement HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+    request = f"POST /v1/statement HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n".encode() + smuggled
+    status, body = exchange(mesh.upstream, request)
+    assert (status, body) == (400, b"Bad Request")
+    assert echo.heads == []
+
+
+def test_l7_header_values_are_compared_as_bytes(mesh, echo):
+    """Envoy compares header bytes: latin-1 bytes of "jürgen" are not the UTF-8 intention value."""
+    mesh.consul.http_protocol()
+    mesh.consul.allow_l7("jürgen")
+    mesh.start_both()
+    head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Trino-User: %s\r\n\r\n"
+    assert exchange(mesh.upstream, head % "jürgen".encode("latin-1"))[0] == 403
+    assert exchange(mesh.upstream, head % "jürgen".encode())[0] == 200
+    assert len(echo.heads) == 1
+
+
+@pytest.mark.parametrize(
+    ("rule", "allowed"),
+    [
+        ({"Exact": "alice,x"}, True),
+        ({"Exact": "alice"}, False),
+        ({"Prefix": "alice,"}, True),
+        ({"Suffix": ",x"}, True),
+        ({"Regex": "[a-z]+"}, False),
+        ({"Regex": "[a-z,]+"}, True),
+        ({"Present": True}, True),
+        ({"Exact": "alice", "Invert": True}, True),
+    ],
+)
+def test_l7_repeated_headers_are_joined_with_commas_before_matching(rule, allowed):
+    """Envoy's HeaderUtility::getAllOfHeaderAsString: two X-Trino-User lines are one value "a,b"."""
+    ixn = {
+        "SourceName": "jupyter-alice",
+        "Precedence": 9,
+        "Permissions": [{"Action": "allow", "HTTP": {"Header": [{"Name": "X-Trino-User", **rule}]}}],
+    }
+    request = Request("GET", "/", [("X-Trino-User", "alice"), ("x-trino-user", "x")])
+    assert evaluate([ixn], "jupyter-alice", request, False)[0] is allowed

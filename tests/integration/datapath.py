@@ -40,8 +40,9 @@ def free_port(host: str) -> int:
 class TrinoSide:
     def __init__(self, fake: FakeConsul, gateway: str, tmp_path):
         self.fake, self.gateway, self.tmp = fake, gateway, tmp_path
-        self.coordinator = TrinoStandIn(host="127.0.0.1").start()
-        self.worker = TrinoStandIn(host="127.0.0.1").start()
+        # Configured as docker/stack/trino: behind Envoy, x-forwarded-* headers are ignored.
+        self.coordinator = TrinoStandIn(host="127.0.0.1", process_forwarded="ignore").start()
+        self.worker = TrinoStandIn(host="127.0.0.1", process_forwarded="ignore").start()
         self.public = {name: free_port(gateway) for name in (COORDINATOR, WORKER, ORCHESTRATOR)}
         self.worker_upstream = free_port("127.0.0.1")  # on the coordinator's proxy
         self.discovery_upstream = free_port("127.0.0.1")  # on the worker's proxy

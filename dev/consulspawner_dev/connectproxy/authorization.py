@@ -30,6 +30,14 @@ class Request:
         return ",".join(values) if values else None
 
 
+def _wire(value: str) -> bytes:
+    """The bytes a header value had on the wire (parse_head decodes latin-1, one char per byte)."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()  # built in a test from text that was never on the wire
+
+
 def header_matches(rule: dict, request: Request) -> bool:
     name = (rule.get("Name") or "").lower()
     value = request.method if name == ":method" else request.path if name == ":path" else request.header(name)
@@ -37,14 +45,18 @@ def header_matches(rule: dict, request: Request) -> bool:
     if value is None:
         # Envoy: an absent header only matches a Present rule, through its inversion.
         return bool(rule.get("Present")) and invert
+    # Envoy matches header bytes (HeaderUtility::matchHeaders on absl::string_view): the request's
+    # bytes as they came (latin-1 keeps them 1:1) against the intention's UTF-8 bytes, so a value
+    # a client sent latin-1 encoded never equals the same text written in the intention.
+    wire = _wire(value)
     if rule.get("Exact"):
-        hit = value == rule["Exact"]
+        hit = wire == rule["Exact"].encode()
     elif rule.get("Regex"):
-        hit = re.fullmatch(rule["Regex"], value) is not None
+        hit = re.fullmatch(rule["Regex"].encode(), wire) is not None
     elif rule.get("Prefix"):
-        hit = value.startswith(rule["Prefix"])
+        hit = wire.startswith(rule["Prefix"].encode())
     elif rule.get("Suffix"):
-        hit = value.endswith(rule["Suffix"])
+        hit = wire.endswith(rule["Suffix"].encode())
     elif rule.get("Present"):
         hit = True
     else:

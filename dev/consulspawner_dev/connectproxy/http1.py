@@ -110,3 +110,39 @@ def body_framing(headers: list[tuple[str, str]]) -> tuple[str, int]:
 def wants_close(version: str, headers: list[tuple[str, str]]) -> bool:
     conn = (_get(headers, "connection") or "").lower()
     return "close" in conn or (version == "HTTP/1.0" and "keep-alive" not in conn)
+
+
+def framing_refusal(head: bytes) -> tuple[int, str] | None:
+    """(status, reason) when Envoy's HTTP/1 codec refuses this request head, else None.
+
+    Envoy (source/common/http/http1/codec_impl.cc, balsa_parser.cc):
+    * ``Content-Length`` with ``Transfer-Encoding``: 400 ("both 'Content-Length' and
+      'Transfer-Encoding' are set"; ``allow_chunked_length`` is off by default, and Consul does
+      not set it);
+    * a ``Transfer-Encoding`` other than ``chunked``: 501 (unsupported transfer encoding);
+    * more than one ``Content-Length``, equal or not: 400 (``disallow_multiple_content_length``);
+    * a folded header line (obs-fold, RFC 9112 5.2): the continuation stays in the value and the
+      codec's header value check refuses the CR/LF in it: 400.
+    """
+    lines = head.split(b"\r\n")[1:]
+    names = []
+    for line in lines:
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            return 400, "obs-fold header continuation line"
+        names.append(line.split(b":", 1)[0].strip().lower())
+    lengths = names.count(b"content-length")
+    if lengths > 1:
+        return 400, "multiple Content-Length headers"
+    if b"transfer-encoding" in names:
+        if lengths:
+            return 400, "both Content-Length and Transfer-Encoding are set"
+        values = [
+            ln.split(b":", 1)[1].strip().lower()
+            for ln in lines
+            if ln.split(b":", 1)[0].strip().lower() == b"transfer-encoding"
+        ]
+        if b",".join(values) != b"chunked":
+            return 501, "unsupported transfer encoding"
+    return None
