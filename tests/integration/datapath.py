@@ -28,6 +28,9 @@ from consulspawner_dev.trinostandin import TrinoStandIn
 from ..conftest import MASTER_TOKEN
 
 REAUTHORIZE = 1.0  # every proxy's re-authorization interval in these tests (production default: 5 s)
+# How long the Trino-side proxies drain a connection the intentions no longer allow before they
+# close it (Envoy's --drain-time-s: 600 s by default; shortened so the tests see the end).
+DRAIN = 2.0
 COORDINATOR, WORKER, ORCHESTRATOR = "trino-coordinator", "trino-worker", "orchestrator"
 
 
@@ -125,6 +128,7 @@ class TrinoSide:
                 f"{name}-sidecar-proxy",
                 admin_socket=str(self.tmp / f"{name}.sock"),
                 reauthorize_interval=REAUTHORIZE,
+                drain_time=DRAIN,
             )
             self.proxies[name] = proxy.start(timeout=60)
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass
 
 from .agent import ConsulHTTPError, TokenRefused, _check_refused
@@ -107,7 +108,33 @@ def evaluate(intentions: list[dict], source: str, request: Request | None, defau
 
 
 class Authorizer:
-    """The proxy's L4 authorization: per connection, and again for every open connection."""
+    """The proxy's L4 authorization: per connection, and again for every open connection.
+
+    A connection the intentions no longer allow is drained, not cut: with Envoy the changed
+    intentions arrive as a listener update (LDS), and the connections of the replaced filter
+    chain are drained for ``--drain-time-s`` (600 s by default; ``drain_strategy`` gradual only
+    spreads HTTP connection closes, a TCP proxy connection lives to the end of the drain time),
+    then closed (source/server/listener_manager_impl.cc ``drainFilterChains``,
+    source/server/options_impl.cc). New connections are refused at once (the new RBAC filter).
+    """
+
+    def _drain(self, conn, reason: str) -> None:
+        with self._lock:
+            if conn.draining or self.stopped.is_set():
+                return
+            conn.draining = True
+            self.counters["drained"] += 1
+        log.info("draining connection from %s for %gs: %s", conn.source_uri, self.drain_time, reason)
+
+        def close() -> None:
+            self.counters["closed_on_reauthorize"] += 1
+            log.info("drain time over: closing connection from %s", conn.source_uri)
+            self._forget(conn)
+            conn.close()
+
+        timer = threading.Timer(self.drain_time, close)
+        timer.daemon = True
+        timer.start()
 
     def authorize(self, uri: str, serial: str) -> tuple[bool, str]:
         """POST /v1/agent/connect/authorize; an error denies (fail closed)."""
@@ -155,7 +182,4 @@ class Authorizer:
                     decisions[key] = self.authorize(*key)
                 allowed, reason = decisions[key]
             if not allowed:
-                log.info("closing connection from %s: %s", conn.source_uri, reason)
-                self.counters["closed_on_reauthorize"] += 1
-                self._forget(conn)
-                conn.close()
+                self._drain(conn, reason)

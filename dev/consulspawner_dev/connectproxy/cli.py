@@ -11,7 +11,7 @@ import threading
 
 from .admin import DEFAULT_ADMIN_SOCKET, probe_ready
 from .agent import Agent, ProxyError, TokenRefused
-from .proxy import DEFAULT_REAUTHORIZE_INTERVAL, ConnectProxy
+from .proxy import DEFAULT_DRAIN_TIME, DEFAULT_REAUTHORIZE_INTERVAL, ConnectProxy
 
 log = logging.getLogger("connectproxy")
 
@@ -59,12 +59,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=DEFAULT_REAUTHORIZE_INTERVAL,
         help="seconds between re-authorizations of open L4 connections (default %(default)s)",
     )
+    _flag(
+        parser,
+        "drain-time-s",
+        type=float,
+        default=DEFAULT_DRAIN_TIME,
+        help="seconds a connection the intentions no longer allow is drained before it is closed, "
+        "as Envoy's --drain-time-s (default %(default)s)",
+    )
     _flag(parser, "register-timeout", type=float, default=60.0, help="seconds to wait for the registration")
     args = parser.parse_args(argv)
     if args.sidecar_for is not None:
         args.proxy_id = f"{args.sidecar_for}-sidecar-proxy"
     if args.reauthorize_interval <= 0:
         parser.error("-reauthorize-interval must be positive")
+    if args.drain_time_s < 0:
+        parser.error("-drain-time-s must not be negative")
     return args
 
 
@@ -95,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         args.proxy_id,
         admin_socket=args.admin_socket,
         reauthorize_interval=args.reauthorize_interval,
+        drain_time=args.drain_time_s,
     )
 
     signalled = threading.Event()

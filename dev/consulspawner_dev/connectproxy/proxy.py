@@ -23,6 +23,7 @@ from .relay import Inbound, Listener, ListenerSpec, Relay, listener_specs
 log = logging.getLogger("connectproxy")
 
 DEFAULT_REAUTHORIZE_INTERVAL = 5.0
+DEFAULT_DRAIN_TIME = 600.0  # Envoy's --drain-time-s default (source/server/options_impl.cc)
 
 
 class ConnectProxy(Relay, HTTPPath, Authorizer):
@@ -34,12 +35,14 @@ class ConnectProxy(Relay, HTTPPath, Authorizer):
         proxy_id: str,
         admin_socket: str | None = DEFAULT_ADMIN_SOCKET,
         reauthorize_interval: float = DEFAULT_REAUTHORIZE_INTERVAL,
+        drain_time: float = DEFAULT_DRAIN_TIME,
         blocking_wait: float = BLOCKING_WAIT,
     ):
         self.agent = agent
         self.proxy_id = proxy_id
         self.admin_socket = admin_socket
         self.reauthorize_interval = reauthorize_interval
+        self.drain_time = drain_time
         self.blocking_wait = blocking_wait
         self.state = "PRE_INITIALIZING"
         self.exit_code = 0
@@ -59,7 +62,13 @@ class ConnectProxy(Relay, HTTPPath, Authorizer):
         self.listeners: dict[ListenerSpec, Listener] = {}
         self.inbound: set[Inbound] = set()
         self._admin: _AdminServer | None = None
-        self.counters = {"authorize": 0, "denied_connections": 0, "closed_on_reauthorize": 0, "denied_requests": 0}
+        self.counters = {
+            "authorize": 0,
+            "denied_connections": 0,
+            "drained": 0,
+            "closed_on_reauthorize": 0,
+            "denied_requests": 0,
+        }
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> ConnectProxy:
@@ -165,6 +174,7 @@ class ConnectProxy(Relay, HTTPPath, Authorizer):
                     for s in self.listeners
                 ],
                 "open_inbound": len(self.inbound),
+                "draining": sum(1 for c in self.inbound if c.draining),
                 "intentions": len(self.intentions),
                 "default_allow": self.default_allow,
                 "counters": dict(self.counters),

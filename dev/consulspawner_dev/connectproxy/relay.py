@@ -68,6 +68,7 @@ class Inbound:
     serial: str
     mode: str  # "tcp" or "http"
     socks: list = field(default_factory=list)
+    draining: bool = False  # no longer allowed: closed when the drain time ends
 
     def close(self) -> None:
         _close(*self.socks)
