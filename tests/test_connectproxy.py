@@ -897,3 +897,16 @@ def test_l7_repeated_headers_are_joined_with_commas_before_matching(rule, allowe
     }
     request = Request("GET", "/", [("X-Trino-User", "alice"), ("x-trino-user", "x")])
     assert evaluate([ixn], "jupyter-alice", request, False)[0] is allowed
+
+
+def test_ready_only_once_the_listeners_are_bound(mesh):
+    """Envoy's /ready can answer LIVE before its listeners exist (the initial fetch timeout, 15 s,
+    ends initialization without them): the readiness probe checks the sockets themselves."""
+    mesh.consul.allow()
+    proxy = mesh.proxy("jupyter-alice")
+    admin = str(mesh.tmp / "jupyter-alice.sock")
+    assert ready_cli(admin) == 0
+    [upstream] = [spec for spec in proxy.listeners if spec.kind == "upstream"]
+    proxy.listeners[upstream].close()  # /ready still says LIVE, the listener is gone
+    assert probe_ready(admin) == (200, "LIVE")
+    assert ready_cli(admin) == 1
