@@ -200,3 +200,27 @@ def test_presto_headers_count_only_with_the_alternate_header_name(coordinator):
         # Both protocols at once is refused.
         status, _ = raw(c, post(b"SELECT current_user", "X-Presto-User: alice", "X-Trino-User: bob"))
         assert status == 400
+
+
+@pytest.mark.parametrize("node", ["coordinator", "worker"])
+def test_the_stacks_trino_config_runs_a_query_behind_envoy(node):
+    """docker/stack/trino's http-server.process-forwarded, applied to the stand-in, lets a request
+    carrying what Consul's Envoy adds (XFCC, x-forwarded-proto https) run, with plain-http nextUris."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "docker" / "stack" / "trino" / node / "config.properties"
+    props = dict(
+        line.split("=", 1) for line in config.read_text().splitlines() if "=" in line and not line.startswith("#")
+    )
+    with TrinoStandIn(process_forwarded=props.get("http-server.process-forwarded", "false")) as c:
+        status, body = raw(
+            c,
+            post(
+                b"SELECT current_user",
+                "X-Trino-User: alice",
+                'x-forwarded-client-cert: By=spiffe://t/ns/default/dc/dc1/svc/trino;Hash=ab;Subject=""',
+                "x-forwarded-proto: https",
+            ),
+        )
+    assert status == 200, body
+    assert json.loads(body)["nextUri"].startswith("http://")
