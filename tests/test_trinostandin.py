@@ -224,3 +224,10 @@ def test_the_stacks_trino_config_runs_a_query_behind_envoy(node):
         )
     assert status == 200, body
     assert json.loads(body)["nextUri"].startswith("http://")
+
+
+def test_a_folded_header_line_is_400(coordinator):
+    # Jetty's HttpParser (RFC 9112 compliance, no MULTILINE_FIELD_VALUE violation allowed): obs-fold is 400.
+    status, _ = raw(coordinator, post(b"SELECT current_user", "X-Trino-User: bob", " alice"))
+    assert status == 400
+    assert coordinator.queries == []

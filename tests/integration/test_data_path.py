@@ -530,3 +530,55 @@ async def test_spawn_at_consuls_default_check_intervals_does_not_wait_for_them(
     assert took < 5.0, f"the spawn took {took:.1f} s: did it wait for a Consul check?"
     assert len(ok_rows(await query(docker_client, alice))) == 25
     await hub_stop(alice)
+
+
+# A request hidden in a chunked body: framed by Content-Length (6 bytes: "0\r\n\r\nP"...), the
+# rest is a second request as alice; framed by Transfer-Encoding it ends at "0\r\n\r\n".
+SMUGGLE = r"""
+import json, socket, sys
+victim = sys.argv[1]
+hidden = (
+    "POST /v1/statement HTTP/1.1\r\nHost: t\r\nX-Trino-User: " + victim + "\r\nContent-Length: 19\r\n\r\n"
+    "SELECT current_user"
+).encode()
+body = b"0\r\n\r\n" + hidden
+head = (
+    "POST /v1/statement HTTP/1.1\r\nHost: t\r\nX-Trino-User: " + sys.argv[2] + "\r\n"
+    "Transfer-Encoding: chunked\r\nContent-Length: " + str(len(body)) + "\r\n\r\n"
+).encode()
+s = socket.create_connection(("127.0.0.1", 28080), timeout=15)
+s.sendall(head + body)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(json.dumps({"answer": data.decode("latin-1")[:200]}))
+"""
+
+
+async def test_l7_a_request_smuggled_in_a_chunked_body_is_refused(analyst, trino_side, docker_client):
+    """Envoy's HTTP/1 codec refuses Content-Length with Transfer-Encoding (400) before RBAC, so
+    neither the outer request (bob's own user) nor the hidden one (as alice) reaches Trino."""
+    trino_side.http_protocol()
+    trino_side.start()
+    await wait_for(lambda: trino_side.proxies[COORDINATOR].protocol == "http", message="the coordinator on http")
+    alice = await started(trino_side, analyst("alice", intention_mode="L7"))
+    bob = await started(trino_side, analyst("bob", intention_mode="L7"))
+    code, out = await asyncio.to_thread(
+        container_exec,
+        docker_client,
+        bob.container_id,
+        "python3",
+        "-c",
+        SMUGGLE,
+        trino_user(alice),
+        trino_user(bob),
+    )
+    assert code == 0, out
+    answer = json.loads(out.strip().splitlines()[-1])["answer"]
+    assert answer.startswith("HTTP/1.1 400 "), answer
+    assert answer.count("HTTP/1.1") == 1, answer
+    assert trino_side.coordinator.queries == []
+    assert ok_rows(await query(docker_client, bob, sql="SELECT current_user")) == [[trino_user(bob)]]
