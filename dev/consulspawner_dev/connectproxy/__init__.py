@@ -6,7 +6,7 @@ Service Mesh", ``website/content/docs/connect/proxies/integrate.mdx``) closely e
 mesh tests and the demo exercise mutual TLS, intentions and revocation for real::
 
     connectproxy -sidecar-for <service-id> [-token-file PATH] [-http-addr URL] [-ca-file PATH]
-                 [-admin-socket /consul/admin.sock] [-reauthorize-interval 5]
+                 [-admin-socket /consul/admin.sock] [-reauthorize-interval 5] [-drain-time-s 600]
     connectproxy ready [-admin-socket /consul/admin.sock]     # exit 0 once the proxy is ready
 
 ``-http-addr`` defaults to ``$CONSUL_HTTP_ADDR`` (else 127.0.0.1:8500), ``-ca-file`` to
@@ -45,11 +45,12 @@ blocking queries.
   closed right after the handshake, before a byte reaches the app. Open connections are
   re-authorized every ``-reauthorize-interval`` seconds (default 5) and at once whenever the
   intentions for our service change (a blocking query on
-  ``/v1/connect/intentions/match?by=destination&name=<service>``), and those now denied are
-  closed: the contract's second strategy for "persistent TCP connections and intentions".
-  5 s bounds how long a revoked analyst keeps a Trino connection if an intention-change
-  notification is missed (agent restart, network blip); the authorize call is answered from
-  the agent's cache, so a few calls per open connection per interval cost nothing measurable.
+  ``/v1/connect/intentions/match?by=destination&name=<service>``). Those now denied are
+  drained, as Envoy drains the connections of a listener's replaced filter chain when the
+  intentions change (LDS update): they keep working for ``-drain-time-s`` (Envoy's
+  ``--drain-time-s``, default 600) and are closed then; new connections are refused at once.
+  The interval is the backstop for a missed intention-change notification (agent restart,
+  network blip); the authorize call is answered from the agent's cache.
 * ``http``/``http2``/``grpc`` (L7): as Consul configures Envoy (``agent/xds/rbac.go``): with an
   HTTP protocol the inbound listener has *no* network RBAC filter; the TLS connection is
   accepted and every request goes through the HTTP RBAC filter built from the intentions. So
@@ -68,12 +69,17 @@ blocking queries.
   action if no intention matches", api-docs/api-structure). A denied request is answered
   ``403`` with the body ``RBAC: access denied`` (Envoy's RBAC filter) and the connection stays
   usable. An absent header never matches ``Exact``/``Prefix``/``Suffix``/``Regex``, inverted or
-  not (Envoy's ``HeaderUtility::matchHeaders``). Like Envoy (``SANITIZE_SET``), the request
-  reaches the app with ``X-Forwarded-Client-Cert: By=<our SPIFFE ID>;Hash=<sha256 of the peer
-  certificate>;Subject="";URI=<peer SPIFFE ID>`` replacing whatever the caller sent.
+  not (Envoy's ``HeaderUtility::matchHeaders``); values are compared as bytes, repeated
+  headers joined with ``,``. Framing Envoy's HTTP/1 codec refuses is refused the same way
+  (Content-Length with Transfer-Encoding, several Content-Length, obs-fold: 400). As Consul
+  configures Envoy (``listeners.go`` ``makeInboundListener``: ``APPEND_FORWARD``, Subject,
+  Cert, Chain, DNS, URI), the request reaches the app with this hop's
+  ``x-forwarded-client-cert`` appended and ``x-forwarded-proto: https`` unless it had one.
 
-Readiness. Like Envoy's admin ``/ready``: ``GET /ready`` answers ``200 LIVE`` once the
-listeners are bound and the leaf and roots are loaded, else ``503`` with the state. The admin
+Readiness. ``GET /ready`` answers ``200 LIVE`` once the listeners are bound and the leaf and
+roots are loaded, else ``503`` with the state. Envoy's ``/ready`` can say LIVE before its
+listeners exist (initial fetch timeout), so the probe ``connectproxy ready`` also checks that
+every listener ``/status`` reports is in LISTEN state (``/proc/net/tcp``). The admin
 endpoint (``/ready``, ``/status`` as JSON) listens ONLY on a unix socket (``-admin-socket``,
 default ``/consul/admin.sock``, mode 0600), never on TCP: the notebook container shares the
 sidecar's network namespace, so any TCP port, even on 127.0.0.1, would be reachable from the
