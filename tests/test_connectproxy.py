@@ -910,3 +910,38 @@ def test_ready_only_once_the_listeners_are_bound(mesh):
     proxy.listeners[upstream].close()  # /ready still says LIVE, the listener is gone
     assert probe_ready(admin) == (200, "LIVE")
     assert ready_cli(admin) == 1
+
+
+def test_pump_is_not_stalled_by_a_tls_record_without_data(mesh):
+    """A TLS 1.3 server sends session tickets after the handshake: a record the upstream side of
+    the relay can read without any application data. The relay must not block on it while the
+    other side's bytes wait (seen as 15-60 s stalls of the data-path tests under load)."""
+    roots = mesh.consul("GET", "/v1/agent/connect/ca/roots")
+    server_m = connectproxy.build_material(mesh.consul("GET", "/v1/agent/connect/ca/leaf/trino-coordinator"), roots)
+    client_m = connectproxy.build_material(mesh.consul("GET", "/v1/agent/connect/ca/leaf/jupyter-alice"), roots)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def echo():
+        raw, _ = listener.accept()
+        with server_m.server.wrap_socket(raw, server_side=True) as tls:
+            while data := tls.recv(65536):
+                tls.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    tls = client_m.client.wrap_socket(socket.create_connection(listener.getsockname(), timeout=10))
+    tls.settimeout(60)  # IO_TIMEOUT
+    assert tls.version() == "TLSv1.3"
+    import select
+
+    assert select.select([tls], [], [], DEADLINE)[0], "no session ticket arrived"
+    local, remote = socket.socketpair()
+    threading.Thread(target=connectproxy.relay.pump, args=(remote, tls), daemon=True).start()
+    # Only once the relay has read the tickets (the kernel buffer is empty) does the notebook send.
+    wait_for(lambda: not select.select([tls.fileno()], [], [], 0)[0], "the relay to read the session tickets")
+    local.settimeout(10)
+    try:
+        local.sendall(b"ping")
+        assert local.recv(4) == b"ping"
+    finally:
+        local.close()
+        listener.close()

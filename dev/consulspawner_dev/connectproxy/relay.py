@@ -33,6 +33,26 @@ def _close(*socks) -> None:
             s.close()
 
 
+def _recv_now(s: socket.socket) -> bytes | None:
+    """What ``s`` has to forward now: bytes, b"" at EOF, None if nothing yet.
+
+    A readable TLS socket need not hold application data: a TLS 1.3 server sends session tickets
+    after the handshake, and reading them yields nothing. A blocking recv would then wait (up to
+    IO_TIMEOUT) for data while the other side's bytes sit unforwarded in this one thread, so TLS
+    reads are made without blocking.
+    """
+    if not isinstance(s, ssl.SSLSocket):
+        return s.recv(65536)
+    timeout = s.gettimeout()
+    s.setblocking(False)
+    try:
+        return s.recv(65536)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return None
+    finally:
+        s.settimeout(timeout)
+
+
 def pump(a: socket.socket, b: socket.socket) -> None:
     """Copy bytes both ways until either side closes (one thread, so TLS objects are never shared)."""
     socks = [a, b]
@@ -42,7 +62,9 @@ def pump(a: socket.socket, b: socket.socket) -> None:
             if not ready:
                 ready, _, _ = select.select(socks, [], [], 1.0)
             for s in ready:
-                data = s.recv(65536)
+                data = _recv_now(s)
+                if data is None:
+                    continue
                 if not data:
                     return
                 (b if s is a else a).sendall(data)
