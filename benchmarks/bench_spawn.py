@@ -41,7 +41,7 @@ def settings(fake_url: str) -> dict:
         consul_address=fake_url,
         consul_token=TOKEN,
         sidecar_image=os.environ["CONSULSPAWNER_SIDECAR_IMAGE"],
-        sidecar_command=["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"],
+        sidecar_command=["connectproxy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"],
     )
 
 

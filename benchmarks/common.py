@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/figN_*.py` from anywhere
 NETWORK = os.environ.get("CSBENCH_NETWORK", "csbench-net")
 PREFIX = os.environ.get("CSBENCH_PREFIX", "csbn")
 MASTER_TOKEN = "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
-DEVSIDECAR_COMMAND = ["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
+SIDECAR_COMMAND = ["connectproxy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
 # The minimal notebook of the side-by-side figures: an HTTP server on the notebook port that
 # exits on SIGTERM (as jupyterhub-singleuser does), so docker stop never waits its 10 s.
 MINIMAL_NOTEBOOK = [

@@ -80,7 +80,7 @@ async def minimal(runs: int, images: dict, gateway: str, consul_url: str) -> dic
             consul_address=consul_url,
             consul_token=common.MASTER_TOKEN,
             sidecar_image=images["CONSULSPAWNER_SIDECAR_IMAGE"],
-            sidecar_command=common.DEVSIDECAR_COMMAND,
+            sidecar_command=common.SIDECAR_COMMAND,
             hub_instance="csbench",
         ),
     }

@@ -111,7 +111,7 @@ def main() -> dict:
             consul_token=common.MASTER_TOKEN,
             hub_instance="csbench",
             sidecar_image=(images or {}).get("CONSULSPAWNER_SIDECAR_IMAGE", "csbench/none"),
-            sidecar_command=common.DEVSIDECAR_COMMAND,
+            sidecar_command=common.SIDECAR_COMMAND,
         )
 
     if mode == "real":

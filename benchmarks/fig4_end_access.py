@@ -276,7 +276,12 @@ def trino_sidecar(fake: FakeConsul, gateway: str, trino: TrinoStandIn, reauth: f
     admin = tempfile.mkdtemp(prefix="csbench-proxy-")
     atexit.register(shutil.rmtree, admin, ignore_errors=True)
     proxy = ConnectProxy(
-        Agent(fake.url, token), f"{DEST}-sidecar-proxy", admin_socket=f"{admin}/trino.sock", reauthorize_interval=reauth
+        Agent(fake.url, token),
+        f"{DEST}-sidecar-proxy",
+        admin_socket=f"{admin}/trino.sock",
+        reauthorize_interval=reauth,
+        # This figure measures re-authorization alone; Envoy would also drain for --drain-time-s.
+        drain_time=0.0,
     ).start(timeout=60)
     deadline = time.time() + 60
     while not consul(fake.url, "GET", f"/v1/health/connect/{DEST}?passing=1"):
@@ -310,7 +315,7 @@ def main() -> dict:
             common.docker_network(client) as gateway,
             FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake,
         ):
-            trino = TrinoStandIn(host=gateway).start()
+            trino = TrinoStandIn(host=gateway, process_forwarded="ignore").start()  # as docker/stack/trino
             proxy = None
             try:
                 proxy = trino_sidecar(fake, gateway, trino, args.reauthorize)

@@ -45,7 +45,7 @@ class BenchHub:
             "CSBENCH_NETWORK": common.NETWORK,
             "CSBENCH_NOTEBOOK_IMAGE": images["CONSULSPAWNER_NOTEBOOK_IMAGE"],
             "CSBENCH_SIDECAR_IMAGE": images["CONSULSPAWNER_SIDECAR_IMAGE"],
-            "CSBENCH_SIDECAR_COMMAND": json.dumps(common.DEVSIDECAR_COMMAND),
+            "CSBENCH_SIDECAR_COMMAND": json.dumps(common.SIDECAR_COMMAND),
             "CSBENCH_CONSUL": consul_url,
             "CSBENCH_CONSUL_TOKEN": common.MASTER_TOKEN,
             "CSBENCH_ADMIN_TOKEN": self.token,

@@ -336,7 +336,7 @@ class ConsulSpawner(DockerSpawner):
         container before it starts; the notebook container never sees it.
 
             c.ConsulSpawner.sidecar_command = [
-                "devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
+                "connectproxy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
         """,
     ).tag(config=True)
 

@@ -4,16 +4,16 @@
 #   consulspawner/debian-base:bookworm   debootstrap --variant=minbase + docker import (built once)
 #   consulspawner/python-base:<hash12>   + python3, python3-venv, the host's extra CA certificates
 #   consulspawner/notebook:<hash12>      + venv with jupyterhub==<host version>, JupyterLab, trino; user jovyan
-#   consulspawner/devsidecar:<hash12>    + dev/consulspawner_dev/devsidecar.py as `devsidecar` on PATH
-#   consulspawner/connectproxy:<hash12>  + dev/consulspawner_dev/connectproxy.py as `connectproxy` on PATH
+#   consulspawner/connectproxy:<hash12>  + the package dev/consulspawner_dev/connectproxy/ as `connectproxy` on PATH
+#                                        (the one development sidecar: tests, demo, benchmarks)
 #
 # <hash12> covers every build input (the build context, the build arguments and the parent
 # image's ID), so an unchanged image is never rebuilt and a second run takes seconds.
 #
 # stdout: exactly the three lines below (also written to docker/.images.env); the rest is on stderr.
 #   CONSULSPAWNER_NOTEBOOK_IMAGE=consulspawner/notebook:<hash12>
-#   CONSULSPAWNER_SIDECAR_IMAGE=consulspawner/devsidecar:<hash12>
-#   CONSULSPAWNER_PROXY_IMAGE=consulspawner/connectproxy:<hash12>
+#   CONSULSPAWNER_SIDECAR_IMAGE=consulspawner/connectproxy:<hash12>
+#   CONSULSPAWNER_PROXY_IMAGE=consulspawner/connectproxy:<hash12>   (the same image, for older callers)
 #
 # Options:  --force   rebuild everything (also the Debian base), without Docker's layer cache
 # Env:      DEBIAN_MIRROR (default: from the apt sources), JUPYTERHUB_VERSION (default: the host's),
@@ -179,17 +179,14 @@ mkdir -p "$ctx"
 cp "$HERE/notebook/Dockerfile" "$HERE/notebook/jupyter_server_config.py" "$HERE/notebook/trino-example.ipynb" "$ctx/"
 notebook="$(build consulspawner/notebook "$ctx" "$python_base" "JUPYTERHUB_VERSION=$jh_version")"
 
-# 4. Dev sidecar.
-ctx="$WORK/devsidecar"
-mkdir -p "$ctx"
-cp "$HERE/devsidecar/Dockerfile" "$REPO/dev/consulspawner_dev/devsidecar.py" "$ctx/"
-sidecar="$(build consulspawner/devsidecar "$ctx" "$python_base")"
-
-# 5. Connect proxy stand-in (mTLS, intentions; readiness on a unix socket).
+# 4. Connect proxy stand-in, the development sidecar (mTLS, intentions; readiness on a unix socket).
+#    The package's source only: no __pycache__, so the content hash is that of the code.
 ctx="$WORK/connectproxy"
 mkdir -p "$ctx"
-cp "$HERE/connectproxy/Dockerfile" "$REPO/dev/consulspawner_dev/connectproxy.py" "$ctx/"
+cp "$HERE/connectproxy/Dockerfile" "$ctx/"
+tar -C "$REPO/dev/consulspawner_dev" --exclude=__pycache__ --exclude='*.pyc' -c connectproxy | tar -C "$ctx" -x
 proxy="$(build consulspawner/connectproxy "$ctx" "$python_base")"
+sidecar="$proxy"
 
 env_file="$HERE/.images.env"
 printf 'CONSULSPAWNER_NOTEBOOK_IMAGE=%s\nCONSULSPAWNER_SIDECAR_IMAGE=%s\nCONSULSPAWNER_PROXY_IMAGE=%s\n' \

@@ -413,6 +413,9 @@ class Demo:
                 "127.0.0.1",
                 "--port",
                 str(app_port),
+                # As docker/stack/trino: the sidecar adds x-forwarded-* headers, Trino ignores them.
+                "--process-forwarded",
+                "ignore",
             ],
             "trino.log",
         )

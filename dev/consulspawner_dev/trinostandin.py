@@ -24,11 +24,28 @@ Protocol, as Trino's ``/v1/statement`` resource answers (checked against trinodb
   (``message``, ``errorCode``, ``errorName``, ``errorType``, ``failureInfo``) and state
   ``FAILED`` (``TABLE_NOT_FOUND`` 46 for unknown tables, ``NOT_SUPPORTED`` 13 otherwise).
 
-It records the ``X-Trino-User`` of every submitted query (``TrinoStandIn.queries``), so tests can
-check who the coordinator saw. There is no authentication: behind a Connect sidecar with L7
+As strict as Trino's HTTP server, not kinder:
+
+* ``X-Forwarded-*``: airlift's ``HttpServerConfig.ProcessForwardedMode`` (``http-server.process-forwarded``:
+  ``reject``/``false`` by default, ``accept``/``true``, ``ignore``). Rejecting is
+  ``RejectForwardedRequestCustomizer``: any header whose name starts with ``x-forwarded-`` is
+  answered ``406``; ignoring is ``IgnoreForwardedRequestCustomizer`` (the headers are dropped);
+  accepting uses ``X-Forwarded-Proto``/``-Host`` for the URIs it hands out (Jetty's
+  ``ForwardedRequestCustomizer``). Envoy behind Consul adds ``x-forwarded-client-cert`` and
+  ``x-forwarded-proto``, so a Trino behind it needs ``ignore`` (``docker/stack/trino``).
+* Framing as Jetty's ``HttpParser`` (RFC 9112 compliance): ``Content-Length`` together with
+  ``Transfer-Encoding``, more than one ``Content-Length``, or a folded header line (obs-fold) is
+  ``400``; a chunked body is read by its chunks.
+* Identity as ``HttpRequestSessionContextFactory``/``ProtocolHeaders``: the user is the first
+  ``X-Trino-User`` value, the original user the first ``X-Trino-Original-User`` (else the user);
+  the legacy ``X-Presto-*`` names count only when ``protocol.v1.alternate-header-name=Presto``
+  (``alternate_header_name``), and a request with both protocols' headers is refused.
+
+It records the user and original user of every submitted query (``TrinoStandIn.queries``), so
+tests can check who the coordinator saw. There is no authentication: behind a Connect sidecar with L7
 intentions on ``X-Trino-User`` that is exactly what the mesh is there to enforce.
 
-    python -m consulspawner_dev.trinostandin --port 8080 [--host 127.0.0.1]
+    python -m consulspawner_dev.trinostandin --port 8080 [--host 127.0.0.1] [--process-forwarded ignore]
 """
 
 from __future__ import annotations
@@ -49,6 +66,9 @@ log = logging.getLogger("trinostandin")
 
 VERSION = "435-standin"
 DEFAULT_PAGE_SIZE = 10
+# airlift HttpServerConfig.ProcessForwardedMode.fromString: "true" -> ACCEPT, "false" -> REJECT.
+PROCESS_FORWARDED = {"true": "accept", "false": "reject", "accept": "accept", "reject": "reject", "ignore": "ignore"}
+X_FORWARDED_PREFIX = "x-forwarded-"
 
 # TPC-H nation table (dbgen data, as Trino's tpch connector returns it: trailing spaces kept).
 NATION_ROWS: list[list] = [
@@ -219,7 +239,21 @@ class Query:
 class TrinoStandIn:
     """The coordinator: an HTTP server in a background thread (``start``/``stop``)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, page_size: int = DEFAULT_PAGE_SIZE):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        process_forwarded: str = "reject",
+        alternate_header_name: str | None = None,
+    ):
+        mode = PROCESS_FORWARDED.get(str(process_forwarded).lower())
+        if mode is None:
+            raise ValueError(
+                f"http-server.process-forwarded must be true, false, accept, reject or ignore: {process_forwarded!r}"
+            )
+        self.process_forwarded = mode
+        self.alternate_header_name = alternate_header_name
         self.host = host
         self.page_size = max(1, page_size)
         self._lock = threading.Lock()
@@ -255,7 +289,7 @@ class TrinoStandIn:
 
     @property
     def queries(self) -> list[dict]:
-        """Every submitted query in order: ``{"id", "user", "sql", "state"}``."""
+        """Every submitted query in order: ``{"id", "user", "original_user", "sql", "state"}``."""
         with self._lock:
             return [dict(q, state=self._queries[q["id"]].state) for q in self._log]
 
@@ -269,7 +303,9 @@ class TrinoStandIn:
         self._counter += 1
         return time.strftime("%Y%m%d_%H%M%S", time.gmtime()) + f"_{self._counter:05d}_{secrets.token_hex(3)[:5]}"
 
-    def submit(self, sql: str, user: str, catalog: str | None, schema: str | None) -> Query:
+    def submit(
+        self, sql: str, user: str, catalog: str | None, schema: str | None, original_user: str | None = None
+    ) -> Query:
         with self._lock:
             query = Query(id=self._new_id(), slug="y" + secrets.token_hex(16), user=user, sql=sql)
             try:
@@ -277,7 +313,7 @@ class TrinoStandIn:
             except QueryFailed as failure:
                 query.error = failure
             self._queries[query.id] = query
-            self._log.append({"id": query.id, "user": user, "sql": sql})
+            self._log.append({"id": query.id, "user": user, "original_user": original_user or user, "sql": sql})
         log.info("query %s by %s: %s", query.id, user, sql.strip())
         return query
 
@@ -386,13 +422,72 @@ def _handler_for(coordinator: TrinoStandIn):
         def _text(self, status: int, text: str) -> None:
             self._send(status, text.encode(), "text/plain")
 
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            refusal = self._refusal()
+            if refusal is not None:
+                self.close_connection = True
+                self.send_error(*refusal)
+                return False
+            if coordinator.process_forwarded == "ignore":
+                # IgnoreForwardedRequestCustomizer: the headers are removed, the request goes on.
+                for name in {k for k in self.headers if k.lower().startswith(X_FORWARDED_PREFIX)}:
+                    del self.headers[name]
+            return True
+
+        def _refusal(self) -> tuple[int, str] | None:
+            """What Jetty's HttpParser and airlift's customizers answer instead of running it."""
+            lengths = self.headers.get_all("Content-Length") or []
+            if len(lengths) > 1:
+                return 400, "Duplicate Content-Length"  # HttpCompliance MULTIPLE_CONTENT_LENGTHS
+            if lengths and self.headers.get("Transfer-Encoding") is not None:
+                return 400, "Transfer-Encoding and Content-Length"
+            te = self.headers.get_all("Transfer-Encoding") or []
+            if te and ",".join(te).strip().lower() != "chunked":
+                return 400, "Bad Transfer-Encoding"
+            if lengths and not lengths[0].strip().isdigit():
+                return 400, "Invalid Content-Length Value"
+            if any("\n" in v or "\r" in v for v in self.headers.values()):
+                return 400, "Header Folding"  # HttpCompliance: RFC 9112 forbids obs-fold
+            if coordinator.process_forwarded == "reject":
+                for name in self.headers:
+                    if name.lower().startswith(X_FORWARDED_PREFIX):
+                        return 406, f"Server configuration does not allow processing of the {name} header"
+            return None
+
         def _base(self) -> str:
             host = self.headers.get("Host") or f"{coordinator.host}:{coordinator.port}"
-            return f"http://{host}"
+            scheme = "http"
+            if coordinator.process_forwarded == "accept":
+                scheme = (self.headers.get("X-Forwarded-Proto") or scheme).split(",")[0].strip()
+                host = (self.headers.get("X-Forwarded-Host") or host).split(",")[0].strip()
+            return f"{scheme}://{host}"
 
         def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding") is not None:
+                return self._chunked()
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length > 0 else b""
+
+        def _chunked(self) -> bytes:
+            body = b""
+            while True:
+                size = int(self.rfile.readline(1024).split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return body
+                body += self.rfile.read(size)
+                self.rfile.readline(1024)  # the CRLF after the chunk
+
+        def _protocol(self) -> str | None:
+            """ProtocolHeaders.detectProtocol: "Trino", the alternate name, or None if both are used."""
+            alternate = coordinator.alternate_header_name
+            names = [k.lower() for k in self.headers]
+            if alternate and any(n.startswith(f"x-{alternate.lower()}-") for n in names):
+                return None if any(n.startswith("x-trino-") for n in names) else alternate
+            return "Trino"
 
         def do_GET(self):
             if self.path == "/v1/info":
@@ -425,7 +520,13 @@ def _handler_for(coordinator: TrinoStandIn):
                 self._text(404, "Not Found")
                 return
             sql = self._body().decode("utf-8", "replace")
-            user = (self.headers.get("X-Trino-User") or "").strip()
+            protocol = self._protocol()
+            if protocol is None:
+                self._text(400, f"Protocol headers of both Trino and {coordinator.alternate_header_name} were sent")
+                return
+            # The first value of each header (MultivaluedMap.getFirst), trimmed, empty as absent.
+            user = (self.headers.get(f"X-{protocol}-User") or "").strip()
+            original = (self.headers.get(f"X-{protocol}-Original-User") or "").strip() or None
             if not user:
                 self._text(400, "User must be set")
                 return
@@ -433,7 +534,11 @@ def _handler_for(coordinator: TrinoStandIn):
                 self._text(400, "SQL statement is empty")
                 return
             query = coordinator.submit(
-                sql, user, self.headers.get("X-Trino-Catalog") or None, self.headers.get("X-Trino-Schema") or None
+                sql,
+                user,
+                self.headers.get(f"X-{protocol}-Catalog") or None,
+                self.headers.get(f"X-{protocol}-Schema") or None,
+                original_user=original,
             )
             self._json(200, coordinator.results(query, self._base(), None))
 
@@ -456,9 +561,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default %(default)s)")
     parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="rows per result page")
+    parser.add_argument(
+        "--process-forwarded",
+        default="reject",
+        choices=sorted(PROCESS_FORWARDED),
+        help="http-server.process-forwarded, as airlift reads it (default %(default)s)",
+    )
+    parser.add_argument("--alternate-header-name", help="protocol.v1.alternate-header-name (e.g. Presto)")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s trinostandin %(message)s")
-    coordinator = TrinoStandIn(args.host, args.port, args.page_size).start()
+    coordinator = TrinoStandIn(
+        args.host, args.port, args.page_size, args.process_forwarded, args.alternate_header_name
+    ).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

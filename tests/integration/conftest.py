@@ -28,7 +28,7 @@ from ..conftest import MASTER_TOKEN
 # network and containers.
 NETWORK = os.environ.get("CONSULSPAWNER_TEST_NETWORK", "consulspawner-test")
 NAME_PREFIX = os.environ.get("CONSULSPAWNER_TEST_PREFIX", "cstest")
-DEVSIDECAR_COMMAND = ["devsidecar", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
+SIDECAR_COMMAND = ["connectproxy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
 # The notebook server itself is not under test here (the end-to-end hub test runs the real
 # jupyterhub-singleuser); a plain HTTP server on the port keeps these tests independent of a hub.
 # It exits on SIGTERM as jupyterhub-singleuser does (PID 1 gets no default handler, and docker
@@ -142,7 +142,7 @@ async def make_spawner(images, test_network, mesh_consul, hub_token, docker_clie
             consul_address=mesh_consul.url,
             consul_token=hub_token,
             sidecar_image=images["sidecar"],
-            sidecar_command=DEVSIDECAR_COMMAND,
+            sidecar_command=SIDECAR_COMMAND,
             sidecar_ready_timeout=60,
             consul_retry_budget=5,
         )

@@ -28,6 +28,9 @@ from consulspawner_dev.trinostandin import TrinoStandIn
 from ..conftest import MASTER_TOKEN
 
 REAUTHORIZE = 1.0  # every proxy's re-authorization interval in these tests (production default: 5 s)
+# How long the Trino-side proxies drain a connection the intentions no longer allow before they
+# close it (Envoy's --drain-time-s: 600 s by default; shortened so the tests see the end).
+DRAIN = 2.0
 COORDINATOR, WORKER, ORCHESTRATOR = "trino-coordinator", "trino-worker", "orchestrator"
 
 
@@ -40,8 +43,9 @@ def free_port(host: str) -> int:
 class TrinoSide:
     def __init__(self, fake: FakeConsul, gateway: str, tmp_path):
         self.fake, self.gateway, self.tmp = fake, gateway, tmp_path
-        self.coordinator = TrinoStandIn(host="127.0.0.1").start()
-        self.worker = TrinoStandIn(host="127.0.0.1").start()
+        # Configured as docker/stack/trino: behind Envoy, x-forwarded-* headers are ignored.
+        self.coordinator = TrinoStandIn(host="127.0.0.1", process_forwarded="ignore").start()
+        self.worker = TrinoStandIn(host="127.0.0.1", process_forwarded="ignore").start()
         self.public = {name: free_port(gateway) for name in (COORDINATOR, WORKER, ORCHESTRATOR)}
         self.worker_upstream = free_port("127.0.0.1")  # on the coordinator's proxy
         self.discovery_upstream = free_port("127.0.0.1")  # on the worker's proxy
@@ -124,6 +128,7 @@ class TrinoSide:
                 f"{name}-sidecar-proxy",
                 admin_socket=str(self.tmp / f"{name}.sock"),
                 reauthorize_interval=REAUTHORIZE,
+                drain_time=DRAIN,
             )
             self.proxies[name] = proxy.start(timeout=60)
         return self

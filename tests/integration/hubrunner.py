@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .conftest import DEVSIDECAR_COMMAND, wait_for
+from .conftest import SIDECAR_COMMAND, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "jupyterhub_config" / "jupyterhub_config.py"
@@ -92,7 +92,7 @@ class HubRunner:
             "CONSULSPAWNER_PROXY_API_PORT": str(free_port()),
             "CONSULSPAWNER_NOTEBOOK_IMAGE": images["notebook"],
             "CONSULSPAWNER_SIDECAR_IMAGE": images["sidecar"],
-            "CONSULSPAWNER_SIDECAR_COMMAND": json.dumps(DEVSIDECAR_COMMAND),
+            "CONSULSPAWNER_SIDECAR_COMMAND": json.dumps(SIDECAR_COMMAND),
             "CONSULSPAWNER_CHECK_INTERVAL": "5",
             "CONSULSPAWNER_ADMIN_SERVICE_TOKEN": self.token,
         }

@@ -25,7 +25,7 @@ from consulspawner_dev.fakeconsul import state as fakeconsul_state
 
 from ..conftest import MASTER_TOKEN
 from .conftest import NAME_PREFIX, container_exec, hub_stop, wait_for
-from .datapath import COORDINATOR, ORCHESTRATOR, REAUTHORIZE, WORKER, TrinoSide
+from .datapath import COORDINATOR, DRAIN, ORCHESTRATOR, REAUTHORIZE, WORKER, TrinoSide
 
 PROXY_COMMAND = [
     "connectproxy",
@@ -375,10 +375,11 @@ async def test_a_revoked_intention_is_denied_at_connection_time(analyst, trino_s
     await hub_stop(alice)
 
 
-async def test_cull_cuts_open_connections_within_the_reauthorization_interval(analyst, trino_side, docker_client):
+async def test_cull_ends_open_connections_after_the_drain_time(analyst, trino_side, docker_client):
     """The stop revokes first; while the containers are held back (so nothing but the
     intention can cut the path), a query started afterwards fails and the connection opened
-    before is closed within REAUTHORIZE + 1 s of the revocation."""
+    before is drained, as Envoy drains on a listener update, and closed within
+    REAUTHORIZE + DRAIN + 1 s of the revocation (with Envoy: up to --drain-time-s, 600 s)."""
     alice = await started(trino_side, analyst("alice"))
     source = f"jupyter-{alice.user.name}"
     session = Session(docker_client, alice, trino_user(alice))
@@ -404,10 +405,12 @@ async def test_cull_cuts_open_connections_within_the_reauthorization_interval(an
     try:
         await wait_for(lambda: source not in trino_side.sources(), interval=0.02, message="the revocation")
         revoked = time.time()
-        await wait_for(session.closed_at, timeout=REAUTHORIZE + 10, interval=0.05, message="the session to close")
+        await wait_for(
+            session.closed_at, timeout=REAUTHORIZE + DRAIN + 10, interval=0.05, message="the session to close"
+        )
         cut_after = session.closed_at() - revoked
         print(f"\nopen connection closed {cut_after:.3f} s after the revocation")
-        assert cut_after <= REAUTHORIZE + 1.0
+        assert cut_after <= REAUTHORIZE + DRAIN + 1.0
         assert not stop.done() and held, "the containers must still be there"
         result = await query(docker_client, alice)
         assert not result["ok"] and result["error"] == "TrinoConnectionError", result
@@ -527,3 +530,55 @@ async def test_spawn_at_consuls_default_check_intervals_does_not_wait_for_them(
     assert took < 5.0, f"the spawn took {took:.1f} s: did it wait for a Consul check?"
     assert len(ok_rows(await query(docker_client, alice))) == 25
     await hub_stop(alice)
+
+
+# A request hidden in a chunked body: framed by Content-Length (6 bytes: "0\r\n\r\nP"...), the
+# rest is a second request as alice; framed by Transfer-Encoding it ends at "0\r\n\r\n".
+SMUGGLE = r"""
+import json, socket, sys
+victim = sys.argv[1]
+hidden = (
+    "POST /v1/statement HTTP/1.1\r\nHost: t\r\nX-Trino-User: " + victim + "\r\nContent-Length: 19\r\n\r\n"
+    "SELECT current_user"
+).encode()
+body = b"0\r\n\r\n" + hidden
+head = (
+    "POST /v1/statement HTTP/1.1\r\nHost: t\r\nX-Trino-User: " + sys.argv[2] + "\r\n"
+    "Transfer-Encoding: chunked\r\nContent-Length: " + str(len(body)) + "\r\n\r\n"
+).encode()
+s = socket.create_connection(("127.0.0.1", 28080), timeout=15)
+s.sendall(head + body)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(json.dumps({"answer": data.decode("latin-1")[:200]}))
+"""
+
+
+async def test_l7_a_request_smuggled_in_a_chunked_body_is_refused(analyst, trino_side, docker_client):
+    """Envoy's HTTP/1 codec refuses Content-Length with Transfer-Encoding (400) before RBAC, so
+    neither the outer request (bob's own user) nor the hidden one (as alice) reaches Trino."""
+    trino_side.http_protocol()
+    trino_side.start()
+    await wait_for(lambda: trino_side.proxies[COORDINATOR].protocol == "http", message="the coordinator on http")
+    alice = await started(trino_side, analyst("alice", intention_mode="L7"))
+    bob = await started(trino_side, analyst("bob", intention_mode="L7"))
+    code, out = await asyncio.to_thread(
+        container_exec,
+        docker_client,
+        bob.container_id,
+        "python3",
+        "-c",
+        SMUGGLE,
+        trino_user(alice),
+        trino_user(bob),
+    )
+    assert code == 0, out
+    answer = json.loads(out.strip().splitlines()[-1])["answer"]
+    assert answer.startswith("HTTP/1.1 400 "), answer
+    assert answer.count("HTTP/1.1") == 1, answer
+    assert trino_side.coordinator.queries == []
+    assert ok_rows(await query(docker_client, bob, sql="SELECT current_user")) == [[trino_user(bob)]]

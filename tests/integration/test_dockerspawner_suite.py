@@ -38,7 +38,7 @@ import pytest
 from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN
-from .conftest import DEVSIDECAR_COMMAND, remove_containers
+from .conftest import SIDECAR_COMMAND, remove_containers
 
 SUITE = Path(__file__).resolve().parents[1] / "dockerspawner_suite"
 NETWORK = "consulspawner-dssuite"
@@ -178,7 +178,7 @@ def run_suite(spawner, tests, network, images, consul, tmp_path):
         "DSSUITE_CONSUL_URL": consul.url,
         "DSSUITE_CONSUL_TOKEN": MASTER_TOKEN,
         "DSSUITE_SIDECAR_IMAGE": images["sidecar"],
-        "DSSUITE_SIDECAR_COMMAND": json.dumps(DEVSIDECAR_COMMAND),
+        "DSSUITE_SIDECAR_COMMAND": json.dumps(SIDECAR_COMMAND),
         "DSSUITE_HUB_INSTANCE": HUB_INSTANCE,
     }
     for leak in ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "PYTEST_ADDOPTS"):

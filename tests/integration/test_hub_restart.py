@@ -22,7 +22,9 @@ from .conftest import NOTHING, container_exec, containers_gone, mesh_objects, po
 
 DEST = "trino-coordinator"
 ORCHESTRATOR = {"Name": "orchestrator", "Action": "allow", "Description": "the report orchestrator (ops)"}
-PROBE = ("python3", "-c", "import urllib.request;urllib.request.urlopen('http://127.0.0.1:28080/', timeout=5)")
+# The sidecar's upstream listener is bound in the notebook's network namespace (the connectproxy
+# sidecar accepts, then dials the upstream; no Trino is needed to prove the listener).
+PROBE = ("python3", "-c", "import socket;socket.create_connection(('127.0.0.1', 28080), timeout=5).close()")
 
 
 def notebook_of(docker_client, user):

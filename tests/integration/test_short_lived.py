@@ -9,11 +9,9 @@ import pytest
 
 from .conftest import NOTHING, container_exec, containers_gone, hub_stop, mesh_objects, wait_for
 
-UPSTREAM_PROBE = (
-    "python3",
-    "-c",
-    "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:28080/', timeout=5).read())",
-)
+# The sidecar's upstream listener is bound in the notebook's network namespace (the connectproxy
+# sidecar accepts, then dials the upstream; no Trino is needed to prove the listener).
+UPSTREAM_PROBE = ("python3", "-c", "import socket;socket.create_connection(('127.0.0.1', 28080), timeout=5).close()")
 
 
 async def upstream_answers(docker_client, spawner):
