@@ -43,6 +43,9 @@ _MIN_SLUG_ROOM = 16
 # "<id>:alive" (plan.MeshPlan.check_id) and Consul's defaults are "service:<id>[:<n>]"; both hold
 # a ':' that no DNS label contains, so no name can equal them.
 RESERVED_SUFFIXES: tuple[str, ...] = ("-sidecar-proxy",)
+# A Consul service name as the mesh settings accept it (destinations, upstreams): lower-case
+# letters, digits, '-' and '_', starting and ending with a letter or digit, at most 256.
+_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,254}[a-z0-9])?$")
 
 
 class NameTemplateError(ValueError):
@@ -127,13 +130,9 @@ def service_name(user_name: str, server_name: str = "", template: str = DEFAULT_
     return name
 
 
-def service_id(user_name: str, server_name: str = "", template: str = DEFAULT_TEMPLATE) -> str:
-    """The Consul service ID of one hub user's server.
-
-    Every server is its own service (its own identity for intentions and its own ACL service
-    identity), so the ID is the name; the function exists so callers say which one they mean.
-    """
-    return service_name(user_name, server_name, template)
+def is_service_name(name: object) -> bool:
+    """Whether ``name`` is a service name the mesh settings accept (see ``_SERVICE_NAME``)."""
+    return isinstance(name, str) and _SERVICE_NAME.match(name) is not None
 
 
 def sidecar_id(parent_service_id: str) -> str:
