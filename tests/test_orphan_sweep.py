@@ -4,8 +4,9 @@ intention first; live servers, other hubs and foreign objects stay."""
 import time
 
 from consulspawner.intentions import KIND, IntentionWriter
-from consulspawner.mesh import new_incarnation, sweep_orphans
+from consulspawner.orphans import sweep_orphans
 from consulspawner.plan import MeshSettings, build_plan
+from consulspawner.state import new_incarnation
 
 
 async def create_server(client, hub, user):
