@@ -34,6 +34,7 @@ from typing import TypeGuard
 from . import ownership
 from .consul import ConsulClient, ConsulError
 from .intentions import KIND, IntentionWriter
+from .orphans import is_orphan
 
 log = logging.getLogger("consulspawner.janitor")
 
@@ -84,11 +85,13 @@ class Janitor:
             self._writers[hub] = IntentionWriter(self.consul, hub)
         return self._writers[hub]
 
-    def _missing_long_enough(self, service: str, present: set[str], now: float) -> bool:
-        if service in present:
-            self._missing_since.pop(service, None)
+    def _missing_long_enough(self, owner: ownership.Owner, present: set[str], now: float) -> bool:
+        # An orphan as the hub's sweep defines it (orphans.is_orphan), from Consul alone: no
+        # instance of its service; then the grace must also have passed.
+        if not is_orphan(owner, dict.fromkeys(present), self.hub_instance):
+            self._missing_since.pop(owner.service, None)
             return False
-        first = self._missing_since.setdefault(service, now)
+        first = self._missing_since.setdefault(owner.service, now)
         return now - first >= self.grace
 
     async def survey(self) -> list[Deletion]:
@@ -108,7 +111,7 @@ class Janitor:
                 target = f"{source['Name']} -> {entry['Name']}"
                 if owner.expires_at is not None and owner.expires_at <= now:
                     deletions.append(Deletion("intention", target, owner.user, owner.hub, "expired", owner.incarnation))
-                elif self._missing_long_enough(source["Name"], present, now):
+                elif self._missing_long_enough(owner, present, now):
                     deletions.append(
                         Deletion(
                             "intention",
@@ -122,7 +125,7 @@ class Janitor:
 
         for token in await self.consul.list_tokens():
             owner = ownership.parse(token.get("Description"))
-            if self._mine(owner) and self._missing_long_enough(owner.service, present, now):
+            if self._mine(owner) and self._missing_long_enough(owner, present, now):
                 deletions.append(
                     Deletion(
                         "token",

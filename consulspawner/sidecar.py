@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import docker
 from docker.errors import APIError, NotFound
 from docker.utils import kwargs_from_env
+from jupyterhub.utils import exponential_backoff
 
 from .hubwide import _sidecar_dockers
 from .mesh import ServerMesh, SidecarNotReady
@@ -181,21 +182,27 @@ class SidecarContainer(Room):
         if not self.sidecar_ready_command:
             await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
             return
-        deadline = time.monotonic() + self.sidecar_ready_timeout
         self._last_probe_output = ""
-        while True:
+
+        async def ready() -> bool:
             if await self._probe_sidecar_ready():
-                self.log.info("Sidecar %s is ready", self.sidecar_container_name)
-                return
+                return True
             # Not ready yet: only now ask whether it (or the notebook) died meanwhile.
             if not await self._sidecar_and_notebook_running():
                 raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready")
-            if time.monotonic() > deadline:
-                raise SidecarNotReady(
-                    f"sidecar {self.sidecar_container_name} not ready after {self.sidecar_ready_timeout:g}s: "
-                    f"{self._last_probe_output}"
-                )
-            await asyncio.sleep(0.1)
+            return False
+
+        try:
+            # Every 0.1 s on average (full jitter up to 0.2 s), not growing: readiness is local.
+            await exponential_backoff(
+                ready, "", start_wait=0.2, scale_factor=1, max_wait=0.2, timeout=self.sidecar_ready_timeout
+            )
+        except asyncio.TimeoutError:
+            raise SidecarNotReady(
+                f"sidecar {self.sidecar_container_name} not ready after {self.sidecar_ready_timeout:g}s: "
+                f"{self._last_probe_output}"
+            ) from None
+        self.log.info("Sidecar %s is ready", self.sidecar_container_name)
 
     async def _probe_sidecar_ready(self) -> bool:
         """Run ``sidecar_ready_command`` in the sidecar once; False unless it exits 0. Docker
@@ -222,17 +229,22 @@ class SidecarContainer(Room):
     async def _sidecar_alive(self) -> bool:
         """Running or being restarted by Docker's policy; a sidecar that stays down for a few
         seconds is dead (stopped, killed, or out of restarts)."""
-        deadline = time.monotonic() + SIDECAR_DOWN_GRACE
-        while True:
+
+        async def verdict() -> str | None:
             info = await self._inspect(self.sidecar_container_id)
             if info is None:
-                return False
+                return "gone"
             state = info["State"]
-            if state.get("Running") or state.get("Restarting"):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.5)
+            return "alive" if state.get("Running") or state.get("Restarting") else None
+
+        try:
+            # Every 0.5 s on average, for SIDECAR_DOWN_GRACE.
+            found = await exponential_backoff(
+                verdict, "", start_wait=1.0, scale_factor=1, max_wait=1.0, timeout=SIDECAR_DOWN_GRACE
+            )
+        except asyncio.TimeoutError:
+            return False
+        return found == "alive"
 
 
 def _read_bytes(path: str) -> bytes:
