@@ -21,6 +21,8 @@ setup(
         "aiohttp>=3.9,<4",
         "dockerspawner>=13,<15",
         "jupyterhub>=5,<7",
+        # Metrics in the registry the hub serves at /hub/metrics (JupyterHub depends on it too).
+        "prometheus_client>=0.17",
         "traitlets>=5.9",
         "tornado>=6.2",
     ],
@@ -43,6 +45,7 @@ setup(
     entry_points={
         "console_scripts": [
             "consulspawner-janitor = consulspawner.janitor:main",
+            "consulspawner-reach = consulspawner.reach:main",
         ],
         # spawner_class = "consul", and `jupyterhub --help-all` lists every ConsulSpawner trait.
         "jupyterhub.spawners": [

@@ -10,7 +10,8 @@ import time
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient
-from consulspawner.intentions import KIND, IntentionWriter, source_entry
+from consulspawner.entries import KIND, source_entry
+from consulspawner.intentions import IntentionWriter
 from consulspawner_dev.fakeconsul import FakeConsul
 
 DEST = "trino-coordinator"

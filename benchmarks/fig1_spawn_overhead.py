@@ -146,6 +146,9 @@ def report(setting: str, times: dict) -> tuple[dict, list]:
             "ratio_median": common.ratio(mesh["median"], plain["median"]),
             "ratio_p90": common.ratio(mesh["p90"], plain["p90"]),
             "added_median_s": round(mesh["median"] - plain["median"], 4),
+            # every run, for the distributions plot (benchmarks/plot_fig1.py)
+            "plain_runs_s": [round(v, 4) for v in times[PLAIN][phase]],
+            "mesh_runs_s": [round(v, 4) for v in times[MESH][phase]],
         }
         rows.append(
             [

@@ -26,7 +26,8 @@ from fakeproc import FakeConsulProcess
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient
-from consulspawner.intentions import KIND, IntentionWriter
+from consulspawner.entries import KIND
+from consulspawner.intentions import IntentionWriter
 from consulspawner.mesh import MeshState, ServerMesh, new_incarnation
 from consulspawner.plan import TRINO_DESTINATION, MeshPlan, MeshSettings, build_plan
 

@@ -39,7 +39,8 @@ import common
 import docker
 
 from consulspawner.consul import ConsulClient
-from consulspawner.intentions import KIND, IntentionWriter
+from consulspawner.entries import KIND
+from consulspawner.intentions import IntentionWriter
 from consulspawner_dev.connectproxy import Agent, ConnectProxy
 from consulspawner_dev.fakeconsul import FakeConsul
 from consulspawner_dev.trinostandin import TrinoStandIn

@@ -26,7 +26,8 @@ from fakeproc import FakeConsulProcess
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient
-from consulspawner.intentions import KIND, L4, L7, IntentionWriter, source_entry
+from consulspawner.entries import KIND, L4, L7, source_entry
+from consulspawner.intentions import IntentionWriter
 from consulspawner.plan import TRINO_DESTINATION
 
 HUB = "csbench-hub"

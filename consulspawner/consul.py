@@ -72,6 +72,8 @@ class ConsulResponse:
 # Consul ACL secrets are UUIDs. Redacting by shape catches secrets this process never saw (a
 # body echoing someone else's token); accessor IDs in error texts go too, which costs nothing.
 _UUID_SHAPE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# A JWT (three base64url parts, the first a JSON header: "eyJ"), redacted by shape as well.
+_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 def _redact(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -80,7 +82,13 @@ def _redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "<redacted>")
-    return _UUID_SHAPE.sub("<redacted>", text)
+    return _JWT_SHAPE.sub("<redacted>", _UUID_SHAPE.sub("<redacted>", text))
+
+
+def _token_gone(error: ConsulError) -> bool:
+    """Consul's answer for a token it does not know: 403 "ACL not found" (acl.ErrNotFound,
+    from resolving the request's own token) or 404 on lookups by accessor."""
+    return error.status == 404 or (error.status == 403 and "acl not found" in error.detail.lower())
 
 
 def _segment(value: str) -> str:
@@ -186,12 +194,14 @@ class ConsulClient:
         params: dict[str, Any] | None = None,
         body: Any = None,
         token: str | None = None,
+        anonymous: bool = False,
         timeout: float | None = None,
         ok: Iterable[int] = (200,),
     ) -> ConsulResponse:
-        """One HTTP call; raises ConsulError unless the status is in ``ok``."""
+        """One HTTP call; raises ConsulError unless the status is in ``ok``. ``anonymous``
+        sends no token at all (a login must not carry one)."""
         call = f"{method} {path}"
-        token = token or self._token
+        token = None if anonymous else token or self._token
         self.remember_secret(token)
         headers = {"X-Consul-Token": token} if token else {}
         query = dict(params or {})
@@ -338,7 +348,7 @@ class ConsulClient:
         except ConsulError as e:
             # Consul answers 404 for an unknown accessor, and 403 "ACL not found" where the
             # lookup itself fails; a plain "Permission denied" is a real error and is raised.
-            if e.status == 404 or (e.status == 403 and "acl not found" in e.detail.lower()):
+            if _token_gone(e):
                 return None
             raise
 
@@ -356,6 +366,47 @@ class ConsulClient:
         Consul (``?servicename=``, docs: api-docs/acl/tokens#list-tokens)."""
         params = {"servicename": service_name} if service_name else None
         return (await self.request("GET", "/v1/acl/tokens", params=params)).body or []
+
+    # -- login identities (JWT auth method) -----------------------------------------------------
+
+    async def login(self, auth_method: str, bearer_jwt: str, meta: dict[str, str]) -> dict:
+        """Exchange a JWT for a token at ``auth_method`` (``POST /v1/acl/login``, docs:
+        api-docs/acl#login-to-auth-method). Sent with no token: the HTTP handler passes none
+        (agent/acl_endpoint.go ACLLogin) and the ACL.Login RPC refuses one. ``meta`` becomes the token's Description
+        (agent/consul/auth/login.go BuildTokenDescription). The answer holds the SecretID:
+        callers keep it out of logs."""
+        body = {"AuthMethod": auth_method, "BearerToken": bearer_jwt, "Meta": meta}
+        self.remember_secret(bearer_jwt)
+        return (await self.request("POST", "/v1/acl/login", body=body, anonymous=True)).body
+
+    async def logout(self, secret: str) -> bool:
+        """Destroy a login-made token with its own secret (``POST /v1/acl/logout``); False when
+        it was already gone (expired, logged out, or deleted)."""
+        try:
+            await self.request("POST", "/v1/acl/logout", token=secret)
+        except ConsulError as e:
+            if _token_gone(e):
+                return False
+            raise
+        return True
+
+    async def token_self(self, secret: str) -> dict | None:
+        """The token ``secret`` names (``GET /v1/acl/token/self``), None when Consul no longer
+        knows it. Nomad's TokenPreflightCheck: a fresh token may not have reached the server
+        that answers, so callers retry a None for a few seconds before believing it."""
+        try:
+            return (await self.request("GET", "/v1/acl/token/self", token=secret)).body
+        except ConsulError as e:
+            if _token_gone(e):
+                return None
+            raise
+
+    async def acl_authorize(self, checks: list[dict[str, str]]) -> list[bool]:
+        """What this client's token may do (``POST /v1/internal/acl/authorize``, at most 64
+        checks: agent/acl_endpoint.go ACLAuthorize), e.g. ``{"Resource": "acl", "Access":
+        "write"}``; one bool per check, in order."""
+        answers = (await self.request("POST", "/v1/internal/acl/authorize", body=checks)).body or []
+        return [bool(answer.get("Allow")) for answer in answers]
 
     # -- config entries -------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """Grant and revoke intentions for our services, one ``service-intentions`` entry at a time.
 
+The I/O half of intentions: the source entries themselves (built, validated, read back) are
+the pure ``entries`` module's.
+
 All sources for one destination live in one config entry (docs: config-entries/service-intentions),
 so every grant or revoke is a read-modify-write of that entry, made safe with ``?cas=<ModifyIndex>``
 (``cas=0``: create only) and retried when someone else wrote first. The legacy
@@ -10,14 +13,17 @@ Coalescing: a hub starting or culling many servers at once would otherwise write
 N times, each write invalidating the others' CAS index. Changes for one destination are queued
 and one flusher applies everything queued so far in a single write; whatever arrives during that
 write goes into the next one. N simultaneous changes cost a handful of writes, and none is lost:
-every caller's future resolves only after a write containing its change has landed.
+every caller's future resolves only after a write containing its change has landed. Within a
+batch the changes apply in the order they were submitted, each to what the earlier ones left,
+so a batch means exactly what the same changes one write at a time would: a late conditional
+revoke of an old start never removes a grant a newer start made just before it.
 
-Ownership: a source is ours only if its ``Description`` carries our marker (see ``ownership``)
-for this hub. Sources written by anyone else pass through every write untouched, and a grant
+Ownership: a source is ours only if its ``Description`` carries our marker for this hub
+(``entries.owned_by``). Sources written by anyone else pass through every write untouched, and a grant
 never replaces a foreign source of the same name.
 
 Isolation: one caller's bad change must not fail the others coalesced with it. Each grant is
-checked against Consul's own validation (:func:`validate_source`) before it joins a batch, and
+checked against Consul's own validation (``entries.validate_source``) before it joins a batch, and
 a batch Consul still refuses as invalid is split in halves, recursively, so only the offending
 change fails.
 
@@ -33,34 +39,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import ownership
 from .consul import ConsulClient, ConsulError
+from .entries import KIND, owned_by, source_owner, validate_source
 
 log = logging.getLogger(__name__)
 
-KIND = "service-intentions"
-L4 = "L4"
-L7 = "L7"
-TRINO_USER_HEADER = "X-Trino-User"
 # Fields Consul adds on read that must not be sent back as if they were ours to set.
 _RAFT_FIELDS = ("CreateIndex", "ModifyIndex", "Hash")
-# Consul's checks of a service-intentions source, as ServiceIntentionsConfigEntry.validate in
-# hashicorp/consul agent/structs/config_entry_intentions.go makes them:
-# len(src.Description) > metaValueMaxLength (512, agent/structs/structs.go), Go len() = bytes.
-DESCRIPTION_MAX_BYTES = ownership.DESCRIPTION_MAX_BYTES
-_ACTIONS = ("allow", "deny")
-_PATH_FIELDS = ("PathExact", "PathPrefix", "PathRegex")
-_HEADER_MATCHERS = ("Present", "Exact", "Prefix", "Suffix", "Regex")
-# isValidHTTPMethod (same file): the methods net/http names.
-_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE")
-# A source we grant is a service that holds an ACL service identity, so its name is one:
-# validServiceIdentityName and ServiceIdentityNameMaxLength in hashicorp/consul acl/validation.go.
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$")
-_SERVICE_NAME_MAX = 256
 # Consul answers a config write it finds invalid with 400 (decoding) or 500 (validation errors
 # come back through the RPC layer as 500). Those concern some change in the batch, so the batch
 # is split; 401/403 (ACL), 429 and 502..504 or no answer concern every change alike.
@@ -71,117 +59,12 @@ class IntentionConflict(Exception):
     """A change would touch a source that is not ours (or not this hub's)."""
 
 
-class IntentionRefused(ValueError):
-    """A source Consul would refuse, caught before it joined a batch: only its caller fails."""
-
-    def __init__(self, source: object, reason: str):
-        self.source = source
-        self.reason = reason
-        super().__init__(f"intention source {source!r} refused before writing: {reason}")
-
-
-def validate_source(entry: dict) -> None:
-    """Raise :class:`IntentionRefused` unless Consul would accept ``entry`` as one of our sources.
-
-    The checks are Consul's own for a ``Sources[]`` item (config_entry_intentions.go, validate),
-    plus ours: the name can hold a service identity and the Description carries our marker.
-    """
-    name = entry.get("Name")
-    if not isinstance(name, str) or not _SERVICE_NAME.match(name) or len(name) > _SERVICE_NAME_MAX:
-        raise IntentionRefused(
-            name,
-            f"Name must be a service name ([a-z0-9_-], at most {_SERVICE_NAME_MAX} "
-            "characters, no '*'; acl/validation.go)",
-        )
-    description = entry.get("Description")
-    if not isinstance(description, str) or ownership.parse(description) is None:
-        raise IntentionRefused(name, "a granted source must carry an ownership marker in its Description")
-    size = len(description.encode("utf-8", "surrogatepass"))
-    if size > DESCRIPTION_MAX_BYTES:
-        raise IntentionRefused(
-            name,
-            f"Description is {size} bytes; Consul's limit is {DESCRIPTION_MAX_BYTES} "
-            "bytes (Sources[].Description, metaValueMaxLength)",
-        )
-    permissions = entry.get("Permissions")
-    if permissions is None:
-        if entry.get("Action") not in _ACTIONS:
-            raise IntentionRefused(name, "Action must be 'allow' or 'deny' when there are no Permissions")
-        return
-    if "Action" in entry:
-        raise IntentionRefused(name, "Action must be omitted if Permissions are specified")
-    if not isinstance(permissions, list) or not permissions:
-        raise IntentionRefused(name, "Permissions must be a non-empty list (or absent, with an Action)")
-    for j, permission in enumerate(permissions):
-        _validate_permission(name, j, permission)
-
-
-def _validate_permission(name: str, j: int, permission: object) -> None:
-    where = f"Permissions[{j}]"
-    if not isinstance(permission, dict) or permission.get("Action") not in _ACTIONS:
-        raise IntentionRefused(name, f"{where}.Action must be 'allow' or 'deny'")
-    http = permission.get("HTTP")
-    if not isinstance(http, dict):
-        raise IntentionRefused(name, f"{where}.HTTP is required")
-    paths = [field_ for field_ in _PATH_FIELDS if http.get(field_)]
-    if len(paths) > 1:
-        raise IntentionRefused(name, f"{where}.HTTP should only contain at most one of {', '.join(_PATH_FIELDS)}")
-    for field_ in ("PathExact", "PathPrefix"):
-        value = http.get(field_)
-        if value and (not isinstance(value, str) or not value.startswith("/")):
-            raise IntentionRefused(name, f"{where}.HTTP.{field_} doesn't start with '/': {value!r}")
-    parts = len(paths)
-    for k, header in enumerate(http.get("Header") or []):
-        if not isinstance(header, dict) or not header.get("Name"):
-            raise IntentionRefused(name, f"{where}.HTTP.Header[{k}] missing required Name field")
-        if sum(1 for matcher in _HEADER_MATCHERS if header.get(matcher)) != 1:
-            raise IntentionRefused(
-                name, f"{where}.HTTP.Header[{k}] should only contain one of {', '.join(_HEADER_MATCHERS)}"
-            )
-        parts += 1
-    methods = http.get("Methods") or []
-    if methods:
-        # Consul upper-cases methods in Normalize before Validate looks for duplicates.
-        upper = [str(method).upper() for method in methods]
-        bad = [method for method in upper if method not in _HTTP_METHODS]
-        if bad:
-            raise IntentionRefused(name, f"{where}.HTTP.Methods contains an invalid method {bad[0]!r}")
-        if len(set(upper)) != len(upper):
-            raise IntentionRefused(name, f"{where}.HTTP.Methods contains a method more than once")
-        parts += 1
-    if parts == 0:
-        raise IntentionRefused(name, f"{where}.HTTP should not be empty")
-
-
 class _WriteRefused(Exception):
     """Consul refused the config write itself (not the read before it)."""
 
     def __init__(self, error: ConsulError):
         super().__init__(str(error))
         self.error = error
-
-
-def source_entry(source: str, owner: ownership.Owner, mode: str = L4, trino_user: str | None = None) -> dict:
-    """The ``Sources[]`` item that grants ``source`` access, carrying the ownership marker.
-
-    L4: ``Action: allow`` for the whole connection. L7: allow only HTTP requests whose
-    ``X-Trino-User`` header is exactly this user's Trino user, then deny everything else
-    explicitly (Consul takes the first matching permission), so the outcome does not depend on
-    the cluster's default intention policy. L7 needs the destination's protocol to be http.
-    """
-    entry: dict = {"Name": source, "Description": owner.describe(DESCRIPTION_MAX_BYTES)}
-    if mode == L4:
-        entry["Action"] = "allow"
-    elif mode == L7:
-        if not trino_user:
-            raise ValueError("L7 intentions need the Trino user this source may act as")
-        entry["Permissions"] = [
-            {"Action": "allow", "HTTP": {"Header": [{"Name": TRINO_USER_HEADER, "Exact": trino_user}]}},
-            {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
-        ]
-    else:
-        raise ValueError(f"intention mode must be {L4!r} or {L7!r}, not {mode!r}")
-    return entry
 
 
 @dataclass
@@ -228,13 +111,12 @@ class IntentionWriter:
         self._known_absent: set[str] = set()
 
     def owns(self, source: dict) -> bool:
-        owner = ownership.parse(source.get("Description"))
-        return owner is not None and owner.hub == self.hub_instance
+        return owned_by(source, self.hub_instance)
 
     async def grant(self, destination: str, entry: dict) -> None:
         """Add or replace our source ``entry["Name"]`` on ``destination``.
 
-        Raises :class:`IntentionRefused` (a ValueError) at once, before any Consul call, for an
+        Raises ``entries.IntentionRefused`` (a ValueError) at once, before any Consul call, for an
         entry Consul would refuse; a ConsulError if Consul refuses it anyway; and
         :class:`IntentionConflict` if a source of that name is not this hub's. Other changes
         coalesced with this one are unaffected by any of these.
@@ -249,11 +131,15 @@ class IntentionWriter:
         only_if: Callable[[dict], bool] | None = None,
         *,
         incarnation: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Remove our source ``source`` from ``destination``; nothing to do if it is gone.
 
-        ``only_if`` is checked against the source as read in the same CAS cycle that deletes
-        it, so a janitor never removes a grant the hub extended after the janitor looked.
+        Returns True once the source is gone (removed, or absent already), False when it is
+        still there because ``only_if`` no longer held: then it was not this caller's to remove.
+        ``only_if`` is checked against the source as it stands at this change's turn: read in
+        the same CAS cycle that deletes it, after every change submitted before this one, so a
+        janitor never removes a grant the hub extended after the janitor looked, and a late
+        teardown never removes the grant a newer start made in the same batch.
         ``incarnation``: remove the source only while its marker names this incarnation (one
         start of the server), so a late teardown of an old start spares a newer one's grant.
         Both conditions must hold when both are given.
@@ -266,22 +152,22 @@ class IntentionWriter:
                 raise ValueError("revoke(incarnation=...) needs a non-empty incarnation")
 
             def condition(existing: dict, only_if=only_if) -> bool:
-                owner = ownership.parse(existing.get("Description"))
+                owner = source_owner(existing)
                 return (
                     owner is not None
                     and owner.incarnation == incarnation
                     and (only_if is None or bool(only_if(existing)))
                 )
 
-        await self._submit(destination, source, None, condition)
+        return bool(await self._submit(destination, source, None, condition))
 
-    async def _submit(self, destination: str, source: str, entry: dict | None, only_if=None) -> None:
+    async def _submit(self, destination: str, source: str, entry: dict | None, only_if=None) -> bool | None:
         future = asyncio.get_running_loop().create_future()
         queue = self._queues.setdefault(destination, _Queue())
         queue.changes.append(_Change(source, entry, future, only_if))
         if queue.flusher is None or queue.flusher.done():
             queue.flusher = asyncio.create_task(self._flush(destination, queue))
-        await future
+        return await future
 
     async def _flush(self, destination: str, queue: _Queue) -> None:
         # Let every change submitted in this loop iteration join the first batch.
@@ -293,7 +179,7 @@ class IntentionWriter:
     async def _apply(self, destination: str, batch: list[_Change]) -> None:
         """Write ``batch`` and settle every caller's future; split the batch if Consul refuses it."""
         try:
-            refused = await self._write(destination, batch)
+            outcomes = await self._write(destination, batch)
         except _WriteRefused as refusal:
             error = refusal.error
             if len(batch) > 1 and error.status in _SPLIT_STATUSES:
@@ -317,13 +203,13 @@ class IntentionWriter:
         except Exception as e:
             self._fail(batch, e)
             return
-        for change in batch:
+        for change, outcome in zip(batch, outcomes, strict=True):
             if change.future.done():
                 continue
-            if change.source in refused:
-                change.future.set_exception(refused[change.source])
+            if isinstance(outcome, Exception):
+                change.future.set_exception(outcome)
             else:
-                change.future.set_result(None)
+                change.future.set_result(outcome)
 
     @staticmethod
     def _fail(batch: list[_Change], error: BaseException) -> None:
@@ -331,14 +217,15 @@ class IntentionWriter:
             if not change.future.done():
                 change.future.set_exception(error)
 
-    async def _write(self, destination: str, batch: list[_Change]) -> dict[str, Exception]:
-        """Apply a batch in one CAS write, re-reading on conflict. Returns refused changes."""
-        # Later changes to the same source win: a grant then a revoke in one batch is a revoke.
-        wanted: dict[str, dict | None] = {}
-        conditions: dict[str, Callable[[dict], bool] | None] = {}
-        for change in batch:
-            wanted[change.source] = change.entry
-            conditions[change.source] = change.only_if
+    async def _write(self, destination: str, batch: list[_Change]) -> list[bool | Exception | None]:
+        """Apply a batch in one CAS write, re-reading on conflict.
+
+        The changes apply in the order they were submitted, each to what the earlier ones left
+        (a grant then a revoke is a revoke; a conditional revoke sees a grant made before it in
+        the same batch). Returns each change's outcome, in batch order: None for a grant that
+        holds, True for a revoke that left the source gone, False for a revoke whose condition
+        no longer held, or the exception that refused the change.
+        """
         for attempt in range(1, self.max_attempts + 1):
             # Believed absent (we deleted it last): try to create without reading first.
             assumed = destination in self._known_absent
@@ -349,35 +236,53 @@ class IntentionWriter:
                 current = await self.consul.retrying(
                     lambda: self.consul.get_config(KIND, destination), budget=self.retry_budget
                 )
-            sources = list((current or {}).get("Sources") or [])
-            refused: dict[str, Exception] = {}
-            by_name = {s.get("Name"): i for i, s in enumerate(sources)}
-            changed: set[str] = set()
-            for name, entry in wanted.items():
+            before = list((current or {}).get("Sources") or [])
+            sources: list[dict | None] = list(before)
+            by_name = {s.get("Name"): i for i, s in enumerate(before)}
+            outcomes: list[bool | Exception | None] = []
+            applied: list[_Change] = []
+            for change in batch:
+                name = change.source
                 index = by_name.get(name)
                 existing = sources[index] if index is not None else None
                 if existing is not None and not self.owns(existing):
-                    refused[name] = IntentionConflict(
-                        f"source {name!r} on {destination!r} was not written by this hub; left untouched"
+                    outcomes.append(
+                        IntentionConflict(
+                            f"source {name!r} on {destination!r} was not written by this hub; left untouched"
+                        )
                     )
-                    continue
-                if entry is None:
-                    condition = conditions[name]
-                    if index is not None and (condition is None or condition(sources[index])):
+                elif change.entry is None:
+                    if index is None or existing is None:
+                        outcomes.append(True)  # gone already
+                        continue
+                    try:
+                        due = change.only_if is None or bool(change.only_if(existing))
+                    except Exception as e:  # a caller's broken condition fails that caller only
+                        outcomes.append(e)
+                        continue
+                    if due:
                         sources[index] = None
-                        changed.add(name)
+                        del by_name[name]
+                        applied.append(change)
+                    # False: not ours to remove any more (a newer grant, perhaps earlier in this
+                    # very batch); its caller hears so rather than a success.
+                    outcomes.append(due)
                 elif index is None:
-                    sources.append(entry)
-                    changed.add(name)
-                elif {k: sources[index].get(k) for k in entry} != entry:
+                    by_name[name] = len(sources)
+                    sources.append(change.entry)
+                    applied.append(change)
+                    outcomes.append(None)
+                else:
                     # Compare only what we set: Consul adds Precedence, Type... on read.
-                    sources[index] = entry
-                    changed.add(name)
-            if not changed:
+                    if {k: (existing or {}).get(k) for k in change.entry} != change.entry:
+                        sources[index] = change.entry
+                        applied.append(change)
+                    outcomes.append(None)
+            kept = [s for s in sources if s is not None]
+            if kept == before:
                 if assumed:
                     continue  # "nothing to do" judged on a remembered view: confirm with a read
-                return refused
-            kept = [s for s in sources if s is not None]
+                return outcomes
             try:
                 if current is None:
                     ok = await self._create(destination, kept)
@@ -398,8 +303,8 @@ class IntentionWriter:
                     raise  # no answer: the write may or may not have landed; nothing to split
                 raise _WriteRefused(e) from e
             if ok:
-                self._log_changes(destination, {name: wanted[name] for name in changed})
-                return refused
+                self._log_changes(destination, applied)
+                return outcomes
             self.conflicts += 1
             self.log.debug("CAS conflict on %s %s (attempt %d), re-reading", KIND, destination, attempt)
             await asyncio.sleep(random.uniform(0, min(0.05 * attempt, 0.5)))
@@ -414,11 +319,11 @@ class IntentionWriter:
         entry = {"Kind": KIND, "Name": destination, "Sources": sources}
         return await self.consul.set_config(entry, cas=0)
 
-    def _log_changes(self, destination: str, changes: dict[str, dict | None]) -> None:
-        for name, entry in changes.items():
-            if entry is None:
-                self.log.info("Revoked intention %s -> %s", name, destination)
+    def _log_changes(self, destination: str, changes: list[_Change]) -> None:
+        for change in changes:
+            if change.entry is None:
+                self.log.info("Revoked intention %s -> %s", change.source, destination)
             else:
-                owner = ownership.parse(entry["Description"])
+                owner = source_owner(change.entry)
                 user = owner.user if owner else "?"
-                self.log.info("Granted intention %s -> %s for hub user %r", name, destination, user)
+                self.log.info("Granted intention %s -> %s for hub user %r", change.source, destination, user)

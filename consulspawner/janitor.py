@@ -13,7 +13,12 @@ decides from those and from what Consul reports:
   for agents where it is off).
 
 "Seen missing/critical for N seconds" is measured across passes of one janitor process, so
-``--once`` acts only on hard evidence (expired intentions). Nothing without our marker is ever
+``--once`` acts only on hard evidence (expired intentions). It is measured per object: from the
+pass that first saw *this* token (by accessor), *this* start's intention source (by destination,
+source and incarnation) or *this* service instance critical, never from what the janitor saw of
+an earlier object with the same service name; an object a pass no longer sees is forgotten. A
+token minted for a new start, seen between its mint and its register, so always gets the full
+grace, whatever an earlier failed start of the same server left. Nothing without our marker is ever
 touched, and a lookup that fails keeps rather than deletes. Run it against the same Consul agent
 as the hub: services are registered on that agent.
 """
@@ -31,10 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from . import ownership
+from . import metrics, ownership
 from .consul import ConsulClient, ConsulError
-from .intentions import KIND, IntentionWriter
-from .orphans import is_orphan
+from .entries import KIND
+from .intentions import IntentionWriter
 
 log = logging.getLogger("consulspawner.janitor")
 
@@ -72,9 +77,9 @@ class Janitor:
         self.grace = grace
         self.critical_limit = critical_limit
         self.clock = clock
-        # First time a service name was seen without an instance / a service ID seen critical.
-        self._missing_since: dict[str, float] = {}
-        self._critical_since: dict[str, float] = {}
+        # Per object, the first pass that saw it without its service instance / critical.
+        self._missing_since: dict[tuple[str, ...], float] = {}
+        self._critical_since: dict[tuple[str, str], float] = {}
         self._writers: dict[str, IntentionWriter] = {}
 
     def _mine(self, owner: ownership.Owner | None) -> TypeGuard[ownership.Owner]:
@@ -85,13 +90,15 @@ class Janitor:
             self._writers[hub] = IntentionWriter(self.consul, hub)
         return self._writers[hub]
 
-    def _missing_long_enough(self, owner: ownership.Owner, present: set[str], now: float) -> bool:
-        # An orphan as the hub's sweep defines it (orphans.is_orphan), from Consul alone: no
-        # instance of its service; then the grace must also have passed.
-        if not is_orphan(owner, dict.fromkeys(present), self.hub_instance):
-            self._missing_since.pop(owner.service, None)
+    def _missing_long_enough(
+        self, key: tuple[str, ...], service: str, present: set[str], now: float, seen: set[tuple[str, ...]]
+    ) -> bool:
+        """Whether the object ``key`` has been seen, pass after pass, without an instance of
+        ``service`` for the grace; counted from the first pass that saw this object so."""
+        if service in present:
             return False
-        first = self._missing_since.setdefault(owner.service, now)
+        seen.add(key)
+        first = self._missing_since.setdefault(key, now)
         return now - first >= self.grace
 
     async def survey(self) -> list[Deletion]:
@@ -102,6 +109,7 @@ class Janitor:
         # A service counts as present if any agent in the catalog still has it.
         present = set(services) | set(await self.consul.catalog_services())
         deletions: list[Deletion] = []
+        missing_now: set[tuple[str, ...]] = set()
 
         for entry in await self.consul.list_config(KIND):
             for source in entry.get("Sources") or []:
@@ -111,7 +119,13 @@ class Janitor:
                 target = f"{source['Name']} -> {entry['Name']}"
                 if owner.expires_at is not None and owner.expires_at <= now:
                     deletions.append(Deletion("intention", target, owner.user, owner.hub, "expired", owner.incarnation))
-                elif self._missing_long_enough(owner, present, now):
+                elif self._missing_long_enough(
+                    ("intention", entry["Name"], source["Name"], owner.incarnation),
+                    source["Name"],
+                    present,
+                    now,
+                    missing_now,
+                ):
                     deletions.append(
                         Deletion(
                             "intention",
@@ -125,7 +139,9 @@ class Janitor:
 
         for token in await self.consul.list_tokens():
             owner = ownership.parse(token.get("Description"))
-            if self._mine(owner) and self._missing_long_enough(owner, present, now):
+            if self._mine(owner) and self._missing_long_enough(
+                ("token", token["AccessorID"]), owner.service, present, now, missing_now
+            ):
                 deletions.append(
                     Deletion(
                         "token",
@@ -136,7 +152,7 @@ class Janitor:
                     )
                 )
 
-        critical_now = set()
+        critical_now: set[tuple[str, str]] = set()
         for service_id, service in services.items():
             if not ownership.is_managed_service(service) or service.get("Kind") == "connect-proxy":
                 continue
@@ -146,8 +162,10 @@ class Janitor:
                 continue
             own_checks = [c for c in checks.values() if c.get("ServiceID") == service_id]
             if own_checks and all(c.get("Status") == "critical" for c in own_checks):
-                critical_now.add(service_id)
-                first = self._critical_since.setdefault(service_id, now)
+                # Per instance: a re-registration by a newer start has its own clock.
+                instance = (service_id, meta.get(ownership.META_INCARNATION, ""))
+                critical_now.add(instance)
+                first = self._critical_since.setdefault(instance, now)
                 if now - first >= self.critical_limit:
                     deletions.append(
                         Deletion(
@@ -158,8 +176,12 @@ class Janitor:
                             f"critical for {self.critical_limit:g}s",
                         )
                     )
-        for service_id in set(self._critical_since) - critical_now:
-            del self._critical_since[service_id]
+        # Forget what this pass did not see missing or critical: gone, or back. A later object
+        # under the same name starts its own clock.
+        for key in set(self._missing_since) - missing_now:
+            del self._missing_since[key]
+        for instance in set(self._critical_since) - critical_now:
+            del self._critical_since[instance]
         return deletions
 
     async def apply(self, deletions: list[Deletion]) -> list[Deletion]:
@@ -181,15 +203,19 @@ class Janitor:
                             return False
                         return not expired_only or (owner.expires_at is not None and owner.expires_at <= now)
 
-                    await self._writer(deletion.hub).revoke(destination, source, only_if=still_due)
+                    if not await self._writer(deletion.hub).revoke(destination, source, only_if=still_due):
+                        log.info("Kept %s: it changed since the survey", deletion.line())
+                        continue
                 elif deletion.kind == "token":
                     await self.consul.delete_token(deletion.target)
                 elif deletion.kind == "service":
                     await self.consul.deregister_service(deletion.target)
             except Exception as e:
                 log.warning("Could not delete %s: %s", deletion.line(), e)
+                metrics.janitor_metrics().deletion_failed(deletion.kind)
                 continue
             log.info("Deleted %s", deletion.line())
+            metrics.janitor_metrics().deleted(deletion.kind)
             done.append(deletion)
         return done
 
@@ -232,6 +258,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics (passes, deletions, failures) on this port, all interfaces",
+    )
     args = parser.parse_args(argv)
     if args.interval <= 0 or args.grace < 0 or args.critical_limit < 0:
         parser.error("--interval must be positive, --grace and --critical-limit not negative")
@@ -250,6 +281,9 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if args.metrics_port is not None:
+        server, _ = metrics.serve_janitor_metrics(args.metrics_port)
+        log.info("Serving metrics on port %d", server.server_port)
     async with ConsulClient(args.consul_address, token, ca_file=args.ca_file) as consul:
         janitor = Janitor(consul, hub_instance=args.hub_instance, grace=args.grace, critical_limit=args.critical_limit)
         while True:
@@ -262,8 +296,10 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
                     len(deletions),
                     "" if not deletions else ": " + ", ".join(sorted({d.kind for d in deletions})),
                 )
+                metrics.janitor_metrics().pass_done(ok=True)
             except ConsulError as e:
                 log.warning("Pass failed, nothing deleted: %s", e)
+                metrics.janitor_metrics().pass_done(ok=False)
                 if args.once:
                     return 1
             if args.once or stop.is_set():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from typing import TypeGuard
 
 DEFAULT_TEMPLATE = "jupyter-{slug}"
 MAX_NAME_LENGTH = 63  # one DNS label
@@ -43,9 +44,6 @@ _MIN_SLUG_ROOM = 16
 # "<id>:alive" (plan.MeshPlan.check_id) and Consul's defaults are "service:<id>[:<n>]"; both hold
 # a ':' that no DNS label contains, so no name can equal them.
 RESERVED_SUFFIXES: tuple[str, ...] = ("-sidecar-proxy",)
-# A Consul service name as the mesh settings accept it (destinations, upstreams): lower-case
-# letters, digits, '-' and '_', starting and ending with a letter or digit, at most 256.
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,254}[a-z0-9])?$")
 
 
 class NameTemplateError(ValueError):
@@ -130,11 +128,6 @@ def service_name(user_name: str, server_name: str = "", template: str = DEFAULT_
     return name
 
 
-def is_service_name(name: object) -> bool:
-    """Whether ``name`` is a service name the mesh settings accept (see ``_SERVICE_NAME``)."""
-    return isinstance(name, str) and _SERVICE_NAME.match(name) is not None
-
-
 def sidecar_id(parent_service_id: str) -> str:
     """The ID Consul gives a ``Connect.SidecarService`` of ``parent_service_id``.
 
@@ -142,3 +135,18 @@ def sidecar_id(parent_service_id: str) -> str:
     ``<parent-id>-sidecar-proxy``.
     """
     return f"{parent_service_id}{RESERVED_SUFFIXES[0]}"
+
+
+# Any name that can hold an ACL service identity (ours, a destination, an upstream):
+# validServiceIdentityName and ServiceIdentityNameMaxLength in hashicorp/consul acl/validation.go.
+SERVICE_IDENTITY_NAME_MAX = 256
+_SERVICE_IDENTITY_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$")
+
+
+def is_service_identity_name(name: object) -> TypeGuard[str]:
+    """Whether ``name`` is a Consul service name that can hold an ACL service identity."""
+    return (
+        isinstance(name, str)
+        and len(name) <= SERVICE_IDENTITY_NAME_MAX
+        and _SERVICE_IDENTITY_NAME.match(name) is not None
+    )

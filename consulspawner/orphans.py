@@ -12,8 +12,9 @@ from typing import TypeGuard
 
 from . import naming, ownership
 from .consul import ConsulClient
+from .entries import KIND
 from .hubwide import _orphan_sweeps
-from .intentions import KIND, IntentionWriter
+from .intentions import IntentionWriter
 from .room import Room
 
 log = logging.getLogger(__name__)

@@ -95,7 +95,9 @@ class Owner:
     their own in Consul, so the janitor reads it from here. ``incarnation`` is unique to one
     start of one server (the spawner makes it, e.g. ``uuid4().hex``), so a late teardown of an
     old start never removes what a newer start of the same server wrote. Markers written before
-    incarnations existed parse with ``incarnation == ""``.
+    incarnations existed parse with ``incarnation == ""``. ``since`` (Unix seconds, intention
+    sources only) is when this incarnation was first granted access, kept across extensions, so
+    ``consulspawner-reach`` can answer "since when" from Consul alone.
     """
 
     hub: str
@@ -104,6 +106,7 @@ class Owner:
     service: str
     expires_at: int | None = None
     incarnation: str = ""
+    since: int | None = None
 
     def _data(self, user: str, server: str) -> dict:
         data: dict[str, str | int] = {
@@ -115,6 +118,8 @@ class Owner:
         }
         if self.expires_at is not None:
             data["expires_at"] = self.expires_at
+        if self.since is not None:
+            data["since"] = self.since
         return data
 
     def marker(self, max_bytes: int = DESCRIPTION_MAX_BYTES) -> str:
@@ -209,14 +214,16 @@ def _parse_marker(raw: str) -> Owner | None:
             service=data["service"],
             expires_at=data.get("expires_at"),
             incarnation=data.get("incarnation", ""),
+            since=data.get("since"),
         )
     except (ValueError, KeyError, TypeError):
         return None
     fields = (owner.hub, owner.user, owner.server, owner.service, owner.incarnation)
     if not all(isinstance(v, str) for v in fields):
         return None
-    if owner.expires_at is not None and (not isinstance(owner.expires_at, int) or isinstance(owner.expires_at, bool)):
-        return None
+    for stamp in (owner.expires_at, owner.since):
+        if stamp is not None and (not isinstance(stamp, int) or isinstance(stamp, bool)):
+            return None
     return owner
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import naming, ownership
+from . import naming, ownership, trinouser
 from .config.settings import TRINO_DESTINATION, MeshSettings, Upstream
-from .intentions import source_entry
+from .entries import source_entry
 
 # MeshSettings (the traits' defaults and limits) and Upstream live in config.settings.
 __all__ = ["TRINO_DESTINATION", "MeshPlan", "MeshSettings", "Upstream", "build_plan"]
-
-_TRINO_USER_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -126,10 +124,8 @@ def build_plan(
     spawner state, so a template changed while the server runs never loses track of what was
     registered; ``incarnation`` goes into every marker."""
     trino_user = user_name if trino_user is None else trino_user
-    if not _valid_trino_user(trino_user):
-        # It becomes an HTTP header value (L7) and an environment variable: no control
-        # characters (no header injection), no surrounding blanks, a sane length.
-        raise ValueError(f"Trino user {trino_user!r} for hub user {user_name!r} is not a printable name")
+    # It becomes the X-Trino-User an L7 intention binds, so only what Envoy and Trino read alike.
+    trinouser.check_trino_user(trino_user, user_name)
     name = service_id or naming.service_name(user_name, server_name, settings.name_template)
     owner = ownership.Owner(
         hub=settings.hub_instance, user=user_name, server=server_name, service=name, incarnation=incarnation
@@ -141,10 +137,4 @@ def build_plan(
         service_name=name,
         trino_user=trino_user,
         service_port=int(service_port),
-    )
-
-
-def _valid_trino_user(value: object) -> bool:
-    return (
-        isinstance(value, str) and 0 < len(value) <= _TRINO_USER_MAX and value.isprintable() and value == value.strip()
     )

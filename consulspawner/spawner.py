@@ -19,8 +19,9 @@ from dockerspawner import DockerSpawner
 from . import hubwide
 from .config.traits import ConsulSpawnerConfig
 from .consul import ConsulClient, ConsulError
+from .entries import L7
 from .hubwide import _client_closers, _pending_teardowns, _shared_clients  # noqa: F401 (tests, benchmarks)
-from .intentions import L7, IntentionWriter
+from .intentions import IntentionWriter
 from .keeper import Keeper
 from .mesh import ServerMesh, SidecarNotReady
 from .orphans import OrphanSweep, sweep_orphans  # noqa: F401 (sweep_orphans: tests)

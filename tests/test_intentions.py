@@ -8,15 +8,8 @@ import pytest
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient, ConsulError
-from consulspawner.intentions import (
-    KIND,
-    L4,
-    L7,
-    IntentionConflict,
-    IntentionRefused,
-    IntentionWriter,
-    source_entry,
-)
+from consulspawner.entries import KIND, L4, L7, IntentionRefused, source_entry
+from consulspawner.intentions import IntentionConflict, IntentionWriter
 
 DEST = "trino-coordinator"
 ORCHESTRATOR = {
@@ -131,7 +124,8 @@ async def test_l7_grant_binds_the_trino_user_and_counts_as_deny_for_l4(consul_cl
     writer = IntentionWriter(consul_client, "hub-a")
     await writer.grant(DEST, entry_for("jupyter-carol", mode=L7, trino_user="carol"))
     [source] = (await consul_client.get_config(KIND, DEST))["Sources"]
-    assert source["Permissions"][0]["HTTP"]["Header"] == [{"Name": "X-Trino-User", "Exact": "carol"}]
+    [allow] = [p for p in source["Permissions"] if p["Action"] == "allow"]
+    assert allow["HTTP"]["Header"] == [{"Name": "X-Trino-User", "Exact": "carol"}]
     assert "Action" not in source
     roots = (await consul_client.request("GET", "/v1/agent/connect/ca/roots")).body
     uri = f"spiffe://{roots['TrustDomain']}/ns/default/dc/dc1/svc/jupyter-carol"
@@ -200,3 +194,46 @@ async def test_revoke_by_incarnation_spares_a_newer_start(consul_client):
     assert names(await consul_client.get_config(KIND, DEST)) == ["jupyter-alice"]
     await writer.revoke(DEST, "jupyter-alice", incarnation=new)
     assert await consul_client.get_config(KIND, DEST) is None
+
+
+def _incarnation_of(source):
+    owner = ownership.parse(source.get("Description"))
+    return owner.incarnation if owner else None
+
+
+async def test_a_late_revoke_in_the_same_batch_spares_the_next_servers_grant(consul_client):
+    """Issue 17 item 2: [grant for the new start, revoke only-if the old start] in one batch.
+
+    Applied in order, the revoke sees the new start's source and leaves it; its caller learns
+    that it removed nothing, and the new start's grant really holds."""
+    writer = IntentionWriter(consul_client, "hub-a")
+    old, new = "a" * 32, "b" * 32
+
+    def alice(incarnation):
+        owner = ownership.Owner(hub="hub-a", user="alice", server="", service="jupyter-alice", incarnation=incarnation)
+        return source_entry("jupyter-alice", owner.with_expiry(10**10))
+
+    def still_old(source):
+        return _incarnation_of(source) == old
+
+    await writer.grant(DEST, alice(old))
+    writes = writer.writes
+    granted, revoked = await asyncio.gather(
+        writer.grant(DEST, alice(new)), writer.revoke(DEST, "jupyter-alice", only_if=still_old)
+    )
+    assert writer.writes == writes + 1  # one batch, one CAS write
+    entry = await consul_client.get_config(KIND, DEST)
+    assert [(s["Name"], _incarnation_of(s)) for s in entry["Sources"]] == [("jupyter-alice", new)]
+    assert granted is None
+    assert revoked is False  # the revoke's own caller hears that the source was not its to remove
+
+
+async def test_changes_in_one_batch_apply_in_submission_order(consul_client):
+    writer = IntentionWriter(consul_client, "hub-a")
+    # revoke then grant: the grant lands; grant then revoke: nothing is left; both in one write each.
+    results = await asyncio.gather(writer.revoke(DEST, "jupyter-a"), writer.grant(DEST, entry_for("jupyter-a")))
+    assert results == [True, None]
+    assert names(await consul_client.get_config(KIND, DEST)) == ["jupyter-a"]
+    results = await asyncio.gather(writer.grant(DEST, entry_for("jupyter-b")), writer.revoke(DEST, "jupyter-b"))
+    assert results == [None, True]
+    assert names(await consul_client.get_config(KIND, DEST)) == ["jupyter-a"]

@@ -8,7 +8,8 @@ import sys
 import time
 
 from consulspawner import ownership
-from consulspawner.intentions import KIND, IntentionWriter, source_entry
+from consulspawner.entries import KIND, source_entry
+from consulspawner.intentions import IntentionWriter
 from consulspawner.janitor import Janitor
 
 from .conftest import MASTER_TOKEN
@@ -121,3 +122,48 @@ async def test_dry_run_lists_exactly_what_the_real_run_deletes(acl_consul, acl_c
     deleted = sorted(line.split("Deleted ", 1)[1] for line in real.stderr.splitlines() if "Deleted " in line)
     assert deleted == would
     assert MASTER_TOKEN not in dry.stdout + dry.stderr + real.stdout + real.stderr
+
+
+async def test_grace_is_per_token_and_forgotten_objects_do_not_shorten_a_new_ones(acl_client):
+    """Issue 17 item 1: a spawn of alice failed and left a token; a later mint for alice, seen
+    between its mint and its register, must get its own grace, not the old token's."""
+    clock = [1000.0]
+    janitor = Janitor(acl_client, hub_instance="hub-a", grace=60, critical_limit=10**6, clock=lambda: clock[0])
+    description = owner("jupyter-alice").describe()
+    failed = await acl_client.create_service_token("jupyter-alice", description, 3600)
+    assert await janitor.run_pass() == []  # the failed spawn's token: first seen now
+    clock[0] += 61
+    fresh = await acl_client.create_service_token("jupyter-alice", description, 3600)  # minted, not registered yet
+    deleted = await janitor.run_pass()
+    assert [(d.kind, d.target) for d in deleted] == [("token", failed["AccessorID"])]
+    accessors = {t["AccessorID"] for t in await acl_client.list_tokens()}
+    assert fresh["AccessorID"] in accessors
+    # The fresh token is now gone too (say the hub rolled that spawn back); a third mint much
+    # later is seen for the first time at its first pass, whatever the janitor saw before.
+    await acl_client.delete_token(fresh["AccessorID"])
+    clock[0] += 30
+    assert await janitor.run_pass() == []
+    clock[0] += 600
+    third = await acl_client.create_service_token("jupyter-alice", description, 3600)
+    assert await janitor.run_pass() == []
+    clock[0] += 61
+    assert [(d.kind, d.target) for d in await janitor.run_pass()] == [("token", third["AccessorID"])]
+
+
+async def test_grace_is_per_granted_start_of_a_source(acl_client):
+    clock = [1000.0]
+    janitor = Janitor(acl_client, hub_instance="hub-a", grace=60, critical_limit=10**6, clock=lambda: clock[0])
+    writer = IntentionWriter(acl_client, "hub-a")
+
+    def alice(incarnation):
+        start = ownership.Owner(hub="hub-a", user="alice", server="", service="jupyter-alice", incarnation=incarnation)
+        return source_entry("jupyter-alice", start.with_expiry(time.time() + 3600))
+
+    await writer.grant(DEST, alice("a" * 32))
+    assert await janitor.run_pass() == []
+    clock[0] += 61
+    await writer.grant(DEST, alice("b" * 32))  # a newer start replaced it: its own grace begins now
+    assert await janitor.run_pass() == []
+    assert await sources(acl_client) == ["jupyter-alice"]
+    clock[0] += 61
+    assert [(d.kind, d.incarnation) for d in await janitor.run_pass()] == [("intention", "b" * 32)]

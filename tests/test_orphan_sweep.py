@@ -3,7 +3,8 @@ intention first; live servers, other hubs and foreign objects stay."""
 
 import time
 
-from consulspawner.intentions import KIND, IntentionWriter
+from consulspawner.entries import KIND
+from consulspawner.intentions import IntentionWriter
 from consulspawner.orphans import sweep_orphans
 from consulspawner.plan import MeshSettings, build_plan
 from consulspawner.state import new_incarnation

@@ -5,6 +5,7 @@ jupyterhub_config.py loaded through JupyterHub's own loader into a working Consu
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -180,6 +181,7 @@ def test_compose_file_is_valid():
     assert result.returncode == 0, result.stderr
     services = set(result.stdout.split())
     assert services >= {
+        "hub-jwt-key-init",
         "consul-tls-init",
         "consul-server",
         "consul-client",
@@ -238,6 +240,10 @@ def test_scripts_the_compose_file_runs_are_in_their_mounts():
         script = model["services"][name]["entrypoint"][-1]
         assert script.startswith("/stack/consul/")
         assert (STACK / "consul" / Path(script).name).is_file()
+    key_init = model["services"]["hub-jwt-key-init"]
+    assert key_init["entrypoint"][-1] == "/stack/hub/jwt-key-init.py"
+    assert f"./hub/jwt-key-init.py:{key_init['entrypoint'][-1]}:ro" in key_init["volumes"]
+    assert "IDENTITY_DIR=/stack/consul/identity" in (STACK / "consul" / "acl-init.sh").read_text()
     for name in ("trino-coordinator", "trino-worker"):
         model_ips = model["services"][name]["networks"]["mesh"]["ipv4_address"]
         assert load(STACK / "consul" / "services" / f"{name}.hcl")["service"]["address"] == model_ips
@@ -424,6 +430,10 @@ def test_acl_init_writes_each_token_for_its_consumer_only():
         "janitor-secrets": {"janitor", "consul-tls-init", "consul-acl-init"},
         "consul-mgmt": {"consul-acl-init"},
         "consul-ca": {"consul-tls-init"},
+        # The JWT signing key: made by its one-shot, read by the hub; never by acl-init, which
+        # gets the public keys from their own volume.
+        "hub-jwt-key": {"hub-jwt-key-init", "hub"},
+        "hub-jwt-pub": {"hub-jwt-key-init", "consul-acl-init"},
     }.items():
         assert {name for name, m in mounts.items() if f"{volume}:" in m} == consumers, volume
     assert "--token-file" in model["janitor"]["command"]
@@ -498,3 +508,439 @@ def test_stack_jupyterhub_config_loads_into_a_working_spawner(monkeypatch):
     assert model["services"]["hub"]["environment"]["CONSULSPAWNER_SIDECAR_IMAGE"].endswith(
         f":-{spawner.sidecar_image}}}"
     )
+
+
+# -- identity by login (issue 16): the hub's signing key, the auth method, the binding rule -----------
+
+IDENTITY = STACK / "consul" / "identity"
+KEY_INIT = STACK / "hub" / "jwt-key-init.py"
+IDENTITY_INIT = STACK / "consul" / "identity-init.sh"
+# What the stack's files name: jupyterhub_config.py's hub_instance, the default service prefix
+# (naming.DEFAULT_TEMPLATE "jupyter-{slug}"), the audience and a day's MaxTokenTTL.
+HUB_INSTANCE = "jupyterhub"
+AUTH_METHOD = f"consulspawner-{HUB_INSTANCE}"
+AUDIENCE = "consul"
+TOKEN_LIFETIME = 24 * 3600
+
+
+def expected_auth_method(public_pems: list[str]) -> dict:
+    from consulspawner import identity
+
+    method = identity.auth_method(
+        AUTH_METHOD, hub_instance=HUB_INSTANCE, audience=AUDIENCE, public_pem="-", token_lifetime=TOKEN_LIFETIME
+    )
+    method["Config"]["JWTValidationPubKeys"] = public_pems
+    return method
+
+
+def expected_binding_rule() -> dict:
+    from consulspawner import identity
+
+    return identity.binding_rule(AUTH_METHOD, hub_instance=HUB_INSTANCE, prefix="jupyter-")
+
+
+def test_identity_files_are_what_consulspawner_identity_makes():
+    import json
+
+    assert json.loads((IDENTITY / "auth-method.json").read_text()) == expected_auth_method([])
+    assert json.loads((IDENTITY / "binding-rule.json").read_text()) == expected_binding_rule()
+
+
+def _key_init(*args: str, key_dir: Path, pub_dir: Path) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(KEY_INIT), *args, "--key-dir", str(key_dir), "--pub-dir", str(pub_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HUB_UID": str(os.getuid())},
+    )
+
+
+@pytest.fixture
+def key_dirs(tmp_path):
+    key_dir, pub_dir = tmp_path / "hub-jwt", tmp_path / "hub-jwt-pub"
+    key_dir.mkdir()
+    pub_dir.mkdir()
+    return key_dir, pub_dir
+
+
+def test_jwt_key_init_makes_a_0600_key_once_and_publishes_its_public_half(key_dirs):
+    import stat
+
+    from consulspawner.identity import Signer
+
+    key_dir, pub_dir = key_dirs
+    result = _key_init(key_dir=key_dir, pub_dir=pub_dir)
+    assert result.returncode == 0, result.stderr
+    key = key_dir / "key.pem"
+    info = key.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.getuid()
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    signer = Signer.from_file(str(key))  # the hub's own loader accepts it
+    assert signer.algorithm == "ES256"
+    pubs = list(pub_dir.iterdir())
+    assert [p.name for p in pubs] == [f"{signer.key_id}.pem"]
+    assert pubs[0].read_text() == signer.public_pem()
+    assert stat.S_IMODE(pubs[0].stat().st_mode) == 0o644
+    assert "PRIVATE" not in result.stdout + result.stderr
+
+    pem = key.read_bytes()
+    again = _key_init("init", key_dir=key_dir, pub_dir=pub_dir)
+    assert again.returncode == 0, again.stderr
+    assert key.read_bytes() == pem and len(list(pub_dir.iterdir())) == 1
+
+
+def test_jwt_key_init_refuses_a_key_others_could_read(key_dirs):
+    key_dir, pub_dir = key_dirs
+    assert _key_init(key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    (key_dir / "key.pem").chmod(0o640)
+    result = _key_init(key_dir=key_dir, pub_dir=pub_dir)
+    assert result.returncode == 1
+    assert "readable by others" in result.stderr and "PRIVATE" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="giving a file to another uid needs root")
+def test_jwt_key_init_gives_the_key_to_the_hubs_uid(key_dirs):
+    import stat
+
+    key_dir, pub_dir = key_dirs
+    hub_uid = 10001  # a site whose hub does not run as root
+
+    def run(owner: int) -> subprocess.CompletedProcess:
+        return _key_init("--owner", str(owner), key_dir=key_dir, pub_dir=pub_dir)
+
+    assert run(hub_uid).returncode == 0
+    info = (key_dir / "key.pem").stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (hub_uid, 0o600)
+    assert key_dir.stat().st_uid == hub_uid and stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    refused = run(4242)  # the same key for another uid: refused, not silently re-owned
+    assert refused.returncode == 1 and "not the hub's uid 4242" in refused.stderr
+    assert key_dir.stat().st_uid == hub_uid  # and nothing was changed before refusing
+
+
+def test_jwt_key_rotation_stage_switch_retire(key_dirs):
+    from consulspawner.identity import Signer
+
+    key_dir, pub_dir = key_dirs
+    assert _key_init(key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    old = Signer.from_file(str(key_dir / "key.pem")).key_id
+    assert _key_init("switch", key_dir=key_dir, pub_dir=pub_dir).returncode == 1  # nothing staged
+
+    assert _key_init("stage", key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    new = Signer.from_file(str(key_dir / "key-next.pem")).key_id
+    assert Signer.from_file(str(key_dir / "key.pem")).key_id == old  # still signing with the old one
+    assert sorted(p.name for p in pub_dir.iterdir()) == sorted([f"{old}.pem", f"{new}.pem"])
+
+    assert _key_init("switch", key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    assert Signer.from_file(str(key_dir / "key.pem")).key_id == new
+    assert not (key_dir / "key-next.pem").exists()
+    assert len(list(pub_dir.iterdir())) == 2  # the old key stays accepted until retired
+
+    assert _key_init("retire", key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    assert [p.name for p in pub_dir.iterdir()] == [f"{new}.pem"]
+
+
+# A stand-in for the `consul` CLI, for identity-init.sh only: each subcommand accepts exactly the
+# flags hashicorp/consul declares for it (command/acl/authmethod/{create,update,list}/*.go,
+# command/acl/bindingrule/{create,list,delete}/*.go, plus command/flags/http.go's), requires the
+# same flags, refuses a call without a token, and keeps auth methods and binding rules in a JSON
+# file. Binding rules may be created twice, as in Consul (each gets a new ID).
+FAKE_CONSUL_CLI = r"""
+import json, os, re, sys, uuid
+from cryptography.hazmat.primitives import serialization
+
+HTTP = {"http-addr", "token", "token-file", "ca-file", "ca-path", "client-cert", "client-key",
+        "tls-server-name", "datacenter", "namespace", "partition"}
+HTTP_BOOL = {"stale"}
+K8S = {"kubernetes-host", "kubernetes-ca-cert", "kubernetes-service-account-jwt"}
+COMMANDS = {
+    ("auth-method", "create"): ({"type", "name", "display-name", "description", "max-token-ttl",
+                                 "token-locality", "config", "format", "token-name-format"} | K8S, {"meta"}),
+    ("auth-method", "update"): ({"name", "display-name", "description", "max-token-ttl", "token-locality",
+                                 "config", "format"} | K8S, {"meta", "no-merge"}),
+    ("auth-method", "list"): ({"format"}, {"meta"}),
+    ("binding-rule", "create"): ({"method", "description", "selector", "bind-type", "bind-name", "format"}, {"meta"}),
+    ("binding-rule", "list"): ({"method", "format"}, {"meta"}),
+    ("binding-rule", "delete"): ({"id"}, set()),
+}
+DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+
+def fail(message):
+    print(message, file=sys.stderr)
+    sys.exit(1)
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_CONSUL_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\n")
+if args[:1] != ["acl"] or tuple(args[1:3]) not in COMMANDS:
+    fail(f"fake consul: not modelled: {args[:3]}")
+strings, bools = COMMANDS[tuple(args[1:3])]
+strings, bools = strings | HTTP, bools | HTTP_BOOL
+flags, rest = {}, args[3:]
+while rest and rest[0].startswith("-"):
+    name, _, value = rest.pop(0).lstrip("-").partition("=")
+    if name in bools:
+        flags[name] = value != "false"
+    elif name in strings:
+        if not _ and not rest:
+            fail(f"flag needs an argument: -{name}")
+        flags[name] = value if _ else rest.pop(0)
+    else:
+        fail(f"flag provided but not defined: -{name}")
+if rest:
+    fail(f"Too many arguments: {rest}")
+token_file = flags.get("token-file") or os.environ.get("CONSUL_HTTP_TOKEN_FILE", "")
+if not (flags.get("token") or (token_file and open(token_file).read().strip())):
+    fail("Unexpected response code: 403 (Permission denied: anonymous token lacks permission 'acl:write')")
+if flags.get("format", "json") != "json":
+    fail("fake consul: only -format=json is modelled")
+
+state_path = os.environ["FAKE_CONSUL_STATE"]
+state = json.load(open(state_path)) if os.path.exists(state_path) else {"methods": {}, "rules": []}
+
+def load_config(value):
+    if not value.startswith("@"):
+        fail("fake consul: only -config @file is modelled")
+    config = json.load(open(value[1:]))
+    for pem in config.get("JWTValidationPubKeys", []):  # Consul parses each (oidcauth config)
+        try:
+            serialization.load_pem_public_key(pem.encode())
+        except ValueError:
+            fail("Unexpected response code: 500 (error parsing public key JWTValidationPubKeys)")
+    return config
+
+def method_from_flags(kind):
+    ttl = flags.get("max-token-ttl", "")
+    if ttl and not DURATION.match(ttl):
+        fail(f'invalid value "{ttl}" for flag -max-token-ttl: parse error')
+    if flags.get("token-locality", "") not in ("", "local", "global"):
+        fail("Unexpected response code: 500 (Invalid TokenLocality)")
+    method = {"Name": flags["name"], "Type": kind, "DisplayName": flags.get("display-name", ""),
+              "Description": flags.get("description", ""), "TokenLocality": flags.get("token-locality", "")}
+    if ttl:
+        method["MaxTokenTTL"] = ttl
+    method["Config"] = load_config(flags["config"]) if "config" in flags else {}
+    return method
+
+group, verb = args[1], args[2]
+if group == "auth-method" and verb == "create":
+    if not flags.get("type"):
+        fail("Missing required '-type' flag")
+    if not flags.get("name"):
+        fail("Missing required '-name' flag")
+    if flags["name"] in state["methods"]:  # stricter than Consul (which updates): creating twice is a bug
+        fail("fake consul: auth method exists")
+    state["methods"][flags["name"]] = method_from_flags(flags["type"])
+elif group == "auth-method" and verb == "update":
+    if not flags.get("name"):
+        fail("Cannot update an auth method without specifying the -name parameter")
+    current = state["methods"].get(flags["name"])
+    if current is None:
+        fail(f'Auth method not found with name "{flags["name"]}"')
+    if not flags.get("no-merge"):
+        fail("fake consul: only -no-merge updates are modelled")
+    state["methods"][flags["name"]] = method_from_flags(current["Type"])
+elif group == "auth-method" and verb == "list":
+    print(json.dumps([{k: m[k] for k in ("Name", "Type", "DisplayName", "Description")}
+                      for m in state["methods"].values()] or None))
+elif group == "binding-rule" and verb == "create":
+    for required in ("method", "bind-name"):
+        if not flags.get(required):
+            fail(f"Missing required '-{required}' flag")
+    if flags["method"] not in state["methods"]:
+        fail(f'Unexpected response code: 400 (cannot find auth method with name "{flags["method"]}")')
+    if flags.get("bind-type", "service") not in ("service", "node", "role", "templated-policy"):
+        fail("Unexpected response code: 400 (Invalid Binding Rule: unknown BindType)")
+    state["rules"].append({"ID": str(uuid.uuid4()), "AuthMethod": flags["method"],
+                           "Description": flags.get("description", ""), "Selector": flags.get("selector", ""),
+                           "BindType": flags.get("bind-type", "service"), "BindName": flags["bind-name"]})
+elif group == "binding-rule" and verb == "list":
+    rules = [r for r in state["rules"] if not flags.get("method") or r["AuthMethod"] == flags["method"]]
+    print(json.dumps(rules or None))
+elif group == "binding-rule" and verb == "delete":
+    if not flags.get("id"):
+        fail("Must specify the -id parameter")
+    matches = [r for r in state["rules"] if r["ID"].startswith(flags["id"])]
+    if len(matches) != 1:
+        fail("Error determining binding rule ID")
+    state["rules"].remove(matches[0])
+json.dump(state, open(state_path, "w"))
+"""
+
+
+@pytest.fixture
+def fake_consul(tmp_path):
+    import json
+    import sys
+
+    if not shutil.which("jq"):
+        pytest.fail("identity-init.sh needs jq (in the consul image; here: apt-get install -y jq)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cli = bin_dir / "consul"
+    cli.write_text(f"#!{sys.executable}\n{FAKE_CONSUL_CLI}")
+    cli.chmod(0o755)
+    token = tmp_path / "mgmt-token"
+    token.write_text("management-secret\n")
+    token.chmod(0o600)
+    state, log = tmp_path / "consul-state.json", tmp_path / "consul-calls.jsonl"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_CONSUL_STATE": str(state),
+        "FAKE_CONSUL_LOG": str(log),
+        "CONSUL_HTTP_TOKEN_FILE": str(token),
+    }
+
+    class Fake:
+        def run(self, pub_dir: Path) -> subprocess.CompletedProcess:
+            log.write_text("")
+            return subprocess.run(
+                ["sh", str(IDENTITY_INIT)],
+                capture_output=True,
+                text=True,
+                env={**env, "IDENTITY_DIR": str(IDENTITY), "JWT_PUB_DIR": str(pub_dir)},
+            )
+
+        def state(self) -> dict:
+            return json.loads(state.read_text())
+
+        def calls(self) -> list[list[str]]:
+            return [json.loads(line) for line in log.read_text().splitlines()]
+
+        def without_token(self) -> None:
+            env.pop("CONSUL_HTTP_TOKEN_FILE")
+
+    return Fake()
+
+
+def _public_pems(pub_dir: Path) -> list[str]:
+    return [p.read_text() for p in sorted(pub_dir.glob("*.pem"))]
+
+
+def test_identity_init_creates_the_auth_method_and_the_rule_identity_py_describes(key_dirs, fake_consul):
+    key_dir, pub_dir = key_dirs
+    assert _key_init(key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    result = fake_consul.run(pub_dir)
+    assert result.returncode == 0, result.stderr
+    state = fake_consul.state()
+    assert state["methods"] == {AUTH_METHOD: expected_auth_method(_public_pems(pub_dir))}
+    assert [{k: v for k, v in r.items() if k != "ID"} for r in state["rules"]] == [expected_binding_rule()]
+    # The private key never reaches Consul's side, not even a command line.
+    assert "PRIVATE" not in json_dumps(fake_consul.calls()) + json_dumps(state)
+
+
+def json_dumps(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def test_identity_init_is_idempotent_and_follows_key_rotation(key_dirs, fake_consul):
+    key_dir, pub_dir = key_dirs
+    assert _key_init(key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    assert fake_consul.run(pub_dir).returncode == 0
+    first = fake_consul.state()
+
+    again = fake_consul.run(pub_dir)
+    assert again.returncode == 0, again.stderr
+    assert fake_consul.state() == first  # same method, the same one rule (same ID)
+    verbs = [call[1:3] for call in fake_consul.calls()]
+    assert ["auth-method", "update"] in verbs and ["binding-rule", "create"] not in verbs
+
+    # Rotation: Consul accepts both keys while the hub switches, then only the new one.
+    assert _key_init("stage", key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    assert fake_consul.run(pub_dir).returncode == 0
+    assert len(fake_consul.state()["methods"][AUTH_METHOD]["Config"]["JWTValidationPubKeys"]) == 2
+    assert _key_init("switch", key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    assert _key_init("retire", key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    assert fake_consul.run(pub_dir).returncode == 0
+    assert fake_consul.state()["methods"][AUTH_METHOD] == expected_auth_method(_public_pems(pub_dir))
+    assert fake_consul.state()["rules"] == first["rules"]
+
+
+def test_identity_init_replaces_a_stale_binding_rule(key_dirs, fake_consul, tmp_path):
+    import json
+
+    key_dir, pub_dir = key_dirs
+    assert _key_init(key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    assert fake_consul.run(pub_dir).returncode == 0
+    state = fake_consul.state()
+    state["rules"][0]["BindName"] = "${value.service_suffix}"  # an old rule without the fixed prefix
+    (tmp_path / "consul-state.json").write_text(json.dumps(state))
+    result = fake_consul.run(pub_dir)
+    assert result.returncode == 0, result.stderr
+    rules = fake_consul.state()["rules"]
+    assert [{k: v for k, v in r.items() if k != "ID"} for r in rules] == [expected_binding_rule()]
+    assert "stale binding rule" in result.stdout
+
+
+def test_identity_init_fails_without_a_public_key_or_a_token(key_dirs, fake_consul):
+    key_dir, pub_dir = key_dirs
+    result = fake_consul.run(pub_dir)
+    assert result.returncode != 0 and "no public key" in result.stderr
+    assert _key_init(key_dir=key_dir, pub_dir=pub_dir).returncode == 0
+    fake_consul.without_token()
+    result = fake_consul.run(pub_dir)
+    assert result.returncode != 0 and "Permission denied" in result.stderr
+    assert fake_consul.calls() == [["acl", "auth-method", "list", "-format=json"]]
+
+
+def test_the_signing_key_reaches_the_hub_read_only_where_its_config_looks():
+    from traitlets.config.loader import PyFileConfigLoader
+
+    services = _compose_model()["services"]
+    init, hub, acl_init = services["hub-jwt-key-init"], services["hub"], services["consul-acl-init"]
+    key_mount = next(v for v in init["volumes"] if v.startswith("hub-jwt-key:"))
+    pub_mount = next(v for v in init["volumes"] if v.startswith("hub-jwt-pub:"))
+    assert key_mount.split(":")[1] == init["environment"]["KEY_DIR"]
+    assert pub_mount.split(":")[1] == init["environment"]["PUB_DIR"]
+    # The key belongs to the uid the hub runs as (compose default: the image's, root).
+    assert init["environment"]["HUB_UID"] == str(hub.get("user", "0")).split(":")[0]
+    assert init.get("network_mode") == "none"
+
+    hub_key = next(v for v in hub["volumes"] if v.startswith("hub-jwt-key:"))
+    _, target, mode = hub_key.split(":")
+    assert mode == "ro"
+    config = PyFileConfigLoader("jupyterhub_config.py", path=str(STACK)).load_config()
+    assert config.ConsulSpawner.jwt_signing_key_file == f"{target}/key.pem"
+    assert config.ConsulSpawner.auth_method == AUTH_METHOD
+    assert config.ConsulSpawner.hub_instance == HUB_INSTANCE
+    assert "--hub-instance" in services["janitor"]["command"]
+    assert services["janitor"]["command"][services["janitor"]["command"].index("--hub-instance") + 1] == HUB_INSTANCE
+
+    pub_target = next(v for v in acl_init["volumes"] if v.startswith("hub-jwt-pub:")).split(":")
+    assert pub_target[1:] == ["/consul/hub-jwt-pub", "ro"]
+    assert acl_init["depends_on"]["hub-jwt-key-init"] == {"condition": "service_completed_successfully"}
+
+
+def test_only_acl_init_holds_acl_write_in_the_stack():
+    """The management token is the only acl:write the stack has: it lives in a volume only
+    consul-acl-init mounts (test above), and every policy acl-init creates is read from
+    docker/consul/*-policy.hcl, none inline; no process of ours is linked to a built-in policy."""
+    scripts = {p.name: p.read_text() for p in (STACK / "consul").glob("*.sh")}
+    for name, text in scripts.items():
+        assert "global-management" not in text, name
+        assert "00000000-0000-0000-0000-000000000001" not in text, name  # its ID
+        for line in text.splitlines():
+            if "acl policy create" in line or "acl policy update" in line:
+                assert "-rules" not in line or '"@/consul/policies/' in line, line
+    assert '-rules "@/consul/policies/$name-policy.hcl"' in scripts["acl-init.sh"]
+    # The hub's servers get their tokens by login, never from a token the hub creates.
+    config = (STACK / "jupyterhub_config.py").read_text()
+    assert "c.ConsulSpawner.auth_method" in config and "c.ConsulSpawner.jwt_signing_key_file" in config
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="docker/consul/hub-policy.hcl and janitor-policy.hcl still grant acl = write; the lead changes them "
+    "together with the spawner's login wiring (issue 16). Remove this marker then.",
+)
+def test_no_policy_file_grants_acl_write():
+    """acl = "write" is management-equivalent in Consul (issue 16): no HCL file under docker/
+    may grant it; the stack's only acl:write is the bootstrap management token of acl-init."""
+    granting = [
+        str(p.relative_to(ROOT)) for p in sorted((ROOT / "docker").rglob("*.hcl")) if load(p).get("acl") == "write"
+    ]
+    assert not granting, f"management-equivalent acl = write in {granting}"

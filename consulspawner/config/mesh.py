@@ -18,7 +18,7 @@ from traitlets import (
 )
 
 from .. import naming
-from ..intentions import L4, L7
+from ..entries import L4, L7
 from .settings import default as setting
 from .settings import upstreams_from
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from .. import naming
-from ..intentions import L4, L7
+from ..entries import L4, L7
 
 TRINO_DESTINATION = "trino-coordinator"
 DAY = 24 * 3600
@@ -28,7 +28,7 @@ class Upstream:
     local_bind_address: str = "127.0.0.1"
 
     def __post_init__(self):
-        if not naming.is_service_name(self.destination):
+        if not naming.is_service_identity_name(self.destination):
             raise ValueError(f"upstream destination {self.destination!r} is not a valid Consul service name")
         if not 1 <= int(self.local_bind_port) <= 65535:
             raise ValueError(f"upstream {self.destination}: local_bind_port {self.local_bind_port} out of range")
@@ -112,7 +112,7 @@ class MeshSettings:
         if self.intention_mode not in (L4, L7):
             raise ValueError(f"intention mode must be {L4!r} or {L7!r}, not {self.intention_mode!r}")
         for destination in self.intention_destinations:
-            if not naming.is_service_name(destination):
+            if not naming.is_service_identity_name(destination):
                 raise ValueError(f"intention destination {destination!r} is not a valid Consul service name")
         ports = [u.local_bind_port for u in self.upstreams]
         if len(set(ports)) != len(ports):

@@ -1,6 +1,7 @@
 """JupyterHub with ConsulSpawner for the production stack (docker/stack/compose.yaml).
 
-Every notebook server becomes a Consul service with its own ACL token (a service identity),
+Every notebook server becomes a Consul service with its own ACL token (a service identity, made
+by Consul when the hub logs the server in with a JWT it signs: the hub mints no token),
 an Envoy sidecar in its network namespace whose upstream binds trino-coordinator on
 127.0.0.1:28080, and an intention to trino-coordinator that lives only as long as the server.
 The hub's own Consul token (docker/consul/hub-policy.hcl) is a file written by consul-acl-init;
@@ -35,7 +36,18 @@ c.ConsulSpawner.consul_ca_file = env("CONSUL_CACERT", "/run/secrets/consul/ca.pe
 # The hub's token (policy consulspawner-hub), a 0600 file; never in the environment or the config.
 c.ConsulSpawner.consul_token_file = env("CONSUL_HTTP_TOKEN_FILE", "/run/secrets/consul/token")
 # Give every hub sharing this Consul its own name: cleanup touches only objects carrying it.
+# consul/identity/*.json (the auth method and binding rule) name it too: change them together.
 c.ConsulSpawner.hub_instance = "jupyterhub"
+
+# -- Consul: each server's identity, by login ------------------------------------------------------
+# The hub signs a short-lived JWT per server with this key (EC P-256, 0600, made by the one-shot
+# hub-jwt-key-init; volume hub-jwt-key, mounted only into the hub) and exchanges it at Consul's
+# POST /v1/acl/login through this auth method, whose binding rule (consul/identity/) turns it into
+# a local token with the one service identity jupyter-<slug>, expiring after the method's
+# MaxTokenTTL (24 h). The hub hands that token to the server's sidecar as a file and logs it out
+# at stop. The hub's own token needs no acl rule.
+c.ConsulSpawner.jwt_signing_key_file = "/run/secrets/hub-jwt/key.pem"
+c.ConsulSpawner.auth_method = "consulspawner-jupyterhub"
 
 # -- Notebook containers -------------------------------------------------------------------------
 c.ConsulSpawner.image = env("CONSULSPAWNER_NOTEBOOK_IMAGE", "consulspawner/notebook:stack")

@@ -49,3 +49,13 @@ async def test_policy_role_authmethod_filters(acl_fake, admin, raw):
 async def test_only_one_filter_at_a_time(acl_fake, raw):
     status, text = await _list(raw, acl_fake, servicename="web", policy=GM)
     assert (status, text) == (500, "can only filter by one of policy, role, serviceName, or methodName at a time")
+
+
+async def test_policy_and_role_filters_take_ids_not_names(acl_fake, raw):
+    # The tokens table's policies/roles indexes read a UUID (state/acl_schema.go
+    # indexFromUUIDQuery -> uuidStringToBytes); go-memdb wraps the indexer error as
+    # "index error: ..." and ACLTokenListWithParameters as "failed acl token lookup: ...",
+    # which the RPC returns as a 500.
+    for param in ("policy", "role"):
+        status, text = await _list(raw, acl_fake, **{param: "global-management"})
+        assert (status, text) == (500, "failed acl token lookup: index error: UUID must be 36 characters"), param

@@ -18,7 +18,7 @@ import pytest
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient
-from consulspawner.intentions import KIND
+from consulspawner.entries import KIND
 from consulspawner_dev.fakeconsul import FakeConsul
 from consulspawner_dev.standalone import standalone_spawner
 

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 
-from consulspawner.intentions import KIND, IntentionWriter
+from consulspawner.entries import KIND
+from consulspawner.intentions import IntentionWriter
 from consulspawner.mesh import new_incarnation
 from consulspawner.plan import MeshSettings, build_plan
 

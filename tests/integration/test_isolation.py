@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from consulspawner.consul import ConsulClient, ConsulError
-from consulspawner.intentions import KIND
+from consulspawner.entries import KIND
 from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN

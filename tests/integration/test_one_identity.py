@@ -16,7 +16,7 @@ from traitlets import TraitError
 from consulspawner import ownership
 from consulspawner import spawner as spawner_module
 from consulspawner.consul import ConsulClient
-from consulspawner.intentions import KIND, L7
+from consulspawner.entries import KIND, L7
 from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN
@@ -277,9 +277,14 @@ async def test_a_long_name_in_any_script_spawns_beside_others(mesh_consul, admin
         writer = IntentionWriter(client, "hub-bytes")
         meshes = [
             ServerMesh(
-                client, writer, build_plan(settings, n, incarnation=new_incarnation()), MeshState(), retry_budget=2
+                client,
+                writer,
+                # The Trino user is ASCII (issue 18); the hub user name is what tests the byte limits.
+                build_plan(settings, n, trino_user=f"user{i}", incarnation=new_incarnation()),
+                MeshState(),
+                retry_budget=2,
             )
-            for n in names
+            for i, n in enumerate(names)
         ]
         results = await asyncio.gather(*(m.grant() for m in meshes), return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == []

@@ -10,7 +10,7 @@ import random
 import time
 
 from consulspawner import spawner as spawner_module
-from consulspawner.intentions import KIND
+from consulspawner.entries import KIND
 
 from .conftest import NAME_PREFIX, NOTHING, container_ids, hub_stop, mesh_objects, wait_for
 

@@ -11,15 +11,15 @@ import pytest
 
 from consulspawner import ownership
 from consulspawner.consul import ConsulError
-from consulspawner.intentions import (
+from consulspawner.entries import (
     DESCRIPTION_MAX_BYTES,
     KIND,
     L7,
     IntentionRefused,
-    IntentionWriter,
     source_entry,
     validate_source,
 )
+from consulspawner.intentions import IntentionWriter
 
 DEST = "trino-coordinator"
 INCARNATION = "0123456789abcdef0123456789abcdef"
@@ -319,4 +319,35 @@ async def test_an_empty_incarnation_matches_nothing():
     await writer.grant(DEST, entry_for("jupyter-a", incarnation=""))
     with pytest.raises(ValueError, match="incarnation"):
         await writer.revoke(DEST, "jupyter-a", incarnation="")
+    assert consul.sources() == ["jupyter-a"]
+
+
+async def test_in_one_batch_a_conditional_revoke_sees_the_grant_before_it():
+    consul = StubConsul()
+    writer = IntentionWriter(consul, "hub-a")
+    newer = "f" * 32
+    await writer.grant(DEST, entry_for("jupyter-a"))
+    consul.calls.clear()
+    results = await asyncio.gather(
+        writer.grant(DEST, entry_for("jupyter-a", incarnation=newer)),
+        writer.revoke(DEST, "jupyter-a", incarnation=INCARNATION),  # the old start's late teardown
+    )
+    assert results == [None, False]
+    assert consul.sources() == ["jupyter-a"]
+    assert ownership.parse(consul.entries[DEST]["Sources"][0]["Description"]).incarnation == newer
+    assert len(consul.writes()) == 1
+
+
+async def test_a_broken_condition_fails_only_its_own_revoke():
+    consul = StubConsul()
+    writer = IntentionWriter(consul, "hub-a")
+    await asyncio.gather(writer.grant(DEST, entry_for("jupyter-a")), writer.grant(DEST, entry_for("jupyter-b")))
+
+    def broken(source):
+        raise RuntimeError("condition failed")
+
+    results = await asyncio.gather(
+        writer.revoke(DEST, "jupyter-a", only_if=broken), writer.revoke(DEST, "jupyter-b"), return_exceptions=True
+    )
+    assert isinstance(results[0], RuntimeError) and results[1] is True
     assert consul.sources() == ["jupyter-a"]

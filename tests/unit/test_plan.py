@@ -1,11 +1,13 @@
 """The mesh plan is pure: what it registers and grants is asserted as literal dicts."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from consulspawner import ownership
-from consulspawner.intentions import L7
+from consulspawner.entries import L7
 from consulspawner.plan import MeshSettings, Upstream, build_plan
 
 SETTINGS = MeshSettings(hub_instance="hub-a", check_ttl=60, deregister_critical_after=90)
@@ -74,6 +76,10 @@ def test_l7_grant_allows_only_this_trino_user():
     [(_, entry)] = plan.grants(now=0)
     assert "Action" not in entry
     assert entry["Permissions"] == [
+        {"Action": "deny", "HTTP": {"Header": [{"Name": "X-Trino-Original-User", "Present": True}]}},
+        {"Action": "deny", "HTTP": {"Header": [{"Name": "X-Presto-User", "Present": True}]}},
+        {"Action": "deny", "HTTP": {"Header": [{"Name": "X-Presto-Original-User", "Present": True}]}},
+        {"Action": "deny", "HTTP": {"Header": [{"Name": "Authorization", "Present": True}]}},
         {"Action": "allow", "HTTP": {"Header": [{"Name": "X-Trino-User", "Exact": "carol_analyst"}]}},
         {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
     ]
@@ -124,14 +130,20 @@ def test_broken_settings_are_refused_with_a_clear_message(kwargs, message):
         MeshSettings(**kwargs)
 
 
-@pytest.mark.parametrize("trino_user", ["", "bob\r\nX-Trino-User: admin", "b\x00b", " bob", "b\u2028b", "x" * 257])
+@pytest.mark.parametrize(
+    "trino_user", ["", "bob\r\nX-Trino-User: admin", "b\x00b", " bob", "b\u2028b", "x" * 257, "alice,x"]
+)
 def test_hostile_trino_users_are_refused(trino_user):
     with pytest.raises(ValueError, match="Trino user"):
         build_plan(SETTINGS, "bob", trino_user=trino_user)
 
 
-def test_unicode_trino_users_are_fine():
-    assert build_plan(SETTINGS, "Émile.Dupont@example.org").notebook_env()["TRINO_USER"] == "Émile.Dupont@example.org"
+def test_a_non_ascii_hub_user_needs_an_ascii_trino_user():
+    # Issue 18: the trino client sends a header as latin-1 while the intention holds UTF-8.
+    with pytest.raises(ValueError, match=r"'Émile.Dupont@example.org'.*'É' \(U\+00C9\)"):
+        build_plan(SETTINGS, "Émile.Dupont@example.org")
+    plan = build_plan(SETTINGS, "Émile.Dupont@example.org", trino_user="emile.dupont@example.org")
+    assert plan.notebook_env()["TRINO_USER"] == "emile.dupont@example.org"
 
 
 def test_marker_round_trip_and_damaged_markers():
@@ -140,3 +152,14 @@ def test_marker_round_trip_and_damaged_markers():
     assert ownership.parse("orchestrator may call trino") is None
     assert ownership.parse(ownership.MARKER + "{not json") is None
     assert ownership.parse(ownership.MARKER + json.dumps({"hub": 1, "user": "u", "server": "", "service": "s"})) is None
+
+
+def test_the_plan_and_its_entries_import_no_io():
+    # Pure means importable without the Consul client or the writer (issue 15).
+    code = (
+        "import sys, consulspawner.plan, consulspawner.entries; "
+        "print(sorted(m for m in sys.modules if m in "
+        "('consulspawner.consul', 'consulspawner.intentions', 'aiohttp', 'asyncio')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -10,6 +10,9 @@
 #   /secrets/janitor/token      janitor     policy consulspawner-janitor (docker/consul/janitor-policy.hcl)
 #   /secrets/trino-coordinator/token   service identity trino-coordinator (its sidecar)
 #   /secrets/trino-worker/token        service identity trino-worker      (its sidecar)
+# and the hub's JWT auth method and binding rule (identity-init.sh): notebook servers' tokens are
+# made by Consul at login from a JWT the hub signs, never minted by the hub, whose policy needs
+# no acl rule. Every acl:write step of the stack is here, with the management token.
 set -eu
 umask 077
 
@@ -100,4 +103,7 @@ for svc in trino-coordinator trino-worker; do
         consul config write "/consul/config-entries/$svc-intentions.hcl"
     fi
 done
-echo "acl-init: ACLs bootstrapped, tokens written, Trino registered, config entries in place"
+# 7. Identity by login: the auth method (with every public key hub-jwt-key-init published) and
+# its binding rule, from the JSON files in consul/identity/.
+IDENTITY_DIR=/stack/consul/identity JWT_PUB_DIR=/consul/hub-jwt-pub sh /stack/consul/identity-init.sh
+echo "acl-init: ACLs bootstrapped, tokens written, Trino registered, config entries and auth method in place"
