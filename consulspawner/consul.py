@@ -254,9 +254,6 @@ class ConsulClient:
 
     # -- agent ----------------------------------------------------------------------------------
 
-    async def agent_self(self) -> dict:
-        return (await self.request("GET", "/v1/agent/self")).body
-
     async def register_service(self, definition: dict, *, token: str | None = None) -> None:
         """Register (or replace, same ID) a service on the local agent, checks included.
 
@@ -439,10 +436,3 @@ class ConsulClient:
         if isinstance(body, dict) and "Deleted" in body:
             return bool(body["Deleted"])
         return body is not False
-
-    # -- Connect --------------------------------------------------------------------------------
-
-    async def authorize(self, target: str, client_cert_uri: str, client_cert_serial: str = "") -> dict:
-        """POST /v1/agent/connect/authorize (POST only, unlike py-consul's PUT)."""
-        body = {"Target": target, "ClientCertURI": client_cert_uri, "ClientCertSerial": client_cert_serial}
-        return (await self.request("POST", "/v1/agent/connect/authorize", body=body)).body

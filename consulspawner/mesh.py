@@ -21,69 +21,20 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from typing import TypeGuard
 
 from . import ownership
 from .consul import ConsulClient, ConsulError
-from .entries import KIND
 from .intentions import IntentionWriter
 from .plan import MeshPlan
+from .state import MeshState, new_incarnation
+
+__all__ = ["MeshState", "ServerMesh", "SidecarNotReady", "new_incarnation"]
 
 log = logging.getLogger(__name__)
 
 
 class SidecarNotReady(Exception):
     """The sidecar did not pass its Consul checks in time (or its container died)."""
-
-
-def new_incarnation() -> str:
-    """A unique ID for one start of one server."""
-    return uuid.uuid4().hex
-
-
-@dataclass
-class MeshState:
-    """What exists in Consul for one incarnation of one server. Persisted in the spawner's
-    state; never a secret. Enough on its own to undo everything."""
-
-    incarnation: str = ""
-    hub_instance: str = ""
-    service_id: str = ""
-    user: str = ""
-    trino_user: str = ""  # what the grants were made for, so a restarted hub re-grants the same
-    token_accessor: str = ""
-    token_expires_at: float = 0.0
-    # Accessors replaced by a rotation but maybe not deleted yet (deleted with the server).
-    retired_accessors: list[str] = field(default_factory=list)
-    registered: bool = False
-    granted: list[list[str]] = field(default_factory=list)  # [destination, source] pairs
-    grant_expires_at: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v}
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> MeshState:
-        data = data or {}
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        state = cls(**known)
-        state.granted = [list(pair) for pair in state.granted]
-        state.retired_accessors = list(state.retired_accessors)
-        return state
-
-    @property
-    def empty(self) -> bool:
-        return not (self.registered or self.token_accessor or self.granted or self.retired_accessors)
-
-    def owns(self, owner: ownership.Owner | None) -> bool:
-        """Whether a marker names this very incarnation (not just the same service name)."""
-        return (
-            owner is not None
-            and owner.hub == self.hub_instance
-            and owner.service == self.service_id
-            and owner.incarnation == self.incarnation
-        )
 
 
 class ServerMesh:
@@ -259,14 +210,9 @@ class ServerMesh:
         return bool(self.state.token_accessor) and self.state.token_expires_at - self.clock() <= margin
 
     def _is_ours(self, service: dict) -> bool:
-        meta = service.get("Meta") or {}
         # A registration of ours from before incarnations existed has none; an empty state
         # incarnation matches only that.
-        return (
-            ownership.is_managed_service(service)
-            and meta.get(ownership.META_HUB) == self.state.hub_instance
-            and meta.get(ownership.META_INCARNATION, "") == self.state.incarnation
-        )
+        return self.state.owns(ownership.service_owner(self.state.service_id, service))
 
     async def delete_stale_tokens(self) -> None:
         """Delete this hub's tokens for this service other than the current one (left by a
@@ -328,10 +274,6 @@ class ServerMesh:
             self.log.info("Deregistered Consul service %s (user %r)", service_id, self.user)
         self.state.registered = False
 
-    async def deregister_held(self) -> None:
-        """``deregister(verify=False)``, as an undo step for a caller holding the server's lock."""
-        await self.deregister(verify=False)
-
     async def delete_tokens(self) -> None:
         """Delete the current token and any a rotation retired (accessors are never reused)."""
         for accessor in [*self.state.retired_accessors, self.state.token_accessor]:
@@ -347,17 +289,6 @@ class ServerMesh:
             await self.delete_token_by_accessor(accessor)
             self.state.retired_accessors.remove(accessor)
 
-    async def undo(self, steps: list[str]) -> list[Exception]:
-        """Run teardown steps in order, collecting errors so one failure does not stop the rest."""
-        errors: list[Exception] = []
-        for step in steps:
-            try:
-                await getattr(self, step)()
-            except Exception as e:
-                self.log.warning("Could not %s for %s (user %r): %s", step, self.state.service_id, self.user, e)
-                errors.append(e)
-        return errors
-
 
 async def _listening(address: str | None, port: int | None, timeout: float = 1.0) -> bool:
     if not address or not port:
@@ -372,92 +303,3 @@ async def _listening(address: str | None, port: int | None, timeout: float = 1.0
     except OSError:
         pass
     return True
-
-
-@dataclass(frozen=True)
-class Orphan:
-    """One object the sweep removed: what it was and which incarnation created it."""
-
-    kind: str
-    target: str
-    user: str
-    service: str
-    incarnation: str
-
-    def line(self) -> str:
-        return f"{self.kind} {self.target} (user {self.user!r}, incarnation {self.incarnation[:8] or '-'})"
-
-
-def _unchanged_since(seen: dict) -> Callable[[dict], bool]:
-    def unchanged(source: dict) -> bool:
-        return source.get("Description") == seen.get("Description")
-
-    return unchanged
-
-
-async def sweep_orphans(
-    consul: ConsulClient,
-    writer: IntentionWriter,
-    hub_instance: str,
-    live: Callable[[], dict[str, str | None]],
-    logger: logging.Logger | logging.LoggerAdapter | None = None,
-) -> list[Orphan]:
-    """Revoke everything this hub owns in Consul that belongs to no live incarnation.
-
-    ``live()`` maps the service names of the hub's running and pending servers to their current
-    incarnation (None while it is not known yet: then everything of that service is kept). It
-    is asked again right before each deletion, so a server spawned meanwhile is left alone. An
-    object of a live service but of an older incarnation is an orphan too. Intentions go first.
-    Returns what was removed.
-    """
-    services = await consul.agent_services()
-    entries = await consul.list_config(KIND)
-    tokens = await consul.list_tokens()
-    removed: list[Orphan] = []
-
-    def orphaned(owner: ownership.Owner | None) -> TypeGuard[ownership.Owner]:
-        if owner is None or owner.hub != hub_instance:
-            return False
-        alive = live()
-        if owner.service not in alive:
-            return True
-        current = alive[owner.service]
-        return current is not None and owner.incarnation != current
-
-    for entry in entries:
-        for source in entry.get("Sources") or []:
-            owner = ownership.parse(source.get("Description"))
-            if orphaned(owner):
-                # Only the source as we read it: a re-grant changes the Description (expiry).
-                await writer.revoke(entry["Name"], source["Name"], only_if=_unchanged_since(source))
-                removed.append(
-                    Orphan(
-                        "intention",
-                        f"{source['Name']} -> {entry['Name']}",
-                        owner.user,
-                        owner.service,
-                        owner.incarnation,
-                    )
-                )
-    for service_id, service in services.items():
-        meta = service.get("Meta") or {}
-        if not ownership.is_managed_service(service) or service.get("Kind") == "connect-proxy":
-            continue
-        owner = ownership.Owner(
-            hub=meta.get(ownership.META_HUB, ""),
-            user=meta.get(ownership.META_USER, ""),
-            server=meta.get(ownership.META_SERVER, ""),
-            service=service_id,
-            incarnation=meta.get(ownership.META_INCARNATION, ""),
-        )
-        if orphaned(owner):
-            await consul.deregister_service(service_id)
-            removed.append(Orphan("service", service_id, owner.user, owner.service, owner.incarnation))
-    for token in tokens:
-        owner = ownership.parse(token.get("Description"))
-        if orphaned(owner):
-            await consul.delete_token(token["AccessorID"])
-            removed.append(Orphan("token", token["AccessorID"], owner.user, owner.service, owner.incarnation))
-    for orphan in removed:
-        (logger or log).info("Removed orphaned %s of hub %s", orphan.line(), hub_instance)
-    return removed

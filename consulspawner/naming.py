@@ -128,15 +128,6 @@ def service_name(user_name: str, server_name: str = "", template: str = DEFAULT_
     return name
 
 
-def service_id(user_name: str, server_name: str = "", template: str = DEFAULT_TEMPLATE) -> str:
-    """The Consul service ID of one hub user's server.
-
-    Every server is its own service (its own identity for intentions and its own ACL service
-    identity), so the ID is the name; the function exists so callers say which one they mean.
-    """
-    return service_name(user_name, server_name, template)
-
-
 def sidecar_id(parent_service_id: str) -> str:
     """The ID Consul gives a ``Connect.SidecarService`` of ``parent_service_id``.
 

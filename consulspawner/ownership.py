@@ -164,15 +164,6 @@ class Owner:
     def with_expiry(self, expires_at: float) -> Owner:
         return replace(self, expires_at=int(expires_at))
 
-    def same_incarnation(self, other: Owner | None) -> bool:
-        """Whether ``other`` marks the same start of the same server (same hub and service and a
-        known, equal incarnation). Two markers without an incarnation are not known to be."""
-        return (
-            other is not None
-            and bool(self.incarnation)
-            and (other.hub, other.service, other.incarnation) == (self.hub, self.service, self.incarnation)
-        )
-
     def service_meta(self) -> dict[str, str]:
         """Service ``Meta`` naming the owner, for people reading the catalog and for filters.
 
@@ -234,6 +225,31 @@ def _parse_marker(raw: str) -> Owner | None:
         if stamp is not None and (not isinstance(stamp, int) or isinstance(stamp, bool)):
             return None
     return owner
+
+
+def is_incarnation(owner: Owner | None, *, hub: str, service: str, incarnation: str) -> bool:
+    """The one ownership predicate: whether ``owner`` names this very start (``incarnation``) of
+    this server (``service``) of this hub, not just the same service name.
+
+    Every deletion of a reusable name asks it first, so a late or retried teardown of an old
+    server never removes what the next start of the same server wrote. An empty incarnation
+    matches only an empty one: a marker from before incarnations existed.
+    """
+    return owner is not None and (owner.hub, owner.service, owner.incarnation) == (hub, service, incarnation)
+
+
+def service_owner(service_id: str, service: dict) -> Owner | None:
+    """The owner a registered service's ``Meta`` names, or None when we did not register it."""
+    if not is_managed_service(service):
+        return None
+    meta = service.get("Meta") or service.get("ServiceMeta") or {}
+    return Owner(
+        hub=meta.get(META_HUB, ""),
+        user=meta.get(META_USER, ""),
+        server=meta.get(META_SERVER, ""),
+        service=service_id,
+        incarnation=meta.get(META_INCARNATION, ""),
+    )
 
 
 def is_managed_service(service: dict) -> bool:

@@ -11,76 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import naming, ownership, trinouser
-from .entries import L4, L7, source_entry
+from .config.settings import TRINO_DESTINATION, MeshSettings, Upstream
+from .entries import source_entry
 
-TRINO_DESTINATION = "trino-coordinator"
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """One Connect upstream: ``destination`` reachable from the notebook at
-    ``local_bind_address:local_bind_port`` through the sidecar."""
-
-    destination: str
-    local_bind_port: int
-    local_bind_address: str = "127.0.0.1"
-
-    def __post_init__(self):
-        if not naming.is_service_identity_name(self.destination):
-            raise ValueError(f"upstream destination {self.destination!r} is not a valid Consul service name")
-        if not 1 <= int(self.local_bind_port) <= 65535:
-            raise ValueError(f"upstream {self.destination}: local_bind_port {self.local_bind_port} out of range")
-
-    def definition(self) -> dict:
-        """As Consul's ``Proxy.Upstreams[]`` (docs: connect/proxies/proxy-config-reference)."""
-        return {
-            "DestinationType": "service",
-            "DestinationName": self.destination,
-            "LocalBindAddress": self.local_bind_address,
-            "LocalBindPort": int(self.local_bind_port),
-        }
-
-
-@dataclass(frozen=True)
-class MeshSettings:
-    """The site-wide part of the plan, read from the spawner's traits."""
-
-    hub_instance: str = "jupyterhub"
-    name_template: str = naming.DEFAULT_TEMPLATE
-    upstreams: tuple[Upstream, ...] = (Upstream(TRINO_DESTINATION, 28080),)
-    intention_destinations: tuple[str, ...] = (TRINO_DESTINATION,)
-    intention_mode: str = L4
-    trino_destination: str = TRINO_DESTINATION
-    check_ttl: int = 60
-    deregister_critical_after: int = 90
-    token_ttl: int = 3600
-    intention_ttl: int = 600
-    tags: tuple[str, ...] = ("jupyterhub",)
-    # Every sidecar listens on its own notebook's address, so all can share one port. 0 leaves it
-    # to the agent, whose range (sidecar_min_port..sidecar_max_port, 21000..21255 by default:
-    # agent/sidecar_service.go) caps an agent at 256 servers.
-    sidecar_port: int = 21000
-
-    def __post_init__(self):
-        naming.check_template(self.name_template)
-        if self.intention_mode not in (L4, L7):
-            raise ValueError(f"intention mode must be {L4!r} or {L7!r}, not {self.intention_mode!r}")
-        for destination in self.intention_destinations:
-            if not naming.is_service_identity_name(destination):
-                raise ValueError(f"intention destination {destination!r} is not a valid Consul service name")
-        ports = [u.local_bind_port for u in self.upstreams]
-        if len(set(ports)) != len(ports):
-            raise ValueError(f"upstreams bind the same local port twice: {ports}")
-        # Consul's documented minimum for DeregisterCriticalServiceAfter is one minute, and
-        # ACL token ExpirationTTL is documented as 1 minute to 24 hours.
-        if self.deregister_critical_after < 60:
-            raise ValueError("deregister_critical_after must be at least 60 s (Consul's minimum)")
-        if not 60 <= self.token_ttl <= 24 * 3600:
-            raise ValueError("token_ttl must be between 60 s and 24 h (Consul's ExpirationTTL range)")
-        if self.check_ttl < 5:
-            raise ValueError("check_ttl below 5 s would flap on any hub hiccup")
-        if self.intention_ttl < self.check_ttl:
-            raise ValueError("intention_ttl must be at least check_ttl, or a healthy server loses access")
+# MeshSettings (the traits' defaults and limits) and Upstream live in config.settings.
+__all__ = ["TRINO_DESTINATION", "MeshPlan", "MeshSettings", "Upstream", "build_plan"]
 
 
 @dataclass(frozen=True)
@@ -150,9 +85,6 @@ class MeshPlan:
             (destination, source_entry(self.service_name, owner, self.settings.intention_mode, self.trino_user))
             for destination in self.settings.intention_destinations
         ]
-
-    def revocations(self) -> list[tuple[str, str]]:
-        return [(destination, self.service_name) for destination in self.settings.intention_destinations]
 
     def notebook_env(self) -> dict[str, str]:
         """What the notebook needs so the trino client works unchanged (and nothing secret)."""

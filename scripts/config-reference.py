@@ -23,7 +23,8 @@ def _default(trait) -> str:
         value = trait.default_value_repr()
     except Exception:  # a default that cannot be shown statically
         value = "(computed)"
-    if trait.name in ConsulSpawner._trait_default_generators:
+    # A @default method may sit on any of the trait mixins (consulspawner/config/).
+    if any(trait.name in vars(cls).get("_trait_default_generators", {}) for cls in ConsulSpawner.__mro__):
         value = "(computed, see below)"
     return value
 

@@ -129,7 +129,8 @@ async def test_l7_grant_binds_the_trino_user_and_counts_as_deny_for_l4(consul_cl
     assert "Action" not in source
     roots = (await consul_client.request("GET", "/v1/agent/connect/ca/roots")).body
     uri = f"spiffe://{roots['TrustDomain']}/ns/default/dc/dc1/svc/jupyter-carol"
-    decision = await consul_client.authorize(DEST, uri)
+    body = {"Target": DEST, "ClientCertURI": uri, "ClientCertSerial": ""}
+    decision = (await consul_client.request("POST", "/v1/agent/connect/authorize", body=body)).body
     assert decision["Authorized"] is False
 
 

@@ -34,7 +34,7 @@ async def test_full_cycle_logs_no_token(acl_consul, acl_client, caplog):
     # A failure whose body would echo the token back must be scrubbed too.
     acl_consul.fail("GET", r"^/v1/agent/self$", status=500, times=1, body=f"boom {secret} {MASTER_TOKEN}")
     with pytest.raises(ConsulError) as echoed:
-        await acl_client.agent_self()
+        await acl_client.request("GET", "/v1/agent/self")
     errors.append(str(echoed.value))
     await as_server.close()
 

@@ -5,8 +5,9 @@ import time
 
 from consulspawner.entries import KIND
 from consulspawner.intentions import IntentionWriter
-from consulspawner.mesh import new_incarnation, sweep_orphans
+from consulspawner.orphans import sweep_orphans
 from consulspawner.plan import MeshSettings, build_plan
+from consulspawner.state import new_incarnation
 
 
 async def create_server(client, hub, user):

@@ -11,7 +11,8 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from consulspawner import spawner as spawner_module
+from consulspawner import hubwide
+from consulspawner.sidecar import sidecar_archive
 from consulspawner.spawner import ConsulSpawner
 from consulspawner_dev.standalone import standalone_spawner
 
@@ -25,19 +26,19 @@ async def test_shared_clients_are_closed_when_the_hub_cancels_its_tasks():
     spawner = standalone_spawner("alice", consul_address="http://127.0.0.1:9")
     client, _ = spawner._client_and_writer()
     client._http()  # a session exists, as after the first Consul call
-    closers = list(spawner_module._client_closers)
+    closers = list(hubwide._client_closers)
     assert closers
     await asyncio.sleep(0)  # the hub runs for a while before it shuts down
     for closer in closers:  # what JupyterHub's shutdown_cancel_tasks does to every task
         closer.cancel()
     await asyncio.gather(*closers, return_exceptions=True)
     assert client._session is None
-    spawner_module._shared_clients.clear()
-    spawner_module._client_closers.clear()
+    hubwide._shared_clients.clear()
+    hubwide._client_closers.clear()
 
 
 def test_the_sidecar_gets_its_token_and_ca_as_files_of_its_user():
-    archive = spawner_module._sidecar_archive("the-secret", b"-----BEGIN CERTIFICATE-----\n", owner=(101, 102))
+    archive = sidecar_archive("the-secret", b"-----BEGIN CERTIFICATE-----\n", owner=(101, 102))
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         members = {m.name: m for m in tar.getmembers()}
         assert tar.extractfile(members["consul/token"]).read() == b"the-secret"
@@ -68,3 +69,26 @@ def test_a_token_file_wins_and_unreadable_names_the_setting(tmp_path):
     missing = standalone_spawner("alice", consul_token_file=str(tmp_path / "nope"))
     with pytest.raises(RuntimeError, match="consul_token_file"):
         assert missing._hub_token
+
+
+async def test_each_spawner_class_gets_its_own_sidecar_client_with_its_client_kwargs():
+    """As DockerSpawner.client: a subclass with its own client_kwargs talks to its own daemon
+    (the sidecar's client was once ConsulSpawner's alone, built from the first spawner)."""
+
+    class OneDaemon(ConsulSpawner):
+        pass
+
+    class OtherDaemon(ConsulSpawner):
+        pass
+
+    first, other = standalone_spawner("alice"), standalone_spawner("bob")
+    first.__class__, other.__class__ = OneDaemon, OtherDaemon
+    first.client_kwargs = {"base_url": "tcp://127.0.0.1:1", "version": "1.41"}
+    other.client_kwargs = {"base_url": "tcp://127.0.0.2:2", "version": "1.41"}
+    try:
+        assert await first.sidecar_docker("_url", "/info") == "http://127.0.0.1:1/v1.41/info"
+        assert await other.sidecar_docker("_url", "/info") == "http://127.0.0.2:2/v1.41/info"
+    finally:
+        for cls in (OneDaemon, OtherDaemon):
+            executor, _ = hubwide._sidecar_dockers.pop(cls)
+            executor.shutdown()

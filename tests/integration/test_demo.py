@@ -340,7 +340,7 @@ async def drive(tmp_path, docker_client, *, mode: str, external: FakeConsul | No
         if external is None:
             assert docker_network(network) is None, "the demo's Docker network is still there"
             with pytest.raises(ConsulError):  # the embedded agent went with the demo
-                await consul.agent_self()
+                await consul.request("GET", "/v1/agent/self")
         else:
             after = await consul_objects(consul, instance)
             assert after == {

@@ -29,7 +29,6 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 )
 def test_known_names(user, server, expected):
     assert naming.service_name(user, server) == expected
-    assert naming.service_id(user, server) == expected
 
 
 def test_long_name_is_truncated_to_a_dns_label_and_keeps_its_hash():

@@ -102,15 +102,23 @@ def test_old_markers_without_incarnation_still_parse():
     assert parsed.incarnation == ""
 
 
-def test_same_incarnation():
+def test_is_incarnation_is_this_start_of_this_server_of_this_hub():
     a = owner()
-    assert a.same_incarnation(a.with_expiry(1))
-    assert not a.same_incarnation(owner(incarnation=uuid.uuid4().hex))
-    assert not a.same_incarnation(owner(service="jupyter-bob"))
-    assert not a.same_incarnation(owner(hub="other"))
-    assert not a.same_incarnation(None)
-    # Two owners that both lack an incarnation are not known to be the same start.
-    assert not owner(incarnation="").same_incarnation(owner(incarnation=""))
+    same = {"hub": a.hub, "service": a.service, "incarnation": a.incarnation}
+    assert ownership.is_incarnation(a.with_expiry(1), **same)
+    assert not ownership.is_incarnation(owner(incarnation=uuid.uuid4().hex), **same)
+    assert not ownership.is_incarnation(owner(service="jupyter-bob"), **same)
+    assert not ownership.is_incarnation(owner(hub="other"), **same)
+    assert not ownership.is_incarnation(None, **same)
+    # A marker from before incarnations existed matches only a state without one.
+    assert ownership.is_incarnation(owner(incarnation=""), **{**same, "incarnation": ""})
+    assert not ownership.is_incarnation(owner(incarnation=""), **same)
+
+
+def test_service_owner_reads_our_meta_and_ignores_foreign_services():
+    a = owner(expires_at=None)
+    assert ownership.service_owner(a.service, {"Meta": a.service_meta()}) == a
+    assert ownership.service_owner(a.service, {"Meta": {"hub-instance": a.hub}}) is None
 
 
 def test_meta_values_are_cut_at_512_bytes_on_a_character_boundary():

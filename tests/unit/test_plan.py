@@ -68,7 +68,6 @@ def test_l4_grant_carries_owner_and_expiry():
     assert ownership.parse(entry["Description"]) == ownership.Owner(
         hub="hub-a", user="Bob@example.org", server="gpu", service=plan.service_name, expires_at=1_000_600
     )
-    assert plan.revocations() == [("trino-coordinator", plan.service_name)]
 
 
 def test_l7_grant_allows_only_this_trino_user():

@@ -1,0 +1,170 @@
+"""Traits of the containers: the sidecar's image, command, port, files and readiness, and the
+notebook's privileges and network."""
+
+from __future__ import annotations
+
+from traitlets import Bool, Dict, Float, HasTraits, Int, List, TraitError, Unicode, default, validate
+
+from .limits import address, checked
+from .settings import default as setting
+
+
+class ContainerConfig(HasTraits):
+    """The sidecar container and the notebook's hardening (``c.ConsulSpawner.sidecar_*``,
+    ``c.ConsulSpawner.notebook_*``)."""
+
+    sidecar_image = Unicode(
+        "consulspawner/connect-sidecar:latest",
+        help="""Image of the Connect sidecar container (Consul + Envoy).
+
+            c.ConsulSpawner.sidecar_image = "registry.internal/consul-envoy:1.17"
+        """,
+    ).tag(config=True)
+
+    sidecar_command = List(
+        Unicode(),
+        default_value=["consul", "connect", "envoy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"],
+        help="""Sidecar command. Placeholders: {service_id}, {sidecar_id}, {service_name}, {token_file}.
+
+        The token reaches the sidecar only as the file {token_file}, copied into the sidecar
+        container before it starts; the notebook container never sees it.
+
+            c.ConsulSpawner.sidecar_command = [
+                "connectproxy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"]
+        """,
+    ).tag(config=True)
+
+    sidecar_env = Dict(
+        help="""Extra environment of the sidecar container (never of the notebook).
+
+        CONSUL_HTTP_ADDR is set from sidecar_consul_address.
+
+            c.ConsulSpawner.sidecar_env = {"CONSUL_CACERT": "/consul/ca.pem"}
+        """,
+    ).tag(config=True)
+
+    sidecar_port = Int(
+        setting("sidecar_port"),
+        help="""Port of every sidecar's public (inbound) listener, on its notebook's address.
+
+        All sidecars can share it: each listens in its own notebook's network namespace. 0 lets
+        the Consul agent pick one from its sidecar port range (21000..21255 by default), which
+        caps one agent at 256 servers.
+
+            c.ConsulSpawner.sidecar_port = 21000
+        """,
+    ).tag(config=True)
+
+    @validate("sidecar_port", "sidecar_ready_timeout", "sidecar_restart_attempts")
+    def _valid_limited(self, proposal):
+        return checked(proposal)
+
+    sidecar_file_owner = Unicode(
+        "0:0",
+        help="""``uid:gid`` owning the token (and CA) files copied into the sidecar's /consul.
+
+        The token file is mode 0400: give it to the user the proxy runs as (Envoy images often
+        run as uid 101).
+
+            c.ConsulSpawner.sidecar_file_owner = "101:101"
+        """,
+    ).tag(config=True)
+
+    @validate("sidecar_file_owner")
+    def _valid_owner(self, proposal):
+        try:
+            uid, gid = (int(part) for part in proposal.value.split(":"))
+            if uid < 0 or gid < 0:
+                raise ValueError
+        except ValueError:
+            raise TraitError(f"c.ConsulSpawner.sidecar_file_owner {proposal.value!r} is not uid:gid") from None
+        return proposal.value
+
+    @property
+    def _sidecar_file_owner(self) -> tuple[int, int]:
+        uid, gid = self.sidecar_file_owner.split(":")
+        return int(uid), int(gid)
+
+    sidecar_consul_address = Unicode(
+        help="""Consul HTTP address as seen from inside the sidecar container.
+
+        Defaults to consul_address; set it when the hub and containers reach Consul differently.
+
+            c.ConsulSpawner.sidecar_consul_address = "http://172.17.0.1:8500"
+        """,
+    ).tag(config=True)
+
+    @default("sidecar_consul_address")
+    def _sidecar_consul_address_default(self):
+        return self.consul_address
+
+    @validate("sidecar_consul_address")
+    def _valid_sidecar_consul_address(self, proposal):
+        return address(proposal)
+
+    sidecar_ready_timeout = Float(
+        60.0,
+        help="""Seconds to wait for the sidecar to be ready before the spawn fails.
+
+            c.ConsulSpawner.sidecar_ready_timeout = 120
+        """,
+    ).tag(config=True)
+
+    sidecar_ready_command = List(
+        Unicode(),
+        default_value=["sidecar-ready"],
+        help="""Command run in the sidecar container (docker exec) that exits 0 once the proxy is
+        ready: listeners bound, certificates loaded. The spawner runs it every 0.1 s until then,
+        so readiness does not wait for Consul's TCP check interval (10 s by default).
+
+        The sidecar images in docker/ provide ``sidecar-ready``: for Envoy it asks the admin
+        interface's ``/ready`` on a unix socket in the sidecar's own filesystem (never a TCP
+        port: the notebook shares the network namespace). An empty list waits for the sidecar's
+        Consul checks instead.
+
+            c.ConsulSpawner.sidecar_ready_command = ["connectproxy", "ready", "-admin-socket", "/consul/admin.sock"]
+        """,
+    ).tag(config=True)
+
+    sidecar_restart_attempts = Int(
+        5,
+        help="""How often Docker restarts a crashed sidecar (restart policy on-failure) before the
+        keeper takes the server down. A sidecar stopped or killed on purpose is not restarted.
+
+            c.ConsulSpawner.sidecar_restart_attempts = 3
+        """,
+    ).tag(config=True)
+
+    notebook_cap_drop = List(
+        Unicode(),
+        default_value=["NET_RAW", "NET_ADMIN"],
+        help="""Capabilities dropped from the notebook container, added to any the site drops.
+
+        The notebook shares its network namespace with the sidecar, whose Consul token and
+        traffic cross that namespace: without NET_RAW a notebook user cannot open a packet
+        socket to capture them, and without NET_ADMIN cannot reroute them.
+
+            c.ConsulSpawner.notebook_cap_drop = ["NET_RAW", "NET_ADMIN", "SYS_PTRACE"]
+        """,
+    ).tag(config=True)
+
+    notebook_no_new_privileges = Bool(
+        True,
+        help="""Start the notebook with Docker's ``no-new-privileges``, so no setuid program can
+        give a notebook user back what ``notebook_cap_drop`` took.
+
+            c.ConsulSpawner.notebook_no_new_privileges = True
+        """,
+    ).tag(config=True)
+
+    @validate("network_name")
+    def _valid_network_name(self, proposal):
+        # The sidecar joins the notebook's network namespace and Consul must reach the notebook
+        # at an address of its own: host, none and container: networking give it none.
+        value = proposal.value
+        if value in ("host", "none") or value.startswith("container:"):
+            raise TraitError(
+                f"c.DockerSpawner.network_name = {value!r} is not supported by ConsulSpawner: the notebook "
+                "needs an address of its own on a bridge or user-defined network"
+            )
+        return value

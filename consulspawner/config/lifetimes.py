@@ -1,0 +1,102 @@
+"""Traits of lifetimes: check TTL, deregistration, token and intention lifetimes, the keeper's
+interval, the orphan sweep's delay."""
+
+from __future__ import annotations
+
+from traitlets import Float, HasTraits, Int, validate
+
+from .limits import checked
+from .settings import default as setting
+
+
+class LifetimeConfig(HasTraits):
+    """How long things live in Consul and how often the keeper refreshes them."""
+
+    check_ttl = Int(
+        setting("check_ttl"),
+        help="""TTL (s) of the server's Consul check; the keeper passes it every keeper_interval.
+
+        Keep it at least twice keeper_interval, so one missed round does not flap it.
+
+            c.ConsulSpawner.check_ttl = 90
+        """,
+    ).tag(config=True)
+
+    deregister_critical_after = Int(
+        setting("deregister_critical_after"),
+        help="""Seconds a critical check may last before the Consul agent deregisters the service
+        (Consul's minimum: 60). Bounds how long a dead hub's services outlive it.
+
+            c.ConsulSpawner.deregister_critical_after = 300
+        """,
+    ).tag(config=True)
+
+    token_ttl = Int(
+        setting("token_ttl"),
+        help="""Lifetime (s) of each server's Consul token (Consul allows 60 s to 24 h).
+
+        Consul cannot extend a token, so the keeper rotates it before it expires, which restarts
+        the sidecar and cuts the user's open Trino connections (the upstream is back within a
+        second or two). The default, Consul's maximum, makes that happen at most once a day; a
+        dead hub's tokens do not live that long anyway: the janitor deletes them once their
+        service is gone.
+
+            c.ConsulSpawner.token_ttl = 8 * 3600
+        """,
+    ).tag(config=True)
+
+    token_rotation_margin = Int(
+        0,
+        help="""Replace a server's token (and restart its sidecar) this many seconds before it
+        expires. 0 (default): a twelfth of token_ttl (2 h of the default day), at least 120 s.
+
+            c.ConsulSpawner.token_rotation_margin = 600
+        """,
+    ).tag(config=True)
+
+    @property
+    def _rotation_margin(self) -> float:
+        return self.token_rotation_margin or max(120, self.token_ttl // 12)
+
+    intention_ttl = Int(
+        setting("intention_ttl"),
+        help="""Lifetime (s) written into each intention; the keeper extends it at half-life.
+
+        Intentions have no expiry in Consul: the janitor removes ours once this has passed.
+
+            c.ConsulSpawner.intention_ttl = 900
+        """,
+    ).tag(config=True)
+
+    keeper_interval = Float(
+        15.0,
+        help="""Seconds between two rounds of a running server's keeper: it passes the TTL
+        check, restores a registration Consul lost, extends the intentions at half-life, rotates
+        the token when due, and takes the server down if its sidecar stays dead. poll() does
+        none of this: it only reads.
+
+            c.ConsulSpawner.keeper_interval = 10
+        """,
+    ).tag(config=True)
+
+    orphan_sweep_delay = Float(
+        60.0,
+        help="""Seconds after hub start before it revokes what it owns in Consul but no server
+        of its own holds (left by a hub killed mid-spawn, say), and removes such sidecar
+        containers. The delay lets the hub restore its running servers first. 0 disables it;
+        the janitor still cleans these after its grace period.
+
+            c.ConsulSpawner.orphan_sweep_delay = 120
+        """,
+    ).tag(config=True)
+
+    @validate(
+        "check_ttl",
+        "deregister_critical_after",
+        "token_ttl",
+        "token_rotation_margin",
+        "intention_ttl",
+        "keeper_interval",
+    )
+    def _valid_lifetime(self, proposal):
+        return checked(proposal)

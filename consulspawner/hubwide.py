@@ -1,0 +1,58 @@
+"""What one hub process shares between all its spawners: Consul clients and intention writers,
+their closing at hub shutdown, background tasks kept alive, and once-per-process checks.
+
+Everything here is keyed so two hubs (or two event loops, as in tests) in one process never
+share a client: aiohttp sessions are bound to the loop that made them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .consul import ConsulClient
+from .intentions import IntentionWriter
+
+# One Consul client and one intention writer per hub process and Consul identity, so every
+# spawner's intention changes are coalesced together.
+_shared_clients: dict[tuple, tuple[ConsulClient, IntentionWriter]] = {}
+# One task per shared client that closes it when the hub shuts down (JupyterHub cancels every
+# task of its loop then: shutdown_cancel_tasks).
+_client_closers: set[asyncio.Task] = set()
+# Background teardowns still retrying; kept referenced so they are not garbage collected.
+_pending_teardowns: set[asyncio.Task] = set()
+# (Consul address, destination) whose protocol was found http-like, for L7 intentions.
+_l7_ready: set[tuple[str, str]] = set()
+# One orphan sweep per hub process and hub instance (keyed with the loop, as the clients).
+_orphan_sweeps: dict[tuple, asyncio.Task] = {}
+# One Docker client (built on its thread) and one thread per spawner class, for the sidecar.
+_sidecar_dockers: dict[type, tuple[ThreadPoolExecutor, Future]] = {}
+
+
+def consul_and_writer(
+    key: tuple, make_client, hub_instance: str, retry_budget: float, logger: logging.Logger
+) -> tuple[ConsulClient, IntentionWriter]:
+    """The shared client and writer for ``key`` (which must identify the Consul identity and
+    settings), made with ``make_client()`` on first use on the running loop."""
+    loop = asyncio.get_running_loop()
+    key = (*key, id(loop))
+    if key not in _shared_clients:
+        client = make_client()
+        writer = IntentionWriter(client, hub_instance, retry_budget=retry_budget, logger=logger)
+        _shared_clients[key] = (client, writer)
+        _client_closers.add(loop.create_task(_close_on_shutdown(client)))
+    return _shared_clients[key]
+
+
+def keep_referenced(task: asyncio.Task) -> None:
+    """Hold a background teardown task until it ends (the loop keeps only weak references)."""
+    _pending_teardowns.add(task)
+    task.add_done_callback(_pending_teardowns.discard)
+
+
+async def _close_on_shutdown(client: ConsulClient) -> None:
+    try:
+        await asyncio.get_running_loop().create_future()  # until the hub cancels its tasks
+    finally:
+        await client.close()

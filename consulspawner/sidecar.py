@@ -1,0 +1,276 @@
+"""The Docker side of a server's Connect sidecar: its Docker client, create (with the token as
+a file), remove by proven labels, readiness and liveness.
+
+A mixin of ConsulSpawner: it reads the spawner's traits and its recorded sidecar container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+from docker.errors import APIError, NotFound
+from docker.utils import kwargs_from_env
+from jupyterhub.utils import exponential_backoff
+
+from .hubwide import _sidecar_dockers
+from .mesh import ServerMesh, SidecarNotReady
+from .plan import MeshPlan
+from .room import Room
+
+SIDECAR_TOKEN_DIR = "consul"
+SIDECAR_TOKEN_FILE = "/consul/token"
+SIDECAR_CA_FILE = "/consul/ca.pem"
+LABEL_PREFIX = "org.jupyter.consulspawner"
+# How long a sidecar that is neither running nor being restarted by Docker may stay so before the
+# keeper calls it dead (Docker's restart backoff starts at 100 ms).
+SIDECAR_DOWN_GRACE = 3.0
+
+
+class SidecarContainer(Room):
+    """The sidecar container of one server, next to its notebook."""
+
+    sidecar_container_id: str
+
+    @property
+    def sidecar_container_name(self) -> str:
+        # A dot: DockerSpawner's escaping never produces one, so no notebook has this name.
+        service_id = self.mesh_state.service_id or (self._plan.service_id if self._plan else "")
+        return f"{service_id}.consul-sidecar"
+
+    def container_labels(self, plan: MeshPlan | None, role: str = "sidecar") -> dict[str, str]:
+        """Labels proving a container is this hub's (and, with a plan, this incarnation's)."""
+        labels = {f"{LABEL_PREFIX}.role": role, f"{LABEL_PREFIX}.hub-instance": self.hub_instance}
+        if plan is not None:
+            labels[f"{LABEL_PREFIX}.service-id"] = plan.service_id
+            labels[f"{LABEL_PREFIX}.incarnation"] = plan.owner.incarnation
+        return labels
+
+    def _is_our_sidecar(self, info: dict, service_id: str) -> bool:
+        labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
+        return (
+            labels.get(f"{LABEL_PREFIX}.role") == "sidecar"
+            and labels.get(f"{LABEL_PREFIX}.hub-instance") == self.hub_instance
+            and labels.get(f"{LABEL_PREFIX}.service-id") == service_id
+        )
+
+    # -- the client -----------------------------------------------------------------------------
+
+    def sidecar_docker(self, method, *args, **kwargs):
+        """A Docker call of the mesh's own (sidecar, readiness probes, inspections), on a thread
+        and client of its own: DockerSpawner runs every Docker call of every spawner on one
+        shared thread, and a user's sidecar should not queue behind other users' notebooks.
+
+        One client per spawner class, with that class's ``client_kwargs`` and ``tls_config`` (as
+        DockerSpawner's own client), built on that thread: ``version="auto"`` asks the daemon."""
+        cls = type(self)
+        if cls not in _sidecar_dockers:
+            client_kwargs = {"version": "auto"}
+            if self.tls_config:
+                client_kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
+            client_kwargs.update(kwargs_from_env())
+            client_kwargs.update(self.client_kwargs)
+            executor = ThreadPoolExecutor(1, thread_name_prefix=f"consulspawner-sidecar-{cls.__name__}")
+            _sidecar_dockers[cls] = (executor, executor.submit(docker.APIClient, **client_kwargs))
+        executor, client = _sidecar_dockers[cls]
+
+        def call():
+            return getattr(client.result(), method)(*args, **kwargs)
+
+        return asyncio.wrap_future(executor.submit(call))
+
+    async def _inspect(self, container: str) -> dict | None:
+        if not container:
+            return None
+        try:
+            return await self.sidecar_docker("inspect_container", container)
+        except NotFound:
+            return None
+
+    async def _container_running(self, container: str) -> bool:
+        info = await self._inspect(container)
+        return bool(info and info["State"]["Running"])
+
+    # -- create and remove ----------------------------------------------------------------------
+
+    async def _start_sidecar(self, plan: MeshPlan, token_secret: str) -> None:
+        await self._remove_sidecar()
+        if self.sidecar_container_name == self.container_name:
+            raise RuntimeError(f"sidecar and notebook would share the container name {self.container_name!r}")
+        host_config = await self.sidecar_docker(
+            "create_host_config",
+            network_mode=f"container:{self.container_id}",
+            auto_remove=False,
+            # A crash is healed by Docker (the token file survives in the container); a sidecar
+            # stopped or killed on purpose, or failing for good, stays down and the keeper
+            # takes the server down with it.
+            restart_policy={"Name": "on-failure", "MaximumRetryCount": self.sidecar_restart_attempts},
+        )
+        environment = {**self.sidecar_env, "CONSUL_HTTP_ADDR": self.sidecar_consul_address}
+        ca_pem = None
+        if self.sidecar_consul_address.startswith("https") and self.consul_ca_file:
+            # Delivered like the token (a file in the sidecar alone), so CONSUL_CACERT works.
+            ca_pem = await asyncio.to_thread(_read_bytes, self.consul_ca_file)
+            environment.setdefault("CONSUL_CACERT", SIDECAR_CA_FILE)
+        container = await self.sidecar_docker(
+            "create_container",
+            image=self.sidecar_image,
+            command=plan.sidecar_args(self.sidecar_command, token_file=SIDECAR_TOKEN_FILE),
+            name=self.sidecar_container_name,
+            environment=environment,
+            labels=self.container_labels(plan),
+            host_config=host_config,
+        )
+        self.sidecar_container_id = container["Id"]
+        # The token goes in as a file copied into this container alone, so it is in no
+        # container config (docker inspect), no environment and no mount of the notebook's.
+        archive = sidecar_archive(token_secret, ca_pem, self._sidecar_file_owner)
+        await self.sidecar_docker("put_archive", self.sidecar_container_id, "/", archive)
+        await self.sidecar_docker("start", self.sidecar_container_id)
+        self.log.info("Started sidecar %s for %s", self.sidecar_container_name, plan.service_id)
+
+    async def _remove_sidecar(self) -> None:
+        """Remove this server's sidecar: the recorded one, and any container under its name
+        whose labels prove it is this server's (one created by an interrupted start). A
+        container under that name that is not ours is never touched."""
+        # Taken now: a concurrent DockerSpawner.stop clears the spawner's state.
+        recorded, name, service_id = self.sidecar_container_id, self.sidecar_container_name, self.mesh_state.service_id
+        for target in dict.fromkeys(t for t in (recorded, name) if t):
+            info = await self._inspect(target)
+            if info is None:
+                continue
+            if not self._is_our_sidecar(info, service_id):
+                if target == name:
+                    raise RuntimeError(
+                        f"a container named {target!r} exists and is not this server's sidecar; left alone"
+                    )
+                continue
+            try:
+                await self.sidecar_docker("remove_container", info["Id"], force=True, v=True)
+                self.log.info("Removed sidecar %s (%s)", target, info["Id"][:12])
+            except APIError as e:
+                if e.status_code not in (404, 409):
+                    raise
+                self.log.debug("Sidecar %s already gone", target)
+        self.sidecar_container_id = ""
+
+    async def _remove_orphan_sidecars(self, orphaned: set[tuple[str, str]]) -> None:
+        """Remove sidecar containers whose labels name an incarnation the sweep just found
+        orphaned in this hub's Consul: both Docker and Consul must say it is our leftover (a
+        second hub on the same Docker daemon has other incarnations)."""
+        containers = await self.sidecar_docker(
+            "containers",
+            all=True,
+            filters={"label": [f"{LABEL_PREFIX}.role=sidecar", f"{LABEL_PREFIX}.hub-instance={self.hub_instance}"]},
+        )
+        for container in containers:
+            labels = container.get("Labels") or {}
+            key = (labels.get(f"{LABEL_PREFIX}.service-id"), labels.get(f"{LABEL_PREFIX}.incarnation"))
+            if key[1] and key in orphaned:
+                await self.sidecar_docker("remove_container", container["Id"], force=True, v=True)
+                self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], key[0])
+
+    # -- readiness and liveness -----------------------------------------------------------------
+
+    async def _wait_for_sidecar(self, mesh: ServerMesh) -> None:
+        """Until the sidecar says it is ready (``sidecar_ready_command``), or, without one, until
+        its Consul checks pass; failing fast if the sidecar or the notebook dies."""
+        if not self.sidecar_ready_command:
+            await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
+            return
+        self._last_probe_output = ""
+
+        async def ready() -> bool:
+            if await self._probe_sidecar_ready():
+                return True
+            # Not ready yet: only now ask whether it (or the notebook) died meanwhile.
+            if not await self._sidecar_and_notebook_running():
+                raise SidecarNotReady(f"sidecar {self.sidecar_container_name} stopped before it became ready")
+            return False
+
+        try:
+            # Every 0.1 s on average (full jitter up to 0.2 s), not growing: readiness is local.
+            await exponential_backoff(
+                ready, "", start_wait=0.2, scale_factor=1, max_wait=0.2, timeout=self.sidecar_ready_timeout
+            )
+        except asyncio.TimeoutError:
+            raise SidecarNotReady(
+                f"sidecar {self.sidecar_container_name} not ready after {self.sidecar_ready_timeout:g}s: "
+                f"{self._last_probe_output}"
+            ) from None
+        self.log.info("Sidecar %s is ready", self.sidecar_container_name)
+
+    async def _probe_sidecar_ready(self) -> bool:
+        """Run ``sidecar_ready_command`` in the sidecar once; False unless it exits 0. Docker
+        refuses an exec into a container that is not running (409 or 500, at create or start):
+        that is "not ready" too, and the caller's liveness check says whether it died."""
+        try:
+            created = await self.sidecar_docker(
+                "exec_create", self.sidecar_container_id, self.sidecar_ready_command, stdout=True, stderr=True
+            )
+            output = await self.sidecar_docker("exec_start", created["Id"])
+            self._last_probe_output = output.decode(errors="replace").strip()[-200:]
+            return (await self.sidecar_docker("exec_inspect", created["Id"]))["ExitCode"] == 0
+        except APIError as e:
+            self._last_probe_output = f"docker exec refused: {e.explanation or e}"
+            return False
+
+    async def _sidecar_and_notebook_running(self) -> bool:
+        return (
+            bool(self.sidecar_container_id)
+            and await self._container_running(self.sidecar_container_id)
+            and await self._container_running(self.container_id)
+        )
+
+    async def _sidecar_alive(self) -> bool:
+        """Running or being restarted by Docker's policy; a sidecar that stays down for a few
+        seconds is dead (stopped, killed, or out of restarts)."""
+
+        async def verdict() -> str | None:
+            info = await self._inspect(self.sidecar_container_id)
+            if info is None:
+                return "gone"
+            state = info["State"]
+            return "alive" if state.get("Running") or state.get("Restarting") else None
+
+        try:
+            # Every 0.5 s on average, for SIDECAR_DOWN_GRACE.
+            found = await exponential_backoff(
+                verdict, "", start_wait=1.0, scale_factor=1, max_wait=1.0, timeout=SIDECAR_DOWN_GRACE
+            )
+        except asyncio.TimeoutError:
+            return False
+        return found == "alive"
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def sidecar_archive(secret: str, ca_pem: bytes | None = None, owner: tuple[int, int] = (0, 0)) -> bytes:
+    """The sidecar's /consul directory: its token (0400) and, for an HTTPS agent, the CA that
+    verifies it, owned by ``owner`` so a proxy image running as non-root can read them."""
+    buffer = io.BytesIO()
+    uid, gid = owner
+
+    def add(name: str, mode: int, data: bytes | None = None) -> None:
+        info = tarfile.TarInfo(name)
+        info.mode, info.uid, info.gid, info.mtime = mode, uid, gid, int(time.time())
+        if data is None:
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        else:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        add(SIDECAR_TOKEN_DIR, 0o700)
+        add(SIDECAR_TOKEN_FILE.lstrip("/"), 0o400, secret.encode())
+        if ca_pem is not None:
+            add(SIDECAR_CA_FILE.lstrip("/"), 0o444, ca_pem)
+    return buffer.getvalue()

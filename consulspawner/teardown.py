@@ -1,0 +1,197 @@
+"""Undoing a server from its state alone: intentions first (access ends before anything else),
+then sidecar, notebook, service and tokens; what Consul does not finish in time goes on in the
+background, guarded by the incarnation; a failed start is undone again a few times later.
+
+A mixin of ConsulSpawner. The steps are :class:`Step` members, run by :func:`undo`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable
+
+from dockerspawner import DockerSpawner
+from jupyterhub.utils import exponential_backoff
+
+from .hubwide import keep_referenced
+from .mesh import ServerMesh
+from .room import Room
+from .state import MeshState
+
+# When the rollback of a failed start is repeated, in case a call that timed out lands late (s).
+LINGER_DELAYS = (2, 5, 10, 20, 30)
+
+
+class Step(enum.Enum):
+    """One teardown step of :class:`ServerMesh`, by what it undoes."""
+
+    REVOKE = "revoke"
+    DEREGISTER = "deregister"
+    DELETE_TOKENS = "delete_tokens"
+
+
+async def _run(mesh: ServerMesh, step: Step, lock_held: bool) -> None:
+    if step is Step.REVOKE:
+        await mesh.revoke()
+    elif step is Step.DEREGISTER:
+        # Under the server's lock no newer incarnation can have registered: no read first.
+        await mesh.deregister(verify=not lock_held)
+    else:
+        await mesh.delete_tokens()
+
+
+async def undo(mesh: ServerMesh, steps: list[Step], *, lock_held: bool = False) -> list[Exception]:
+    """Run teardown steps in order, collecting errors so one failure does not stop the rest.
+
+    ``lock_held``: the caller holds the server's lifecycle lock (see ``ServerMesh.deregister``).
+    """
+    errors: list[Exception] = []
+    for step in steps:
+        try:
+            await _run(mesh, step, lock_held)
+        except Exception as e:
+            mesh.log.warning("Could not %s for %s (user %r): %s", step.value, mesh.state.service_id, mesh.user, e)
+            errors.append(e)
+    return errors
+
+
+def steps_left(state: MeshState) -> list[Step]:
+    """What ``state`` still holds in Consul besides intentions, in teardown order."""
+    steps = []
+    if state.registered:
+        steps.append(Step.DEREGISTER)
+    if not state.empty:
+        steps.append(Step.DELETE_TOKENS)
+    return steps
+
+
+class Teardown(Room):
+    """Stop, crash, cull and failed start of one server, from its state alone."""
+
+    log: logging.Logger
+
+    async def _teardown(self, *, stop_notebook: bool, now: bool = False) -> None:
+        """Intention first (access ends before anything else), then sidecar, notebook,
+        service and tokens, from state alone.
+
+        Bounded: each Consul phase gets ``consul_request_timeout``; what Consul does not finish
+        in time goes on in the background, guarded by this incarnation, while the containers
+        are removed regardless."""
+        state = self.mesh_state
+        mesh = self._mesh(None)
+        failed: list[Step] = []
+        if state.granted and not await self._bounded(undo(mesh, [Step.REVOKE], lock_held=True)):
+            failed.append(Step.REVOKE)
+        # Access has ended: the rest goes at once, side by side (the sidecar's Docker calls run
+        # on their own thread). Under the server's lock no newer incarnation can have
+        # registered, so deregistering needs no read first; what goes to the background (run
+        # later, maybe after a new start) verifies the incarnation.
+        steps = steps_left(state)
+        results = await asyncio.gather(
+            self._remove_containers(stop_notebook, now),
+            *(self._bounded(undo(mesh, [step], lock_held=True)) for step in steps),
+        )
+        self.mesh_state = state  # DockerSpawner.stop clears all state; the mesh still holds what is left to undo
+        failed += [step for step, ok in zip(steps, results[1:], strict=True) if not ok]
+        self._plan = None
+        if failed:
+            self._defer_teardown(state, failed)
+        self.mesh_state = MeshState()
+        self.sidecar_container_id = ""
+
+    async def _remove_containers(self, stop_notebook: bool, now: bool) -> None:
+        async def sidecar():
+            try:
+                await self._remove_sidecar()
+            except Exception as e:
+                self.log.warning("Could not remove the sidecar of %s: %s", self._log_name, e)
+
+        async def notebook():
+            if stop_notebook and (self.object_id or await self._inspect(self.container_name) is not None):
+                try:
+                    await DockerSpawner.stop(self, now=now)
+                except Exception as e:
+                    self.log.warning("Could not stop the notebook of %s: %s", self._log_name, e)
+
+        await asyncio.gather(sidecar(), notebook())
+
+    async def _bounded(self, steps: Awaitable[list[Exception]]) -> bool:
+        """Await teardown steps for at most consul_request_timeout; True when they succeeded."""
+        try:
+            errors = await asyncio.wait_for(steps, self.consul_request_timeout)
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "Consul did not finish a teardown step of %s within %gs; continuing in the background",
+                self._log_name,
+                self.consul_request_timeout,
+            )
+            return False
+        return not errors
+
+    def _defer_teardown(self, state: MeshState, steps: list[Step]) -> None:
+        """Keep retrying teardown steps Consul refused or did not answer, with JupyterHub's
+        exponential backoff, for ``intention_ttl``; after that the expiry and the janitor take
+        over. Each attempt holds this server's lock and is guarded by the old incarnation, so it
+        never touches a newer server of the same user."""
+        state = state.copy()
+        client, writer = self._client_and_writer()
+        mesh = ServerMesh(client, writer, None, state, retry_budget=0, logger=self.log)
+        remaining = list(steps)
+
+        async def attempt() -> bool:
+            async with self._lock():
+                for step in list(remaining):
+                    # Run later, maybe after a new start: the incarnation is verified.
+                    if not await self._bounded(undo(mesh, [step])):
+                        return False
+                    remaining.remove(step)
+            return True
+
+        async def retry():
+            try:
+                await exponential_backoff(
+                    attempt,
+                    f"Background teardown of {state.service_id} gave up",
+                    start_wait=1,
+                    max_wait=30,
+                    timeout=self.intention_ttl,
+                )
+                self.log.info(
+                    "Background teardown of %s (%s) completed", state.service_id, ", ".join(s.value for s in steps)
+                )
+            except asyncio.TimeoutError:
+                self.log.error(
+                    "Gave up retrying %s for %s; the janitor removes them after expiry",
+                    [s.value for s in remaining],
+                    state.service_id,
+                )
+
+        keep_referenced(asyncio.get_running_loop().create_task(retry()))
+
+    def _linger(self, attempted: MeshState) -> None:
+        """After a failed start, undo its incarnation again a few times over the next minute.
+
+        A Consul call that timed out may still be applied later (Consul finishes a request
+        whose client left): a registration or token landing after the rollback would outlive
+        the failed spawn. Every round is guarded by the incarnation and holds the server's lock,
+        so a new start of the same server is never touched."""
+        if attempted.empty:
+            return
+        client, writer = self._client_and_writer()
+
+        async def rounds():
+            for delay in LINGER_DELAYS:
+                await asyncio.sleep(delay)
+                mesh = ServerMesh(client, writer, None, attempted.copy(), retry_budget=0, logger=self.log)
+                async with self._lock():
+                    await self._bounded(undo(mesh, [Step.REVOKE, Step.DEREGISTER, Step.DELETE_TOKENS]))
+
+        keep_referenced(asyncio.get_running_loop().create_task(rounds()))
+
+    async def _teardown_to_the_end(self) -> None:
+        """A teardown no cancellation interrupts (a cancelled spawn, a stop cancelling the
+        keeper): whoever runs next on this server waits for it first (``_stop_keeper``)."""
+        self._unfinished_teardown = asyncio.ensure_future(self._teardown(stop_notebook=True))
+        await asyncio.shield(self._unfinished_teardown)
