@@ -12,6 +12,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .consul import ConsulClient
+from .identity import Signer, SigningKeyError
 from .intentions import IntentionWriter
 
 # One Consul client and one intention writer per hub process and Consul identity, so every
@@ -22,12 +23,30 @@ _shared_clients: dict[tuple, tuple[ConsulClient, IntentionWriter]] = {}
 _client_closers: set[asyncio.Task] = set()
 # Background teardowns still retrying; kept referenced so they are not garbage collected.
 _pending_teardowns: set[asyncio.Task] = set()
+# (Consul address, hub instance) whose hub token passed check_hub_token in this process.
+_hub_token_ok: set[tuple[str, str]] = set()
 # (Consul address, destination) whose protocol was found http-like, for L7 intentions.
 _l7_ready: set[tuple[str, str]] = set()
 # One orphan sweep per hub process and hub instance (keyed with the loop, as the clients).
 _orphan_sweeps: dict[tuple, asyncio.Task] = {}
 # One Docker client (built on its thread) and one thread per spawner class, for the sidecar.
 _sidecar_dockers: dict[type, tuple[ThreadPoolExecutor, Future]] = {}
+
+
+# The hub's JWT signing keys by file path, read once (off the event loop) per process.
+_signers: dict[str, Signer] = {}
+
+
+async def signer_for(key_file: str) -> Signer:
+    """The signing key in ``key_file``, read on a thread the first time it is needed."""
+    if not key_file:
+        raise SigningKeyError(
+            "no JWT signing key: set c.ConsulSpawner.jwt_signing_key_file (or $CONSULSPAWNER_JWT_KEY_FILE) "
+            "to the hub's 0600 key file; README, security model"
+        )
+    if key_file not in _signers:
+        _signers[key_file] = await asyncio.to_thread(Signer.from_file, key_file)
+    return _signers[key_file]
 
 
 def consul_and_writer(

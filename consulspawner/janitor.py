@@ -1,24 +1,24 @@
 """consulspawner-janitor: removes what a dead or confused hub left in Consul, from Consul alone.
 
 It needs neither the hub nor its database: everything consulspawner writes carries an ownership
-marker (service ``Meta``, token and intention ``Description``; see ``ownership``), and every pass
+marker (service ``Meta``, intention ``Description``; see ``ownership``), and every pass
 decides from those and from what Consul reports:
 
 - an owned intention source is deleted once its expiry has passed, or once its source service
   has had no registered instance for ``--grace`` seconds;
-- an owned ACL token is deleted once its service has had no registered instance for ``--grace``
-  seconds (tokens are minted just before their service is registered, hence the grace);
+- ACL tokens are not its business: every server's token is made by login at the hub's JWT
+  auth method, is local, and expires after the method's MaxTokenTTL; the janitor holds no
+  ``acl`` right at all (docker/consul/janitor-policy.hcl);
 - an owned service is deregistered once its check has been seen critical for ``--critical-limit``
   seconds (the agent's own reaper does this through ``DeregisterCriticalServiceAfter``; this is
   for agents where it is off).
 
 "Seen missing/critical for N seconds" is measured across passes of one janitor process, so
 ``--once`` acts only on hard evidence (expired intentions). It is measured per object: from the
-pass that first saw *this* token (by accessor), *this* start's intention source (by destination,
+pass that first saw *this* start's intention source (by destination,
 source and incarnation) or *this* service instance critical, never from what the janitor saw of
-an earlier object with the same service name; an object a pass no longer sees is forgotten. A
-token minted for a new start, seen between its mint and its register, so always gets the full
-grace, whatever an earlier failed start of the same server left. Nothing without our marker is ever
+an earlier object with the same service name; an object a pass no longer sees is forgotten.
+Nothing without our marker is ever
 touched, and a lookup that fails keeps rather than deletes. Run it against the same Consul agent
 as the hub: services are registered on that agent.
 """
@@ -48,7 +48,7 @@ log = logging.getLogger("consulspawner.janitor")
 class Deletion:
     """One thing a pass removes (or, in a dry run, would remove)."""
 
-    kind: str  # "intention", "token" or "service"
+    kind: str  # "intention" or "service"
     target: str  # "source -> destination", accessor ID, or service ID
     user: str
     hub: str
@@ -137,21 +137,6 @@ class Janitor:
                         )
                     )
 
-        for token in await self.consul.list_tokens():
-            owner = ownership.parse(token.get("Description"))
-            if self._mine(owner) and self._missing_long_enough(
-                ("token", token["AccessorID"]), owner.service, present, now, missing_now
-            ):
-                deletions.append(
-                    Deletion(
-                        "token",
-                        token["AccessorID"],
-                        owner.user,
-                        owner.hub,
-                        f"service {owner.service} gone for {self.grace:g}s",
-                    )
-                )
-
         critical_now: set[tuple[str, str]] = set()
         for service_id, service in services.items():
             if not ownership.is_managed_service(service) or service.get("Kind") == "connect-proxy":
@@ -206,8 +191,6 @@ class Janitor:
                     if not await self._writer(deletion.hub).revoke(destination, source, only_if=still_due):
                         log.info("Kept %s: it changed since the survey", deletion.line())
                         continue
-                elif deletion.kind == "token":
-                    await self.consul.delete_token(deletion.target)
                 elif deletion.kind == "service":
                     await self.consul.deregister_service(deletion.target)
             except Exception as e:
@@ -231,7 +214,7 @@ class Janitor:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="consulspawner-janitor",
-        description="Remove expired and orphaned consulspawner objects (intentions, ACL tokens, services) "
+        description="Remove expired and orphaned consulspawner objects (intentions, services) "
         "from Consul. The Consul token comes from $CONSUL_HTTP_TOKEN or --token-file, never the command line.",
     )
     parser.add_argument(
@@ -248,7 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--grace",
         type=float,
         default=120.0,
-        help="seconds a service must stay missing before its intentions and token go (default 120)",
+        help="seconds a service must stay missing before its intentions go (default 120)",
     )
     parser.add_argument(
         "--critical-limit",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-
-from docker.errors import APIError
+import time
 
 from .consul import ConsulError
-from .mesh import ServerMesh, SidecarNotReady
+from .hubwide import signer_for
+from .mesh import ServerMesh
 from .room import Room
 
 
@@ -92,21 +92,20 @@ class Keeper(Room):
             if not reconcile:
                 await self._fail_server(f"sidecar {self.sidecar_container_name} stopped and stayed down")
                 return False
-            self.log.warning("The sidecar of %s is gone; minting a new token and restarting it", self._log_name)
+            self.log.warning("The sidecar of %s is gone; logging in again and restarting it", self._log_name)
             await self._rotate_token(mesh)
         if reconcile or not await self._heartbeat_or_restore(mesh):
             if not await mesh.registered_in_consul():
                 self.log.warning("Consul lost %s; registering it again", plan.service_id)
             await mesh.register(await self._mesh_address())
-        if reconcile and not await mesh.token_exists():
-            self.log.warning("The token of %s is gone; minting a new one and restarting the sidecar", self._log_name)
+        if reconcile and not await self._token_alive(mesh):
+            self.log.warning("The token of %s is gone; logging in again and restarting the sidecar", self._log_name)
             await self._rotate_token(mesh)
         if reconcile or mesh.grant_due():
             await mesh.grant()
-        if mesh.token_due(self._rotation_margin):
+        if mesh.token_due(self._rotation_margin(mesh.state.token_lifetime)):
             await self._rotate_token(mesh)
         if reconcile:
-            await mesh.delete_stale_tokens()
             self.log.info("Reconciled %s with Consul", plan.service_id)
         self._save_state()
         return True
@@ -136,19 +135,68 @@ class Keeper(Room):
             self.orm_spawner.state = self.get_state()
             self.db.commit()
 
+    async def _login(self, mesh: ServerMesh) -> str:
+        """A new token for this server, by login with a JWT the hub signs (see identity.py)."""
+        signer = await signer_for(self.jwt_signing_key_file)
+        return await mesh.login(signer, self.auth_method, self.jwt_audience, self.service_prefix)
+
+    async def _token_alive(self, mesh: ServerMesh) -> bool:
+        """Whether the current token still works; after a hub restart its secret is read back
+        from the sidecar first (the only place it is kept)."""
+        state = mesh.state
+        secret = state.secrets.get(state.token_accessor) or await self._recover_token_secret(state)
+        return bool(secret) and await mesh.token_alive(secret)
+
     async def _rotate_token(self, mesh: ServerMesh) -> None:
-        """Mint a new token, restart the sidecar with it, wait until it is ready, then delete
-        the old token (Consul tokens cannot be extended). A rotation that fails takes the
-        server down: a server without a working sidecar is not healthy."""
+        """Log in again, restart the sidecar with the new token, wait until it is ready, then
+        log the old token out (Consul tokens cannot be extended).
+
+        A rotation that fails is not recorded: the new token (if any) is logged out and the
+        server goes back to its old, still valid token, with the sidecar restarted on it if it
+        had to be replaced; the next round tries again. Only when the old token cannot carry
+        the server either is the server taken down."""
         plan = mesh.need_plan()
-        secret = await mesh.mint_token()
-        self._save_state()  # the new accessor is known before anything else can fail
+        state = mesh.state
+        before = (state.token_accessor, state.token_expires_at, state.token_lifetime, list(state.retired_accessors))
+        sidecar_replaced = False
         try:
+            secret = await self._login(mesh)
+            self._save_state()  # the new accessor is known before anything else can fail
+            sidecar_replaced = True
             await self._start_sidecar(plan, secret)
             await self._wait_for_sidecar(mesh)
-        except (APIError, SidecarNotReady, RuntimeError) as e:
-            await self._fail_server(f"token rotation could not restart the sidecar: {e}")
+        except Exception as e:
+            await self._rotation_failed(mesh, before, sidecar_replaced, e)
             return
-        await mesh.delete_retired_tokens()
+        await mesh.logout_retired()
         self._save_state()
         self.log.info("Rotated the Consul token of %s", plan.service_id)
+
+    async def _rotation_failed(self, mesh: ServerMesh, before: tuple, sidecar_replaced: bool, error: Exception) -> None:
+        state = mesh.state
+        old_accessor, old_expires, old_lifetime, old_retired = before
+        if state.token_accessor and state.token_accessor != old_accessor:
+            try:
+                await mesh.logout_token(state.token_accessor)
+            except ConsulError as e:
+                self.log.info("Could not log out the unused new token of %s: %s", self._log_name, e)
+        state.token_accessor, state.token_expires_at, state.token_lifetime = old_accessor, old_expires, old_lifetime
+        state.retired_accessors = old_retired
+        self._save_state()
+        old_secret = state.secrets.get(old_accessor)
+        usable = bool(old_secret) and old_expires > time.time()
+        if usable and sidecar_replaced:
+            try:
+                await self._start_sidecar(mesh.need_plan(), old_secret)
+                await self._wait_for_sidecar(mesh)
+            except Exception as e:
+                self.log.warning("Could not restart the sidecar of %s on its old token: %s", self._log_name, e)
+                usable = False
+        if not usable:
+            await self._fail_server(f"token rotation failed and the old token cannot carry the server: {error}")
+            return
+        self.log.warning(
+            "Token rotation of %s failed (%s); it stays on its current token and is retried next round",
+            self._log_name,
+            error,
+        )

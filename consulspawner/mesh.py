@@ -1,12 +1,12 @@
 """The Consul side of one server's life: token, registration, readiness, intentions, teardown.
 
 :class:`ServerMesh` knows nothing of containers. A spawner drives it around its own backend:
-``mint_token`` -> (start notebook) -> ``register(address)`` -> (start sidecar) ->
+``login`` -> (start notebook) -> ``register(address)`` -> (start sidecar) ->
 ``wait_until_ready`` -> ``grant``; and on the way out ``revoke`` -> (stop sidecar and notebook)
--> ``deregister`` -> ``delete_tokens``.
+-> ``deregister`` -> ``logout``.
 
-Every start is an *incarnation* with its own ID, written into everything it creates (token
-Description, service Meta, intention Description) and into :class:`MeshState`. Each step
+Every start is an *incarnation* with its own ID, written into everything it creates (the login
+JWT and the token's Description, service Meta, intention Description) and into :class:`MeshState`. Each step
 records what it is about to create *before* asking Consul, so an answer that never arrives
 (timeout, cancelled spawn) still leaves enough in state to undo it. Teardown needs nothing but
 that state: no plan, no configuration, no user callable. And every deletion of a reusable name
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
-from . import ownership
+from . import identity, ownership
 from .consul import ConsulClient, ConsulError
 from .intentions import IntentionWriter
 from .plan import MeshPlan
@@ -40,8 +41,8 @@ class SidecarNotReady(Exception):
 class ServerMesh:
     """Creates and removes one server's Consul objects, recording each in ``state``.
 
-    ``plan`` is needed to create (mint, register, grant); teardown (``revoke``, ``deregister``,
-    ``delete_tokens``) uses ``state`` alone.
+    ``plan`` is needed to create (login, register, grant); teardown (``revoke``, ``deregister``,
+    ``logout``) uses ``state`` alone.
     """
 
     def __init__(
@@ -83,42 +84,54 @@ class ServerMesh:
 
     # -- creation -------------------------------------------------------------------------------
 
-    async def mint_token(self) -> str:
-        """A token with only this server's service identity; returns the secret (kept in
-        memory by the caller, handed to the sidecar, never persisted).
+    async def login(self, signer: identity.Signer, auth_method: str, audience: str, prefix: str) -> str:
+        """A token with only this server's service identity, by login at the hub's JWT auth
+        method; returns the secret (kept in this process's memory and handed to the sidecar,
+        never persisted or logged).
 
-        Idempotent: both IDs are chosen here and the accessor is recorded before the request, so
-        a token Consul committed without our seeing the answer is still known and undone; a
-        retry that finds its own accessor already in use checks the secret and moves on.
+        Consul chooses the token's IDs, so a login whose answer is lost leaves a token nobody
+        knows: it has no intention (that is granted last, to this state's service), is local,
+        and expires after the auth method's MaxTokenTTL. The sidecar starts only once Consul
+        answers ``token/self`` for the new token (Nomad's TokenPreflightCheck).
         """
         plan = self.need_plan()
-        accessor, secret = str(uuid.uuid4()), str(uuid.uuid4())
+        owner = plan.owner
+        claims = identity.server_claims(
+            hub_instance=owner.hub,
+            audience=audience,
+            service_name=plan.service_name,
+            prefix=prefix,
+            hub_user=owner.user,
+            server_name=owner.server,
+            incarnation=owner.incarnation,
+            now=self.clock(),
+        )
+        bearer = signer.sign(claims)
+        answer = await self._retry(lambda: self.consul.login(auth_method, bearer, owner.service_meta()))
+        accessor, secret = answer["AccessorID"], answer["SecretID"]
+        self.consul.remember_secret(secret)
         if self.state.token_accessor:
             self.state.retired_accessors.append(self.state.token_accessor)
         self.state.token_accessor = accessor
-        self.state.token_expires_at = self.clock() + plan.settings.token_ttl
-
-        async def create():
-            try:
-                await self.consul.create_service_token(
-                    plan.service_name,
-                    plan.token_description(),
-                    plan.settings.token_ttl,
-                    accessor_id=accessor,
-                    secret_id=secret,
-                )
-            except ConsulError as e:
-                if e.status is not None and "already in use" in e.detail:
-                    # An earlier attempt landed; its answer was lost. Ours only if the secret is.
-                    existing = await self.consul.read_token(accessor)
-                    if existing is not None and existing.get("SecretID") == secret:
-                        return
-                raise
-
-        self.consul.remember_secret(secret)
-        await self._retry(create)
-        self.log.info("Minted Consul token %s for %s (user %r)", accessor, plan.service_name, self.user)
+        self.state.secrets[accessor] = secret
+        created = _go_time(answer.get("CreateTime")) or self.clock()
+        expires = _go_time(answer.get("ExpirationTime"))
+        self.state.token_expires_at = expires or 0.0
+        self.state.token_lifetime = max(0.0, expires - created) if expires else 0.0
+        await self._preflight(secret)
+        self.log.info("Logged in Consul token %s for %s (user %r)", accessor, plan.service_name, self.user)
         return secret
+
+    async def _preflight(self, secret: str) -> None:
+        """Wait until Consul resolves the new token: a login answered by the leader may not
+        have reached the server a follower agent asks (Nomad: TokenPreflightCheck)."""
+        deadline = time.monotonic() + max(self.retry_budget, 1.0)
+        delay = 0.05
+        while await self._retry(lambda: self.consul.token_self(secret)) is None:
+            if time.monotonic() >= deadline:
+                raise ConsulError("GET /v1/acl/token/self", 404, "the token made by login never became known")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def register(self, address: str) -> None:
         """Register (or re-register, same ID: idempotent) the service and its sidecar, with the
@@ -202,37 +215,42 @@ class ServerMesh:
         service = await self.consul.agent_service(self.state.service_id)
         return service is not None and self._is_ours(service)
 
-    async def token_exists(self) -> bool:
-        return bool(self.state.token_accessor) and await self.consul.read_token(self.state.token_accessor) is not None
+    async def token_alive(self, secret: str) -> bool:
+        """Whether Consul still knows the token ``secret`` (not expired, not logged out)."""
+        return await self._retry(lambda: self.consul.token_self(secret)) is not None
 
     def token_due(self, margin: float) -> bool:
         """Whether the token expires within ``margin`` seconds (Consul cannot extend a token)."""
-        return bool(self.state.token_accessor) and self.state.token_expires_at - self.clock() <= margin
+        return bool(self.state.token_accessor and self.state.token_expires_at) and (
+            self.state.token_expires_at - self.clock() <= margin
+        )
 
     def _is_ours(self, service: dict) -> bool:
         # A registration of ours from before incarnations existed has none; an empty state
         # incarnation matches only that.
         return self.state.owns(ownership.service_owner(self.state.service_id, service))
 
-    async def delete_stale_tokens(self) -> None:
-        """Delete this hub's tokens for this service other than the current one (left by a
-        rotation whose state the hub had not saved, or by an earlier incarnation). The list is
-        filtered by Consul (``servicename``), not fetched whole."""
-        for token in await self.consul.list_tokens(service_name=self.state.service_id):
-            owner = ownership.parse(token.get("Description"))
-            if (
-                owner
-                and owner.hub == self.state.hub_instance
-                and owner.service == self.state.service_id
-                and token["AccessorID"] != self.state.token_accessor
-            ):
-                await self.delete_token_by_accessor(token["AccessorID"])
-
-    async def delete_token_by_accessor(self, accessor: str) -> None:
-        if await self._retry(lambda: self.consul.delete_token(accessor)):
-            self.log.info("Deleted Consul token %s (user %r)", accessor, self.user)
+    async def logout_token(self, accessor: str) -> None:
+        """Give back one token of this server (``POST /v1/acl/logout`` with its own secret).
+        A token whose secret this process does not know (a hub restarted without its sidecar)
+        cannot be logged out: it has no intention and ends at its expiry."""
+        secret = self.state.secrets.get(accessor)
+        if secret is None:
+            self.log.info(
+                "Consul token %s of %s: secret not held by this hub process; it expires at %s",
+                accessor,
+                self.state.service_id,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.state.token_expires_at))
+                if accessor == self.state.token_accessor and self.state.token_expires_at
+                else "its MaxTokenTTL",
+            )
+        elif await self._retry(lambda: self.consul.logout(secret)):
+            self.log.info("Logged out Consul token %s (user %r)", accessor, self.user)
         else:
             self.log.debug("Consul token %s was already gone", accessor)
+        self.state.secrets.pop(accessor, None)
+        if accessor in self.state.retired_accessors:
+            self.state.retired_accessors.remove(accessor)
 
     # -- teardown: state alone ------------------------------------------------------------------
 
@@ -274,20 +292,31 @@ class ServerMesh:
             self.log.info("Deregistered Consul service %s (user %r)", service_id, self.user)
         self.state.registered = False
 
-    async def delete_tokens(self) -> None:
-        """Delete the current token and any a rotation retired (accessors are never reused)."""
+    async def logout(self) -> None:
+        """Log out the current token and any a rotation retired."""
         for accessor in [*self.state.retired_accessors, self.state.token_accessor]:
             if accessor:
-                await self.delete_token_by_accessor(accessor)
-                if accessor in self.state.retired_accessors:
-                    self.state.retired_accessors.remove(accessor)
+                await self.logout_token(accessor)
         self.state.token_accessor = ""
         self.state.token_expires_at = 0.0
+        self.state.token_lifetime = 0.0
 
-    async def delete_retired_tokens(self) -> None:
+    async def logout_retired(self) -> None:
         for accessor in list(self.state.retired_accessors):
-            await self.delete_token_by_accessor(accessor)
-            self.state.retired_accessors.remove(accessor)
+            await self.logout_token(accessor)
+
+
+def _go_time(text: str | None) -> float:
+    """Unix seconds of a Go RFC 3339 time as Consul writes it (up to nanoseconds, ``Z`` or an
+    offset); 0.0 for none."""
+    if not text:
+        return 0.0
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text)
+    if not match:
+        return 0.0
+    base, fraction, zone = match.groups()
+    moment = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    return moment.timestamp() + float(fraction or 0)
 
 
 async def _listening(address: str | None, port: int | None, timeout: float = 1.0) -> bool:

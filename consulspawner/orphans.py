@@ -65,7 +65,6 @@ async def sweep_orphans(
     """
     services = await consul.agent_services()
     entries = await consul.list_config(KIND)
-    tokens = await consul.list_tokens()
     removed: list[Orphan] = []
 
     for entry in entries:
@@ -102,11 +101,6 @@ async def sweep_orphans(
             removed.append(
                 Orphan("service", service_id, service_owner.user, service_owner.service, service_owner.incarnation)
             )
-    for token in tokens:
-        owner = ownership.parse(token.get("Description"))
-        if is_orphan(owner, live(), hub_instance):
-            await consul.delete_token(token["AccessorID"])
-            removed.append(Orphan("token", token["AccessorID"], owner.user, owner.service, owner.incarnation))
     for orphan in removed:
         (logger or log).info("Removed orphaned %s of hub %s", orphan.line(), hub_instance)
     return removed

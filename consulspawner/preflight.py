@@ -10,6 +10,55 @@ from .consul import ConsulClient, ConsulError
 from .hubwide import _l7_ready
 
 
+class HubTokenRefused(RuntimeError):
+    """The hub's own Consul token is too powerful, or lacks a rule the configuration needs."""
+
+
+async def check_hub_token(client: ConsulClient, *, service_prefix: str, destinations: list[str]) -> None:
+    """At hub start: the hub's token must hold exactly what the configuration needs, and never
+    ``acl:write`` (management-equivalent: it can read every token's SecretID and link any
+    policy, agent/structs/aclfilter/filter.go, agent/consul/auth/token_writer.go). Asked of
+    Consul itself (``/v1/internal/acl/authorize``), so it holds for any policy, role or
+    identity the token carries."""
+    probe = f"{service_prefix}probe"
+    needs = [
+        (
+            {"Resource": "service", "Segment": probe, "Access": "write"},
+            f'service_prefix "{service_prefix}" {{ policy = "write" }}',
+        ),
+    ]
+    for destination in destinations:
+        needs.append(
+            (
+                {"Resource": "intention", "Segment": destination, "Access": "write"},
+                f'service "{destination}" {{ intentions = "write" }}',
+            )
+        )
+        needs.append(
+            (
+                {"Resource": "service", "Segment": destination, "Access": "read"},
+                f'service "{destination}" {{ policy = "read" }}',
+            )
+        )
+    checks = [{"Resource": "acl", "Access": "read"}, {"Resource": "acl", "Access": "write"}] + [c for c, _ in needs]
+    answers = await client.acl_authorize(checks)
+    if answers[1]:
+        raise HubTokenRefused(
+            "the hub's Consul token holds acl:write, which is management-equivalent in Consul (it can read "
+            "every token's secret); give the hub a token of docker/consul/hub-policy.hcl, which has no acl rule"
+        )
+    if answers[0]:
+        raise HubTokenRefused(
+            "the hub's Consul token holds acl:read (it could read every token's accessor and policy); the hub "
+            "needs no acl rule: use docker/consul/hub-policy.hcl"
+        )
+    missing = [rule for (_, rule), allowed in zip(needs, answers[2:], strict=True) if not allowed]
+    if missing:
+        raise HubTokenRefused(
+            "the hub's Consul token lacks what the configuration needs; add to its policy: " + "; ".join(missing)
+        )
+
+
 async def check_l7_destinations(
     client: ConsulClient,
     destinations: list[str],

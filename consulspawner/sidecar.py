@@ -11,16 +11,19 @@ import io
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import docker
 from docker.errors import APIError, NotFound
 from docker.utils import kwargs_from_env
 from jupyterhub.utils import exponential_backoff
 
+from .consul import ConsulError
 from .hubwide import _sidecar_dockers
 from .mesh import ServerMesh, SidecarNotReady
 from .plan import MeshPlan
 from .room import Room
+from .state import MeshState
 
 SIDECAR_TOKEN_DIR = "consul"
 SIDECAR_TOKEN_FILE = "/consul/token"
@@ -79,7 +82,9 @@ class SidecarContainer(Room):
         executor, client = _sidecar_dockers[cls]
 
         def call():
-            return getattr(client.result(), method)(*args, **kwargs)
+            # A callable runs whole on the thread (e.g. reading a streamed archive to its end).
+            target = method if callable(method) else getattr(client.result(), method)
+            return target(client.result(), *args, **kwargs) if callable(method) else target(*args, **kwargs)
 
         return asyncio.wrap_future(executor.submit(call))
 
@@ -133,6 +138,41 @@ class SidecarContainer(Room):
         await self.sidecar_docker("start", self.sidecar_container_id)
         self.log.info("Started sidecar %s for %s", self.sidecar_container_name, plan.service_id)
 
+    async def _read_sidecar_token(self, service_id: str) -> str | None:
+        """The token secret in this server's sidecar (``/consul/token``), once its labels prove
+        the container is this server's; None when there is no such sidecar or file."""
+        info = await self._inspect(self.sidecar_container_id or f"{service_id}.consul-sidecar")
+        if info is None or not self._is_our_sidecar(info, service_id):
+            return None
+        try:
+            return await self.sidecar_docker(_token_from_archive, info["Id"])
+        except (NotFound, APIError, KeyError, tarfile.TarError) as e:
+            self.log.info("Could not read the token file of sidecar %s: %s", info.get("Name", "?"), type(e).__name__)
+            return None
+
+    async def _logout_sidecar_token(self, container: str) -> None:
+        """Log out the token an orphaned sidecar holds (best effort: it expires anyway)."""
+        try:
+            secret = await self.sidecar_docker(_token_from_archive, container)
+        except (NotFound, APIError, KeyError, tarfile.TarError):
+            return
+        client = self._client_and_writer()[0]
+        client.remember_secret(secret)
+        try:
+            if await client.logout(secret):
+                self.log.info("Logged out the token of orphaned sidecar %s", container[:12])
+        except ConsulError as e:
+            self.log.info("Could not log out the token of orphaned sidecar %s: %s", container[:12], e)
+
+    async def _recover_token_secret(self, state: MeshState) -> str | None:
+        """After a hub restart: take the current token's secret back from the sidecar into this
+        process's memory (``state.secrets``), so it can be checked, rotated and logged out."""
+        secret = await self._read_sidecar_token(state.service_id)
+        if secret and state.token_accessor:
+            state.secrets[state.token_accessor] = secret
+            self._client_and_writer()[0].remember_secret(secret)
+        return secret
+
     async def _remove_sidecar(self) -> None:
         """Remove this server's sidecar: the recorded one, and any container under its name
         whose labels prove it is this server's (one created by an interrupted start). A
@@ -171,6 +211,7 @@ class SidecarContainer(Room):
             labels = container.get("Labels") or {}
             key = (labels.get(f"{LABEL_PREFIX}.service-id"), labels.get(f"{LABEL_PREFIX}.incarnation"))
             if key[1] and key in orphaned:
+                await self._logout_sidecar_token(container["Id"])
                 await self.sidecar_docker("remove_container", container["Id"], force=True, v=True)
                 self.log.info("Removed orphaned sidecar container %s of %s", container["Id"][:12], key[0])
 
@@ -245,6 +286,16 @@ class SidecarContainer(Room):
         except asyncio.TimeoutError:
             return False
         return found == "alive"
+
+
+def _token_from_archive(client: Any, container: str) -> str:
+    stream, _ = client.get_archive(container, SIDECAR_TOKEN_FILE)
+    data = b"".join(stream)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        member = archive.extractfile(archive.getmembers()[0])
+        if member is None:
+            raise KeyError(SIDECAR_TOKEN_FILE)
+        return member.read().decode().strip()
 
 
 def _read_bytes(path: str) -> bytes:

@@ -21,12 +21,13 @@ from .config.traits import ConsulSpawnerConfig
 from .consul import ConsulClient, ConsulError
 from .entries import L7
 from .hubwide import _client_closers, _pending_teardowns, _shared_clients  # noqa: F401 (tests, benchmarks)
+from .identity import SigningKeyError
 from .intentions import IntentionWriter
 from .keeper import Keeper
 from .mesh import ServerMesh, SidecarNotReady
 from .orphans import OrphanSweep, sweep_orphans  # noqa: F401 (sweep_orphans: tests)
 from .plan import MeshPlan, build_plan
-from .preflight import check_l7_destinations
+from .preflight import HubTokenRefused, check_hub_token, check_l7_destinations
 from .sidecar import SidecarContainer
 from .state import MeshState, new_incarnation
 from .teardown import Teardown
@@ -252,8 +253,9 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
                 log=self.log,
             )
         try:
-            self._report(10, f"Creating a Consul token for {plan.service_name}")
-            token_secret = await mesh.mint_token()
+            await self._check_hub_token()
+            self._report(10, f"Getting a Consul token for {plan.service_name} (JWT login)")
+            token_secret = await self._login(mesh)
             self._report(25, "Starting the notebook container")
             ip, port = await super().start()
             self._report(45, f"Registering {plan.service_name} in Consul")
@@ -270,12 +272,30 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             # Shielded: a cancelled spawn (start_timeout, the user's cancel) still undoes everything.
             # Scheduled first: a cancelled spawn still gets its late rounds.
             self._linger(self.mesh_state.copy())
-            await self._teardown_to_the_end()
-            if isinstance(e, SidecarNotReady | ConsulError):
+            # A cancelled spawn is not waited for: JupyterHub gives it one second before it
+            # stops the server, and refuses that stop while the spawn is still pending. The
+            # teardown goes on; whatever touches this server next waits for it (_stop_keeper).
+            await self._teardown_to_the_end(wait=not isinstance(e, asyncio.CancelledError))
+            if isinstance(e, SidecarNotReady | ConsulError | SigningKeyError | HubTokenRefused):
                 raise RuntimeError(f"Could not connect your server to the service mesh: {e}") from e
             raise
         self._start_keeper()
         return ip, port
+
+    async def _check_hub_token(self) -> None:
+        """Once per hub process: refuse to spawn with a hub token that is too powerful or
+        lacks a rule the configuration needs (preflight.check_hub_token)."""
+        client = self._client_and_writer()[0]
+        key = (client.address, self.hub_instance)
+        if key in hubwide._hub_token_ok:
+            return
+        await client.retrying(
+            lambda: check_hub_token(
+                client, service_prefix=self.service_prefix, destinations=list(self.intention_destinations)
+            ),
+            budget=self.consul_retry_budget,
+        )
+        hubwide._hub_token_ok.add(key)
 
     async def stop(self, now=False):
         await self._stop_keeper()

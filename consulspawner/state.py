@@ -25,19 +25,24 @@ class MeshState:
     trino_user: str = ""  # what the grants were made for, so a restarted hub re-grants the same
     token_accessor: str = ""
     token_expires_at: float = 0.0
-    # Accessors replaced by a rotation but maybe not deleted yet (deleted with the server).
+    token_lifetime: float = 0.0  # what the auth method's MaxTokenTTL gave this token
+    # Accessors replaced by a rotation but maybe not logged out yet (logged out with the server).
     retired_accessors: list[str] = field(default_factory=list)
     registered: bool = False
     granted: list[list[str]] = field(default_factory=list)  # [destination, source] pairs
     grant_expires_at: float = 0.0
+    # The login tokens' secrets by accessor, in this hub process's memory only: never persisted
+    # (to_dict leaves them out), never logged. A restarted hub reads the current one back from
+    # the sidecar, the one place it lives on disk.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v}
+        return {k: v for k, v in asdict(self).items() if v and k != "secrets"}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> MeshState:
         data = data or {}
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "secrets"}
         state = cls(**known)
         state.granted = [list(pair) for pair in state.granted]
         state.retired_accessors = list(state.retired_accessors)
@@ -45,7 +50,9 @@ class MeshState:
 
     def copy(self) -> MeshState:
         """An independent copy (for work that outlives this state: lingering, deferred undo)."""
-        return MeshState.from_dict(self.to_dict())
+        state = MeshState.from_dict(self.to_dict())
+        state.secrets = dict(self.secrets)
+        return state
 
     @property
     def empty(self) -> bool:

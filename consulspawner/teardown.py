@@ -1,5 +1,5 @@
 """Undoing a server from its state alone: intentions first (access ends before anything else),
-then sidecar, notebook, service and tokens; what Consul does not finish in time goes on in the
+then sidecar, notebook, service and token (logged out); what Consul does not finish in time goes on in the
 background, guarded by the incarnation; a failed start is undone again a few times later.
 
 A mixin of ConsulSpawner. The steps are :class:`Step` members, run by :func:`undo`.
@@ -29,7 +29,7 @@ class Step(enum.Enum):
 
     REVOKE = "revoke"
     DEREGISTER = "deregister"
-    DELETE_TOKENS = "delete_tokens"
+    LOGOUT = "logout"
 
 
 async def _run(mesh: ServerMesh, step: Step, lock_held: bool) -> None:
@@ -39,7 +39,7 @@ async def _run(mesh: ServerMesh, step: Step, lock_held: bool) -> None:
         # Under the server's lock no newer incarnation can have registered: no read first.
         await mesh.deregister(verify=not lock_held)
     else:
-        await mesh.delete_tokens()
+        await mesh.logout()
 
 
 async def undo(mesh: ServerMesh, steps: list[Step], *, lock_held: bool = False) -> list[Exception]:
@@ -63,7 +63,7 @@ def steps_left(state: MeshState) -> list[Step]:
     if state.registered:
         steps.append(Step.DEREGISTER)
     if not state.empty:
-        steps.append(Step.DELETE_TOKENS)
+        steps.append(Step.LOGOUT)
     return steps
 
 
@@ -82,6 +82,10 @@ class Teardown(Room):
         state = self.mesh_state
         mesh = self._mesh(None)
         failed: list[Step] = []
+        if state.token_accessor and state.token_accessor not in state.secrets:
+            # A restarted hub: the token's secret lives only in the sidecar; read it back
+            # before the sidecar goes, so the token can be logged out rather than left to expire.
+            await self._recover_token_secret(state)
         if state.granted and not await self._bounded(undo(mesh, [Step.REVOKE], lock_held=True)):
             failed.append(Step.REVOKE)
         # Access has ended: the rest goes at once, side by side (the sidecar's Docker calls run
@@ -186,12 +190,13 @@ class Teardown(Room):
                 await asyncio.sleep(delay)
                 mesh = ServerMesh(client, writer, None, attempted.copy(), retry_budget=0, logger=self.log)
                 async with self._lock():
-                    await self._bounded(undo(mesh, [Step.REVOKE, Step.DEREGISTER, Step.DELETE_TOKENS]))
+                    await self._bounded(undo(mesh, [Step.REVOKE, Step.DEREGISTER, Step.LOGOUT]))
 
         keep_referenced(asyncio.get_running_loop().create_task(rounds()))
 
-    async def _teardown_to_the_end(self) -> None:
+    async def _teardown_to_the_end(self, *, wait: bool = True) -> None:
         """A teardown no cancellation interrupts (a cancelled spawn, a stop cancelling the
         keeper): whoever runs next on this server waits for it first (``_stop_keeper``)."""
         self._unfinished_teardown = asyncio.ensure_future(self._teardown(stop_notebook=True))
-        await asyncio.shield(self._unfinished_teardown)
+        if wait:
+            await asyncio.shield(self._unfinished_teardown)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from consulspawner.consul import ConsulClient
+from consulspawner_dev.admin import AdminClient
 from consulspawner_dev.fakeconsul import FakeConsul
 
 # Processes the tests start (hubs, fake agents, stand-ins) import this checkout's code, not
@@ -40,6 +41,6 @@ async def consul_client(fake_consul):
 
 @pytest.fixture
 async def acl_client(acl_consul):
-    client = ConsulClient(acl_consul.url, MASTER_TOKEN, request_timeout=5)
+    client = AdminClient(acl_consul.url, MASTER_TOKEN, request_timeout=5)
     yield client
     await client.close()

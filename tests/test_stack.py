@@ -932,11 +932,6 @@ def test_only_acl_init_holds_acl_write_in_the_stack():
     assert "c.ConsulSpawner.auth_method" in config and "c.ConsulSpawner.jwt_signing_key_file" in config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docker/consul/hub-policy.hcl and janitor-policy.hcl still grant acl = write; the lead changes them "
-    "together with the spawner's login wiring (issue 16). Remove this marker then.",
-)
 def test_no_policy_file_grants_acl_write():
     """acl = "write" is management-equivalent in Consul (issue 16): no HCL file under docker/
     may grant it; the stack's only acl:write is the bootstrap management token of acl-init."""

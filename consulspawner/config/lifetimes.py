@@ -1,10 +1,11 @@
-"""Traits of lifetimes: check TTL, deregistration, token and intention lifetimes, the keeper's
+"""Traits of lifetimes: check TTL, deregistration, token rotation and intention lifetimes, the keeper's
 interval, the orphan sweep's delay."""
 
 from __future__ import annotations
 
 from traitlets import Float, HasTraits, Int, validate
 
+from .. import identity
 from .limits import checked
 from .settings import default as setting
 
@@ -31,32 +32,19 @@ class LifetimeConfig(HasTraits):
         """,
     ).tag(config=True)
 
-    token_ttl = Int(
-        setting("token_ttl"),
-        help="""Lifetime (s) of each server's Consul token (Consul allows 60 s to 24 h).
-
-        Consul cannot extend a token, so the keeper rotates it before it expires, which restarts
-        the sidecar and cuts the user's open Trino connections (the upstream is back within a
-        second or two). The default, Consul's maximum, makes that happen at most once a day; a
-        dead hub's tokens do not live that long anyway: the janitor deletes them once their
-        service is gone.
-
-            c.ConsulSpawner.token_ttl = 8 * 3600
-        """,
-    ).tag(config=True)
-
     token_rotation_margin = Int(
         0,
-        help="""Replace a server's token (and restart its sidecar) this many seconds before it
-        expires. 0 (default): a twelfth of token_ttl (2 h of the default day), at least 120 s.
+        help="""Replace a server's token (a new login, the sidecar restarted with it) this many
+        seconds before it expires. A token lives as long as the auth method's MaxTokenTTL
+        (Consul cannot extend one). 0 (default): a tenth of that lifetime, or a minute when that
+        leaves a third of it.
 
             c.ConsulSpawner.token_rotation_margin = 600
         """,
     ).tag(config=True)
 
-    @property
-    def _rotation_margin(self) -> float:
-        return self.token_rotation_margin or max(120, self.token_ttl // 12)
+    def _rotation_margin(self, token_lifetime: float) -> float:
+        return self.token_rotation_margin or identity.rotation_margin(token_lifetime)
 
     intention_ttl = Int(
         setting("intention_ttl"),
@@ -93,7 +81,6 @@ class LifetimeConfig(HasTraits):
     @validate(
         "check_ttl",
         "deregister_critical_after",
-        "token_ttl",
         "token_rotation_margin",
         "intention_ttl",
         "keeper_interval",

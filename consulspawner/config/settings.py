@@ -67,7 +67,6 @@ LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     # agent/config/default.go check_deregister_interval_min = "1m"
     "deregister_critical_after": (lambda v: v >= 60, "must be at least 60 s (Consul's minimum)"),
     # acl.token_min_expiration_ttl "1m", token_max_expiration_ttl "24h" (agent/config/default.go)
-    "token_ttl": (lambda v: 60 <= v <= DAY, "must be between 60 s and 24 h (Consul's ExpirationTTL range)"),
     "intention_ttl": (lambda v: v >= 60, "must be at least 60 s"),
     "sidecar_port": (lambda v: 0 <= v <= 65535, "must be a port (or 0)"),
     # Settings of the spawner only (not in the plan), checked the same way.
@@ -99,7 +98,6 @@ class MeshSettings:
     trino_destination: str = TRINO_DESTINATION
     check_ttl: int = 60
     deregister_critical_after: int = 180
-    token_ttl: int = DAY
     intention_ttl: int = 600
     tags: tuple[str, ...] = ("jupyterhub",)
     # Every sidecar listens on its own notebook's address, so all can share one port. 0 leaves it

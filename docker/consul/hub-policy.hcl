@@ -2,11 +2,15 @@
 # The tests run the hub with a token of this policy (tests/integration/conftest.py), never the
 # management token, so a permission missing here fails the suite.
 #
-# Names follow the defaults: c.ConsulSpawner.service_name_template = "jupyter-{slug}" and the
-# intention destination trino-coordinator. Change both rules if you change those settings.
-
-# Mint, read, list and delete each server's token (a service identity of its own service).
-acl = "write"
+# No `acl` rule at all: the hub never creates, reads or lists tokens. Each server's token is
+# made by login (POST /v1/acl/login needs no ACL) through the hub's JWT auth method, and given
+# back by logout with its own secret. (acl = "write" would be management-equivalent: it can
+# read every token's SecretID and link any policy, agent/structs/aclfilter/filter.go and
+# agent/consul/auth/token_writer.go.)
+#
+# Names follow the defaults: c.ConsulSpawner.service_prefix = "jupyter-" (the binding rule's
+# BindName uses the same prefix) and the intention destination trino-coordinator. Change these
+# rules with those settings; the hub checks at start that its token allows what they need.
 
 # Register and deregister each server's service and its -sidecar-proxy, and pass its TTL check.
 service_prefix "jupyter-" {

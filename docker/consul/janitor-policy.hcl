@@ -1,7 +1,7 @@
 # consulspawner-janitor's Consul ACL policy: it deletes what a dead hub left, from Consul alone.
-
-# List and delete the servers' tokens (only those carrying consulspawner's marker are touched).
-acl = "write"
+#
+# No `acl` rule: tokens are not the janitor's business. Every server's token is made by login
+# at the hub's JWT auth method, is local, and expires after the method's MaxTokenTTL.
 
 # See which services still have instances anywhere in the catalog ("missing for --grace").
 service_prefix "" {

@@ -11,14 +11,14 @@ import os
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import docker
 import pytest
 
-from consulspawner import ownership
-from consulspawner.consul import ConsulClient
 from consulspawner.entries import KIND
+from consulspawner_dev.admin import AdminClient
+from consulspawner_dev.bootstrap import bootstrap_identity, write_signing_key
+from consulspawner_dev.bootstrap import policy_token as bootstrap_policy_token
 from consulspawner_dev.fakeconsul import FakeConsul
 from consulspawner_dev.standalone import standalone_spawner
 
@@ -95,26 +95,15 @@ def mesh_consul(test_network):
 
 @pytest.fixture
 async def admin(mesh_consul):
-    client = ConsulClient(mesh_consul.url, MASTER_TOKEN)
+    client = AdminClient(mesh_consul.url, MASTER_TOKEN)
     yield client
     await client.close()
-
-
-POLICY_DIR = Path(__file__).resolve().parents[2] / "docker" / "consul"
 
 
 async def policy_token(admin, role):
     """A token of the least-privilege policy docker/consul/<role>-policy.hcl ("hub" or
     "janitor"), as the ACL bootstrap creates it: the hub in these tests never holds more."""
-    name = f"consulspawner-{role}"
-    rules = (POLICY_DIR / f"{role}-policy.hcl").read_text()
-    existing = await admin.request("GET", f"/v1/acl/policy/name/{name}", ok=(200, 403, 404))
-    if existing.status != 200:
-        await admin.request("PUT", "/v1/acl/policy", body={"Name": name, "Rules": rules})
-    token = await admin.request(
-        "PUT", "/v1/acl/token", body={"Description": f"{role} token (tests)", "Policies": [{"Name": name}]}
-    )
-    return token.body["SecretID"]
+    return await bootstrap_policy_token(admin, role, description=f"{role} token (tests)")
 
 
 @pytest.fixture
@@ -127,8 +116,23 @@ def user_name():
     return f"{NAME_PREFIX}{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(scope="session")
+def jwt_key_file(tmp_path_factory):
+    """The hub's JWT signing key for the tests (0600, as an operator makes it)."""
+    return write_signing_key(tmp_path_factory.mktemp("hub-jwt") / "key.pem")
+
+
 @pytest.fixture
-async def make_spawner(images, test_network, mesh_consul, hub_token, docker_client, request):
+async def hub_identity(admin, jwt_key_file):
+    """The operator's once-per-hub step on the test agent: the JWT auth method and binding rule
+    of hub instance "jupyterhub" (the default), as docker/stack/consul/identity-init.sh does."""
+    return await bootstrap_identity(admin, hub_instance="jupyterhub", key_file=jwt_key_file)
+
+
+@pytest.fixture
+async def make_spawner(
+    images, test_network, mesh_consul, hub_token, hub_identity, jwt_key_file, docker_client, request
+):
     made = []
 
     def make(name, **overrides):
@@ -141,6 +145,8 @@ async def make_spawner(images, test_network, mesh_consul, hub_token, docker_clie
             pull_policy="never",
             consul_address=mesh_consul.url,
             consul_token=hub_token,
+            jwt_signing_key_file=str(jwt_key_file),
+            auth_method=hub_identity,
             sidecar_image=images["sidecar"],
             sidecar_command=SIDECAR_COMMAND,
             sidecar_ready_timeout=60,
@@ -200,10 +206,11 @@ def inspect_json(container):
 async def mesh_objects(admin, service_name):
     """Everything in Consul that belongs to one server."""
     services = sorted(s for s in await admin.agent_services() if s in (service_name, f"{service_name}-sidecar-proxy"))
+    # A server's tokens are login tokens with its service identity (AuthMethod set by Consul).
     tokens = [
         t["AccessorID"]
         for t in await admin.list_tokens()
-        if (owner := ownership.parse(t.get("Description"))) and owner.service == service_name
+        if t.get("AuthMethod") and {"ServiceName": service_name} in (t.get("ServiceIdentities") or [])
     ]
     entry = await admin.get_config(KIND, "trino-coordinator")
     sources = [s["Name"] for s in (entry or {}).get("Sources", []) if s["Name"] == service_name]
@@ -244,12 +251,14 @@ async def containers_gone(docker_client, name, timeout=30):
 
 
 @pytest.fixture
-async def hub_runner(tmp_path, images, test_network, mesh_consul, hub_token, docker_client, request):
+async def hub_runner(
+    tmp_path, images, test_network, mesh_consul, hub_token, hub_identity, jwt_key_file, docker_client, request
+):
     from .hubrunner import HubRunner  # imported here: hubrunner imports this module
 
     if not shutil.which("configurable-http-proxy"):
         pytest.fail("configurable-http-proxy is not installed: scripts/test.sh installs it with npm")
-    runner = HubRunner(tmp_path, mesh_consul, images, test_network, hub_token)
+    runner = HubRunner(tmp_path, mesh_consul, images, test_network, hub_token, jwt_key_file)
     try:
         yield runner
     finally:

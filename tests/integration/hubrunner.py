@@ -70,7 +70,7 @@ class HubAPI:
 class HubRunner:
     """One hub's working directory (database, cookie secret) across any number of runs."""
 
-    def __init__(self, workdir, mesh_consul, images, network, hub_consul_token):
+    def __init__(self, workdir, mesh_consul, images, network, hub_consul_token, jwt_key_file):
         self.workdir = workdir
         self.token = uuid.uuid4().hex
         # The hub's Consul token (of docker/consul/hub-policy.hcl) reaches it only as a 0600
@@ -84,6 +84,8 @@ class HubRunner:
             **{k: v for k, v in os.environ.items() if k != "CONSUL_HTTP_TOKEN"},
             "CONSUL_HTTP_ADDR": mesh_consul.url,
             "CONSUL_HTTP_TOKEN_FILE": str(self.consul_token_file),
+            # The hub's JWT signing key, a 0600 file (the auth method is bootstrapped by the test).
+            "CONSULSPAWNER_JWT_KEY_FILE": str(jwt_key_file),
             "CONSULSPAWNER_SIDECAR_CONSUL_ADDR": mesh_consul.url,
             "CONSULSPAWNER_NETWORK": network["name"],
             "CONSULSPAWNER_HUB_IP": network["gateway"],

@@ -38,7 +38,7 @@ async def test_a_spawn_cancelled_by_the_user_leaves_nothing(hub_runner, admin, m
     mesh_consul.hang("PUT", r"^/v1/agent/service/register$", times=1, seconds=8)
     await api.call("POST", f"/users/{user_name}", ok=(201, 409))
     await api.call("POST", f"/users/{user_name}/server", ok=(201, 202))
-    await wait_for(lambda: mesh_consul.count("PUT", r"^/v1/acl/token$") >= 1, message="the spawn to mint its token")
+    await wait_for(lambda: mesh_consul.count("POST", r"^/v1/acl/login$") >= 1, message="the spawn to log its token in")
     await api.call("DELETE", f"/users/{user_name}/server", ok=(202, 204))  # the user presses cancel
 
     await wait_for(lambda: api.gone(user_name), timeout=60, interval=1, message="the hub to drop the spawn")

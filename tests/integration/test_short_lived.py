@@ -22,7 +22,7 @@ async def upstream_answers(docker_client, spawner):
 async def test_token_rotation_keeps_the_server_usable_with_one_live_token(
     make_spawner, admin, docker_client, user_name
 ):
-    spawner = make_spawner(user_name, token_ttl=60, token_rotation_margin=59, keeper_interval=3600)
+    spawner = make_spawner(user_name, token_rotation_margin=3599, keeper_interval=3600)
     await spawner.start()
     name = f"jupyter-{user_name}"
     [first] = (await mesh_objects(admin, name))["tokens"]
@@ -81,7 +81,7 @@ async def _upstream_gap_during(docker_client, spawner, work):
 
 
 START_CALLS = [
-    ("PUT", r"^/v1/acl/token$"),
+    ("POST", r"^/v1/acl/login$"),
     ("PUT", r"^/v1/agent/service/register$"),
     ("GET", r"^/v1/health/service/"),
     ("GET", r"^/v1/config/service-intentions/"),
@@ -116,7 +116,7 @@ STOP_CALLS = [
     ("GET", r"^/v1/config/service-intentions/"),
     ("DELETE", r"^/v1/config/service-intentions/"),
     ("PUT", r"^/v1/agent/service/deregister/"),
-    ("DELETE", r"^/v1/acl/token/"),
+    ("POST", r"^/v1/acl/logout$"),
 ]
 
 
@@ -155,7 +155,7 @@ async def test_consul_down_at_spawn_fails_cleanly(make_spawner, admin, mesh_cons
     spawner = make_spawner(user_name, consul_request_timeout=1.0, consul_retry_budget=1.0)
     mesh_consul.stop()
     try:
-        with pytest.raises(RuntimeError, match="PUT /v1/acl/token"):
+        with pytest.raises(RuntimeError, match=r"POST /v1/(internal/acl/authorize|acl/login)"):
             await spawner.start()
     finally:
         mesh_consul.restart()

@@ -20,8 +20,8 @@ CYCLES = 200
 USERS = 5
 # Every kind of call a lifecycle makes, so every step meets faults.
 CALLS = [
-    ("PUT", r"^/v1/acl/token$"),
-    ("DELETE", r"^/v1/acl/token/"),
+    ("POST", r"^/v1/acl/login$"),
+    ("POST", r"^/v1/acl/logout$"),
     ("PUT", r"^/v1/agent/service/register$"),
     ("PUT", r"^/v1/agent/service/deregister/"),
     ("GET", r"^/v1/agent/service/"),

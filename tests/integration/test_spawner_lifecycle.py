@@ -23,7 +23,11 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
     assert objects == {"services": [name, f"{name}-sidecar-proxy"], "tokens": objects["tokens"], "sources": [name]}
     [accessor] = objects["tokens"]
     token = await admin.read_token(accessor)
+    # Made by login at the hub's JWT auth method: local, expiring, this service's identity only.
     assert token["ServiceIdentities"] == [{"ServiceName": name}]
+    assert token["AuthMethod"] == "consulspawner-jupyterhub" and token["Local"] is True
+    assert token.get("ExpirationTime") and not token.get("Policies") and not token.get("Roles")
+    assert f'"hub-user":"{user_name}"' in token["Description"].replace(" ", "")
     service = (await admin.agent_services())[name]
     assert service["Meta"]["hub-user"] == user_name and service["Address"] == ip
 
@@ -112,7 +116,7 @@ async def test_restarted_hub_can_stop_from_state(make_spawner, admin, user_name)
 @pytest.mark.parametrize(
     ("method", "path", "failed_call"),
     [
-        ("PUT", r"^/v1/acl/token$", "PUT /v1/acl/token"),
+        ("POST", r"^/v1/acl/login$", "POST /v1/acl/login"),
         ("PUT", r"^/v1/agent/service/register$", "PUT /v1/agent/service/register"),
         ("PUT", r"^/v1/config$", "PUT /v1/config"),
     ],

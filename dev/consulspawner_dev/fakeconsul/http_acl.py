@@ -178,6 +178,23 @@ class AclRoutes:
         self._acl_enabled_or_401()
         return json_response(self.state.logout(request_token(request)))
 
+    async def acl_authorize(self, request, _rest):
+        """``POST /v1/internal/acl/authorize`` (agent/acl_endpoint.go ACLAuthorize and
+        agent/structs/acl.go CreateACLAuthorizationResponses): at most 64 checks, each
+        ``{Resource, Segment, Access}``, answered with ``Allow`` for the request's own token."""
+        self._acl_enabled_or_401()
+        body = await self._body(request, "Failed to decode request body")
+        if not isinstance(body, list):
+            raise ConsulError(400, "Failed to decode request body: expected a list of authorizations")
+        if len(body) > 64:
+            raise ConsulError(400, "Refusing to process more than 64 authorizations at once")
+        authz = self.state.resolve(request_token(request))
+        answers = []
+        for check in body:
+            resource, segment, access = (check.get(k, "") for k in ("Resource", "Segment", "Access"))
+            answers.append({**check, "Allow": _authorize(authz, resource, segment, access)})
+        return json_response(answers)
+
     @staticmethod
     def acl_routes(app) -> list:
         """The ACL endpoints' routes (agent/http_register.go), for the dispatcher's table."""
@@ -198,4 +215,24 @@ class AclRoutes:
             ("/v1/acl/binding-rules", ["GET"], app.acl_binding_rules),
             ("/v1/acl/login", ["POST"], app.acl_login),
             ("/v1/acl/logout", ["POST"], app.acl_logout),
+            ("/v1/internal/acl/authorize", ["POST"], app.acl_authorize),
         ]
+
+
+# Segmented resources need a Segment, the others refuse one (CreateACLAuthorizationResponses).
+_SEGMENTED = {"agent", "intention", "node", "service"}
+_UNSEGMENTED = {"acl", "operator", "mesh"}
+
+
+def _authorize(authz, resource: str, segment: str, access: str) -> bool:
+    if access not in ("read", "write"):
+        raise ConsulError(400, f"Invalid access level for {resource} resource: {access}")
+    if resource in _SEGMENTED:
+        if not segment:
+            raise ConsulError(400, f"Authorization request for {resource} resource is missing a segment")
+        return getattr(authz, f"{resource}_{access}")(segment)
+    if resource in _UNSEGMENTED:
+        if segment:
+            raise ConsulError(400, f"Authorization request for {resource} resource does not allow a segment")
+        return getattr(authz, f"{resource}_{access}")()
+    raise ConsulError(400, f"Invalid resource: {resource}")
