@@ -30,8 +30,11 @@ NOTEBOOK_COMMAND = [
 ]
 
 
-def settings(fake_url: str) -> dict:
+async def settings(fake_url: str) -> dict:
+    from common import bootstrap_hub
+
     return dict(
+        **(await bootstrap_hub(fake_url, "jupyterhub", master_token=TOKEN)),
         image=os.environ["CONSULSPAWNER_NOTEBOOK_IMAGE"],
         cmd=NOTEBOOK_COMMAND,
         network_name=NETWORK,
@@ -39,7 +42,6 @@ def settings(fake_url: str) -> dict:
         remove=True,
         pull_policy="never",
         consul_address=fake_url,
-        consul_token=TOKEN,
         sidecar_image=os.environ["CONSULSPAWNER_SIDECAR_IMAGE"],
         sidecar_command=["connectproxy", "-sidecar-for", "{service_id}", "-token-file", "{token_file}"],
     )
@@ -64,7 +66,7 @@ async def main(servers: int) -> None:
     gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
     try:
         with FakeConsul(acl_master_token=TOKEN, host=gateway, check_interval_override=0.5).start() as fake:
-            config = settings(fake.url)
+            config = await settings(fake.url)
             one_by_one = [standalone_spawner(f"bench{uuid.uuid4().hex[:8]}", **config) for _ in range(servers)]
             starts = [await timed(s.start()) for s in one_by_one]
             stops = [await timed(s.stop()) for s in one_by_one]

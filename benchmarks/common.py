@@ -202,3 +202,26 @@ async def close_shared_clients() -> None:
     for closer in list(spawner._client_closers):
         closer.cancel()
     spawner._client_closers.clear()
+
+
+async def bootstrap_hub(consul_url: str, hub_instance: str, master_token: str = MASTER_TOKEN) -> dict:
+    """The operator's once-per-hub step on a benchmark's fake agent (JWT auth method, binding
+    rule, a token of docker/consul/hub-policy.hcl), as the tests and the demo do it: the hub
+    under measurement never holds the management token. Returns the spawner settings."""
+    import tempfile
+
+    from consulspawner_dev.admin import AdminClient
+    from consulspawner_dev.bootstrap import bootstrap_identity, policy_token, write_signing_key
+
+    key_file = write_signing_key(Path(tempfile.mkdtemp(prefix="csbench-jwt-")) / "key.pem")
+    async with AdminClient(consul_url, master_token) as admin:
+        method = await bootstrap_identity(admin, hub_instance=hub_instance, key_file=key_file)
+        token = await policy_token(admin, "hub", description="benchmark hub")
+    return {"consul_token": token, "jwt_signing_key_file": key_file, "auth_method": method}
+
+
+def hub_identity(consul_url: str, hub_instance: str) -> dict:
+    """:func:`bootstrap_hub` for code outside an event loop."""
+    import asyncio
+
+    return asyncio.run(bootstrap_hub(consul_url, hub_instance))

@@ -78,10 +78,10 @@ async def minimal(runs: int, images: dict, gateway: str, consul_url: str) -> dic
         ),
         "consul": dict(
             consul_address=consul_url,
-            consul_token=common.MASTER_TOKEN,
             sidecar_image=images["CONSULSPAWNER_SIDECAR_IMAGE"],
             sidecar_command=common.SIDECAR_COMMAND,
             hub_instance="csbench",
+            **(await common.bootstrap_hub(consul_url, "csbench")),
         ),
     }
     times: dict = {PLAIN: {"spawn": [], "stop": []}, MESH: {"spawn": [], "stop": []}, "phases": []}
@@ -192,7 +192,8 @@ def main() -> dict:
                     title="Figure 1 (b): when each step of a ConsulSpawner spawn begins",
                 )
             if args.setting in ("a", "both"):
-                hubs = {kind: BenchHub(kind, images, gateway, fake.url) for kind in (PLAIN, MESH)}
+                identity = common.hub_identity(fake.url, "csbench-hub")  # hub_config.py's hub_instance
+                hubs = {kind: BenchHub(kind, images, gateway, fake.url, identity) for kind in (PLAIN, MESH)}
                 try:
                     for hub in hubs.values():
                         hub.start()

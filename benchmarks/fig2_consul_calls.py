@@ -108,8 +108,8 @@ def main() -> dict:
             remove=True,
             pull_policy="never",
             consul_address=url,
-            consul_token=common.MASTER_TOKEN,
             hub_instance="csbench",
+            **common.hub_identity(url, "csbench"),
             sidecar_image=(images or {}).get("CONSULSPAWNER_SIDECAR_IMAGE", "csbench/none"),
             sidecar_command=common.SIDECAR_COMMAND,
         )

@@ -27,6 +27,7 @@ from fakeproc import FakeConsulProcess
 from consulspawner import ownership
 from consulspawner.consul import ConsulClient
 from consulspawner.entries import KIND
+from consulspawner.identity import Signer
 from consulspawner.intentions import IntentionWriter
 from consulspawner.mesh import MeshState, ServerMesh, new_incarnation
 from consulspawner.plan import TRINO_DESTINATION, MeshPlan, MeshSettings, build_plan
@@ -49,7 +50,9 @@ def pin_sidecar_port(port: int) -> None:
 
 
 async def storm(url: str, servers: int) -> dict:
-    client = ConsulClient(url, common.MASTER_TOKEN)
+    identity = await common.bootstrap_hub(url, HUB)
+    signer = Signer.from_file(identity["jwt_signing_key_file"])
+    client = ConsulClient(url, identity["consul_token"])
     writer = IntentionWriter(client, HUB)
     settings = MeshSettings(hub_instance=HUB)
     users = [f"{common.PREFIX}{i:05d}{uuid.uuid4().hex[:4]}" for i in range(servers)]
@@ -66,7 +69,7 @@ async def storm(url: str, servers: int) -> dict:
 
     async def spawn(i: int, mesh: ServerMesh) -> float:
         started = time.perf_counter()
-        await mesh.mint_token()
+        await mesh.login(signer, identity["auth_method"], "consul", "jupyter-")
         await mesh.register(f"10.99.{i // 250}.{i % 250 + 1}")  # the notebook's address (stub)
         await mesh.grant()
         return time.perf_counter() - started
@@ -74,7 +77,7 @@ async def storm(url: str, servers: int) -> dict:
     async def stop(mesh: ServerMesh) -> float:
         started = time.perf_counter()
         await mesh.revoke()
-        await asyncio.gather(mesh.deregister(), mesh.delete_tokens())
+        await asyncio.gather(mesh.deregister(), mesh.logout())
         return time.perf_counter() - started
 
     out: dict = {}

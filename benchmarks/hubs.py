@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 class BenchHub:
-    def __init__(self, kind: str, images: dict, gateway: str, consul_url: str):
+    def __init__(self, kind: str, images: dict, gateway: str, consul_url: str, identity: dict | None = None):
         self.kind = kind
         self.workdir = Path(tempfile.mkdtemp(prefix=f"csbench-hub-{kind}-"))
         self.token = uuid.uuid4().hex
@@ -47,7 +47,9 @@ class BenchHub:
             "CSBENCH_SIDECAR_IMAGE": images["CONSULSPAWNER_SIDECAR_IMAGE"],
             "CSBENCH_SIDECAR_COMMAND": json.dumps(common.SIDECAR_COMMAND),
             "CSBENCH_CONSUL": consul_url,
-            "CSBENCH_CONSUL_TOKEN": common.MASTER_TOKEN,
+            # The hub's identity: a hub-policy token and the JWT signing key (common.hub_identity).
+            "CSBENCH_CONSUL_TOKEN": (identity or {}).get("consul_token", ""),
+            "CONSULSPAWNER_JWT_KEY_FILE": str((identity or {}).get("jwt_signing_key_file", "")),
             "CSBENCH_ADMIN_TOKEN": self.token,
         }
         self.process = None

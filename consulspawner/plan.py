@@ -38,9 +38,6 @@ class MeshPlan:
     def check_id(self) -> str:
         return f"{self.service_id}:alive"
 
-    def token_description(self) -> str:
-        return self.owner.describe()
-
     def registration(self, address: str | None = None) -> dict:
         """The agent service definition (docs: services/configuration/services-reference).
 

@@ -399,6 +399,32 @@ class Demo:
         write_secret(path, token["SecretID"])
         return path
 
+    def hub_identity(self) -> Path:
+        """The operator's one acl:write step (here with the demo's management token): the hub's
+        JWT signing key (0600), the JWT auth method holding its public key, and the binding rule
+        that turns a hub-signed JWT into a token of one jupyter-* service (README, security
+        model). Deleting the auth method at the end deletes its rule and every login token."""
+        from consulspawner import identity
+        from consulspawner_dev.bootstrap import write_signing_key
+
+        consul = self.consul
+        key_file = Path(write_signing_key(self.secrets / "hub-jwt-key.pem"))
+        name = f"consulspawner-{self.instance}"
+        signer = identity.Signer.from_file(str(key_file))
+        method = identity.auth_method(
+            name, hub_instance=self.instance, audience="consul", public_pem=signer.public_pem(), token_lifetime=3600
+        )
+        if consul("GET", f"/v1/acl/auth-method/{name}", ok=(403, 404)):
+            consul("PUT", f"/v1/acl/auth-method/{name}", method)
+        else:
+            consul("PUT", "/v1/acl/auth-method", method)
+        self.undo.append((f"auth method {name}", lambda: consul("DELETE", f"/v1/acl/auth-method/{name}", ok=(404,))))
+        consul(
+            "PUT", "/v1/acl/binding-rule", identity.binding_rule(name, hub_instance=self.instance, prefix="jupyter-")
+        )
+        self.auth_method = name
+        return key_file
+
     def start_trino(self) -> None:
         consul = self.consul
         app_port = free_port()
@@ -526,7 +552,7 @@ class Demo:
         )
         say(f"L7: wrote service-defaults {TRINO} with protocol http")
 
-    def start_hub(self, hub_token: Path, janitor_token: Path) -> None:
+    def start_hub(self, hub_token: Path, janitor_token: Path, jwt_key: Path) -> None:
         passwords = {"admin_password": secrets.token_urlsafe(24), "user_password": secrets.token_urlsafe(9)}
         self.passwords = passwords
         write_secret(self.secrets / "passwords.json", json.dumps(passwords))
@@ -538,6 +564,7 @@ class Demo:
             {
                 "CONSUL_HTTP_ADDR": self.consul_url,
                 "CONSUL_HTTP_TOKEN_FILE": str(hub_token),
+                "CONSULSPAWNER_JWT_KEY_FILE": str(jwt_key),
                 "CONSULSPAWNER_JANITOR_TOKEN_FILE": str(janitor_token),
                 "CONSULSPAWNER_SIDECAR_CONSUL_ADDR": self.sidecar_consul_url,
                 "CONSULSPAWNER_NETWORK": self.args.network,
@@ -604,6 +631,8 @@ class Demo:
             *consul_lines,
             f"  hub's token:     {secrets_dir / 'hub-token'} (docker/consul/hub-policy.hcl); janitor's: "
             f"{secrets_dir / 'janitor-token'} (docker/consul/janitor-policy.hcl)",
+            f"  hub's JWT key:   {secrets_dir / 'hub-jwt-key.pem'} (0600; servers' tokens come from login at "
+            f"auth method consulspawner-{self.instance})",
             f"  intentions:      {mode}"
             + ("" if self.args.l7 else "; for L7 (only your own X-Trino-User) re-run: bash scripts/demo.sh --l7"),
             "  Trino:           a stand-in (dev/consulspawner_dev/trinostandin.py), not Trino",
@@ -725,8 +754,12 @@ class Demo:
             if (service.get("Proxy") or {}).get("DestinationServiceID") in found["services"]:
                 if service_id not in found["services"]:
                     found["services"].append(service_id)
+        # The servers' tokens: those made by login at this hub's auth method.
+        method = getattr(self, "auth_method", f"consulspawner-{self.instance}")
         found["tokens"] = [
-            t["AccessorID"] for t in self.consul("GET", "/v1/acl/tokens") or [] if self.ours(t.get("Description"))
+            t["AccessorID"]
+            for t in self.consul("GET", f"/v1/acl/tokens?authmethod={method}", ok=(403, 404)) or []
+            if t.get("AuthMethod") == method
         ]
         for entry in self.consul("GET", "/v1/config/service-intentions") or []:
             for source in entry.get("Sources") or []:
@@ -844,10 +877,11 @@ class Demo:
             self.start_consul()
             hub_token = self.acl_token("hub")
             janitor_token = self.acl_token("janitor")
+            jwt_key = self.hub_identity()
             self.start_trino()
             if self.args.l7:
                 self.l7()
-            self.start_hub(hub_token, janitor_token)
+            self.start_hub(hub_token, janitor_token, jwt_key)
             self.banner()
             while True:
                 for process in self.processes:

@@ -6,18 +6,22 @@ import logging
 import pytest
 
 from consulspawner.consul import ConsulClient, ConsulError
+from consulspawner.identity import Signer
 from consulspawner.intentions import IntentionWriter
 from consulspawner.mesh import MeshState, ServerMesh
 from consulspawner.plan import MeshSettings, build_plan
+from consulspawner_dev.bootstrap import bootstrap_identity, write_signing_key
 
 from .conftest import MASTER_TOKEN
 
 
-async def test_full_cycle_logs_no_token(acl_consul, acl_client, caplog):
+async def test_full_cycle_logs_no_token(acl_consul, acl_client, caplog, tmp_path):
     caplog.set_level(logging.DEBUG)
+    key_file = write_signing_key(tmp_path / "key.pem")
+    method = await bootstrap_identity(acl_client, hub_instance="leakcheck", key_file=key_file)
     plan = build_plan(MeshSettings(hub_instance="leakcheck"), "alice")
     mesh = ServerMesh(acl_client, IntentionWriter(acl_client, "leakcheck"), plan, MeshState(), retry_budget=1)
-    secret = await mesh.mint_token()
+    secret = await mesh.login(Signer.from_file(key_file), method, "consul", "jupyter-")
     await mesh.register("127.0.0.1")
     await mesh.heartbeat()
     await mesh.grant()
@@ -41,7 +45,7 @@ async def test_full_cycle_logs_no_token(acl_consul, acl_client, caplog):
     await mesh.revoke()
     await mesh.deregister()
     accessor = mesh.state.token_accessor
-    await mesh.delete_tokens()
+    await mesh.logout()
     assert await acl_client.read_token(accessor) is None
 
     logged = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in caplog.records)
@@ -49,4 +53,5 @@ async def test_full_cycle_logs_no_token(acl_consul, acl_client, caplog):
     for text in (logged, *errors):
         assert secret not in text
         assert MASTER_TOKEN not in text
+        assert "eyJ" not in text  # no JWT (the login's bearer) either
     assert "<redacted>" in errors[1]

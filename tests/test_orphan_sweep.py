@@ -12,7 +12,6 @@ from consulspawner.state import new_incarnation
 
 async def create_server(client, hub, user):
     plan = build_plan(MeshSettings(hub_instance=hub), user, incarnation=new_incarnation())
-    await client.create_service_token(plan.service_name, plan.token_description(), 3600)
     await client.register_service(plan.registration("127.0.0.1"))
     [(destination, entry)] = plan.grants(time.time())
     await IntentionWriter(client, hub).grant(destination, entry)
@@ -28,17 +27,13 @@ async def test_sweep_removes_only_this_hubs_orphans(acl_client):
 
     removed = await sweep_orphans(acl_client, writer, "hub-a", lambda: {live.service_name: live.owner.incarnation})
 
-    assert [o.kind for o in removed] == ["intention", "service", "token"]
+    assert [o.kind for o in removed] == ["intention", "service"]
     assert {(o.service, o.incarnation) for o in removed} == {(orphan.service_name, orphan.owner.incarnation)}
     services = await acl_client.agent_services()
     assert orphan.service_id not in services and orphan.sidecar_id not in services
     assert {live.service_id, elsewhere.service_id, "web"} <= set(services)
     sources = sorted(s["Name"] for s in (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"])
     assert sources == sorted([live.service_name, elsewhere.service_name])
-    token_services = sorted(
-        t["ServiceIdentities"][0]["ServiceName"] for t in await acl_client.list_tokens() if t.get("ServiceIdentities")
-    )
-    assert token_services == sorted([live.service_name, elsewhere.service_name])
 
 
 async def test_a_server_spawned_during_the_sweep_is_left_alone(acl_client):
@@ -56,18 +51,3 @@ async def test_a_server_spawned_during_the_sweep_is_left_alone(acl_client):
     removed = await sweep_orphans(acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a", keep)
     assert removed == [] and calls
     assert plan.service_id in await acl_client.agent_services()
-
-
-async def test_an_older_incarnation_of_a_live_server_is_an_orphan(acl_client):
-    """A hub killed mid-spawn, then the user started again: the service name is live, but the
-    objects of the earlier start carry another incarnation and go; the live ones stay."""
-    old = await create_server(acl_client, "hub-a", "again")
-    token_of_old = [t["AccessorID"] for t in await acl_client.list_tokens(service_name=old.service_name)]
-    new = await create_server(acl_client, "hub-a", "again")  # re-registers the same ID, re-grants
-    removed = await sweep_orphans(
-        acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a", lambda: {new.service_name: new.owner.incarnation}
-    )
-    assert [(o.kind, o.target) for o in removed] == [("token", token_of_old[0])]
-    assert new.service_id in await acl_client.agent_services()
-    sources = (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"]
-    assert [s["Name"] for s in sources] == [new.service_name]

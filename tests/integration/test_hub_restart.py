@@ -138,7 +138,7 @@ async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, adm
     saved state names. The next hub start removes them, and leaves live servers alone."""
     orphan_user, live_user = f"{user_name}o", f"{user_name}l"
     plan = build_plan(MeshSettings(hub_instance="jupyterhub"), orphan_user, incarnation=new_incarnation())
-    await admin.create_service_token(plan.service_name, plan.token_description(), 3600)
+    await admin.create_service_token(plan.service_name, plan.owner.describe(), 3600)
     await admin.register_service(plan.registration("127.0.0.1"))
     [(destination, entry)] = plan.grants(time.time())
     await IntentionWriter(admin, "jupyterhub").grant(destination, entry)

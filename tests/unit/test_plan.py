@@ -116,8 +116,6 @@ def test_pinned_service_id_survives_a_template_change():
     ("kwargs", "message"),
     [
         ({"deregister_critical_after": 30}, "at least 60"),
-        ({"token_ttl": 30}, "between 60 s and 24 h"),
-        ({"token_ttl": 25 * 3600}, "between 60 s and 24 h"),
         ({"intention_mode": "L5"}, "intention mode"),
         ({"intention_destinations": ("Trino Coordinator",)}, "not a valid Consul service name"),
         ({"upstreams": (Upstream("a", 1), Upstream("b", 1))}, "same local port"),
