@@ -215,6 +215,8 @@ async def bootstrap_hub(consul_url: str, hub_instance: str, master_token: str = 
 
     key_file = write_signing_key(Path(tempfile.mkdtemp(prefix="csbench-jwt-")) / "key.pem")
     async with AdminClient(consul_url, master_token) as admin:
+        # The default L7 intentions need the destination to speak http, as a site sets it.
+        await admin.set_config({"Kind": "service-defaults", "Name": "trino-coordinator", "Protocol": "http"})
         method = await bootstrap_identity(admin, hub_instance=hub_instance, key_file=key_file)
         token = await policy_token(admin, "hub", description="benchmark hub")
     return {"consul_token": token, "jwt_signing_key_file": key_file, "auth_method": method}

@@ -296,6 +296,13 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             budget=self.consul_retry_budget,
         )
         hubwide._hub_token_ok.add(key)
+        if self.intention_mode.upper() != L7:
+            self.log.warning(
+                "c.ConsulSpawner.intention_mode = 'L4': servers reach %s as whatever Trino user their "
+                "client sends (the intention allows the connection, not the user); use L7 to bind each "
+                "server to its own Trino user",
+                ", ".join(self.intention_destinations),
+            )
 
     async def stop(self, now=False):
         await self._stop_keeper()

@@ -18,7 +18,7 @@ Environment:
   CONSULSPAWNER_CULL_TIMEOUT, CONSULSPAWNER_CULL_EVERY  idle culler (seconds; unset: no culler)
   CONSULSPAWNER_ADMIN_SERVICE_TOKEN  API token of an admin service (tests drive the hub with it)
   CONSULSPAWNER_ADMIN_SERVICE_TOKEN_FILE  the same, read from a file (0600; the demo stops servers with it)
-  CONSULSPAWNER_INTENTION_MODE  L4 or L7
+  CONSULSPAWNER_INTENTION_MODE  L7 (default) or L4
   CONSULSPAWNER_JANITOR_TOKEN_FILE  set: run consulspawner-janitor as a hub-managed service with
                               this token file (0600, a token of docker/consul/janitor-policy.hcl)
   CONSULSPAWNER_ADMIN_USER, CONSULSPAWNER_PASSWORDS_FILE  log in with passwords (JupyterHub's
@@ -67,7 +67,7 @@ c.ConsulSpawner.hub_instance = env("CONSULSPAWNER_HUB_INSTANCE", "jupyterhub")
 # (org.jupyter.consulspawner.role=notebook, hub-instance, service-id, incarnation).
 if env("CONSULSPAWNER_DEFAULT_URL"):
     c.Spawner.default_url = env("CONSULSPAWNER_DEFAULT_URL")
-c.ConsulSpawner.intention_mode = env("CONSULSPAWNER_INTENTION_MODE", "L4")
+c.ConsulSpawner.intention_mode = env("CONSULSPAWNER_INTENTION_MODE", "L7")
 if env("CONSULSPAWNER_SIDECAR_CONSUL_ADDR"):
     c.ConsulSpawner.sidecar_consul_address = env("CONSULSPAWNER_SIDECAR_CONSUL_ADDR")
 if env("CONSULSPAWNER_SIDECAR_IMAGE"):

@@ -81,11 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the --consul agent's address as containers reach it (default: the --consul URL)",
     )
     parser.add_argument(
-        "--l7",
+        "--l4",
         action="store_true",
-        default=bool(env("CONSULSPAWNER_DEMO_L7")),
-        help="L7 intentions: write service-defaults protocol http for trino-coordinator, and allow each "
-        "server only requests whose X-Trino-User is its user's [$CONSULSPAWNER_DEMO_L7=1]",
+        default=bool(env("CONSULSPAWNER_DEMO_L4")),
+        help="L4 intentions instead of the default L7: any connection from a server is allowed, and "
+        "the Trino user is whatever its client sends (trusts the notebook) [$CONSULSPAWNER_DEMO_L4=1]",
     )
     parser.add_argument(
         "--port",
@@ -533,7 +533,7 @@ class Demo:
         if entry is not None:
             if (entry.get("Protocol") or "tcp") not in ("http", "http2", "grpc"):
                 raise DemoError(
-                    f"--l7: service-defaults {TRINO} exists with protocol {entry.get('Protocol')!r}, "
+                    f"L7: service-defaults {TRINO} exists with protocol {entry.get('Protocol')!r}, "
                     "not http, and is not the demo's to change"
                 )
             return
@@ -634,7 +634,7 @@ class Demo:
             f"  hub's JWT key:   {secrets_dir / 'hub-jwt-key.pem'} (0600; servers' tokens come from login at "
             f"auth method consulspawner-{self.instance})",
             f"  intentions:      {mode}"
-            + ("" if self.args.l7 else "; for L7 (only your own X-Trino-User) re-run: bash scripts/demo.sh --l7"),
+            + ("" if self.args.l7 else "; L4 trusts the notebook's X-Trino-User: re-run without --l4 for L7"),
             "  Trino:           a stand-in (dev/consulspawner_dev/trinostandin.py), not Trino",
             f"  logs:            {self.logs}/",
             "Ctrl-C stops every server, the hub and the rest, and removes every container, service, token and "
@@ -900,6 +900,7 @@ class Demo:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.l7 = not args.l4  # L7 (only the user's own X-Trino-User) unless --l4
     return Demo(args).run()
 
 

@@ -2,7 +2,7 @@
 # The demo, for a fresh machine: JupyterHub with ConsulSpawner on http://127.0.0.1:8000, every
 # notebook server a member of a Consul Connect mesh, querying a Trino stand-in through its sidecar.
 #
-#   bash scripts/demo.sh [--consul URL] [--l7] [--port N] [--network NAME] [--state-dir DIR]
+#   bash scripts/demo.sh [--consul URL] [--l4] [--port N] [--network NAME] [--state-dir DIR]
 #
 # What it installs, and where (never into the system's Python or npm):
 #   .venv/   a virtualenv of this project: pip install -e . -e ./dev jupyterhub-idle-culler

@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from consulspawner.consul import ConsulClient, ConsulError
+from consulspawner.entries import L4
 from consulspawner.identity import Signer
 from consulspawner.intentions import IntentionWriter
 from consulspawner.mesh import MeshState, ServerMesh
@@ -19,7 +20,7 @@ async def test_full_cycle_logs_no_token(acl_consul, acl_client, caplog, tmp_path
     caplog.set_level(logging.DEBUG)
     key_file = write_signing_key(tmp_path / "key.pem")
     method = await bootstrap_identity(acl_client, hub_instance="leakcheck", key_file=key_file)
-    plan = build_plan(MeshSettings(hub_instance="leakcheck"), "alice")
+    plan = build_plan(MeshSettings(hub_instance="leakcheck", intention_mode=L4), "alice")
     mesh = ServerMesh(acl_client, IntentionWriter(acl_client, "leakcheck"), plan, MeshState(), retry_budget=1)
     secret = await mesh.login(Signer.from_file(key_file), method, "consul", "jupyter-")
     await mesh.register("127.0.0.1")

@@ -3,7 +3,7 @@ intention first; live servers, other hubs and foreign objects stay."""
 
 import time
 
-from consulspawner.entries import KIND
+from consulspawner.entries import KIND, L4
 from consulspawner.intentions import IntentionWriter
 from consulspawner.orphans import sweep_orphans
 from consulspawner.plan import MeshSettings, build_plan
@@ -11,7 +11,7 @@ from consulspawner.state import new_incarnation
 
 
 async def create_server(client, hub, user):
-    plan = build_plan(MeshSettings(hub_instance=hub), user, incarnation=new_incarnation())
+    plan = build_plan(MeshSettings(hub_instance=hub, intention_mode=L4), user, incarnation=new_incarnation())
     await client.register_service(plan.registration("127.0.0.1"))
     [(destination, entry)] = plan.grants(time.time())
     await IntentionWriter(client, hub).grant(destination, entry)

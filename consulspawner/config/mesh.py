@@ -92,11 +92,18 @@ class MeshConfig(HasTraits):
     intention_mode = CaselessStrEnum(
         [L4, L7],
         default_value=setting("intention_mode"),
-        help="""How intentions bind the server: L4 allows the connection; L7 allows only HTTP
-        requests whose X-Trino-User header is this user's Trino user (the destination's protocol
-        must be http in a service-defaults entry).
+        help="""How intentions bind the server to its user.
 
-            c.ConsulSpawner.intention_mode = "L7"
+        L7 (default): Trino is reached only with requests whose ``X-Trino-User`` is exactly this
+        user's Trino user, and with none of the other headers Trino derives identity from
+        (``X-Trino-Original-User``, ``X-Presto-User``, ...): Envoy refuses anything else before
+        it reaches Trino. The destination's protocol must be http (a service-defaults entry;
+        the spawn names it if missing).
+
+        L4: any connection from this server is allowed, and Trino runs queries as whatever user
+        the notebook's client sends: it trusts the notebook. The hub warns at start.
+
+            c.ConsulSpawner.intention_mode = "L4"
         """,
     ).tag(config=True)
 

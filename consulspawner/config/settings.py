@@ -94,7 +94,7 @@ class MeshSettings:
     name_template: str = naming.DEFAULT_TEMPLATE
     upstreams: tuple[Upstream, ...] = (Upstream(TRINO_DESTINATION, 28080),)
     intention_destinations: tuple[str, ...] = (TRINO_DESTINATION,)
-    intention_mode: str = L4
+    intention_mode: str = L7
     trino_destination: str = TRINO_DESTINATION
     check_ttl: int = 60
     deregister_critical_after: int = 180

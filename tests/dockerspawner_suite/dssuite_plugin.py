@@ -158,6 +158,9 @@ def app(jupyterhub_app):  # noqa: F811
         consul.sidecar_command = json.loads(os.environ["DSSUITE_SIDECAR_COMMAND"])
         consul.hub_instance = os.environ["DSSUITE_HUB_INSTANCE"]
         consul.service_name_template = PREFIX + "-{slug}"  # sidecar containers share our prefix
+        consul.service_prefix = PREFIX + "-"
+        consul.jwt_signing_key_file = os.environ["DSSUITE_JWT_KEY_FILE"]
+        consul.auth_method = os.environ["DSSUITE_AUTH_METHOD"]
     return app
 
 

@@ -125,7 +125,9 @@ def jwt_key_file(tmp_path_factory):
 @pytest.fixture
 async def hub_identity(admin, jwt_key_file):
     """The operator's once-per-hub step on the test agent: the JWT auth method and binding rule
-    of hub instance "jupyterhub" (the default), as docker/stack/consul/identity-init.sh does."""
+    of hub instance "jupyterhub" (the default), as docker/stack/consul/identity-init.sh does;
+    and, as a site running the default L7 intentions has, trino-coordinator's protocol http."""
+    assert await admin.set_config({"Kind": "service-defaults", "Name": "trino-coordinator", "Protocol": "http"})
     return await bootstrap_identity(admin, hub_instance="jupyterhub", key_file=jwt_key_file)
 
 

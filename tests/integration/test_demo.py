@@ -10,8 +10,9 @@ SIGINT, as Ctrl-C, and Docker and Consul must be clean.
 
 Two runs: the README's command as is (the embedded dev agent, L4: its Consul dies with the demo,
 so the test reads it while the demo runs and checks the demo's own audit line after), and
-``--consul URL --l7`` against an agent the test owns (so the test reads it after the demo is
-gone, and sees the L7 intention refuse another user's X-Trino-User).
+``--consul URL --l4`` against an agent the test owns (so the test reads it after the demo is
+gone); the first, as the README runs it, is L7 and sees the intention refuse another user's
+X-Trino-User.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ async def consul_objects(consul: ConsulClient, instance: str) -> dict[str, list[
     }
 
 
-async def drive(tmp_path, docker_client, *, mode: str, external: FakeConsul | None = None, l7: bool = False):
+async def drive(tmp_path, docker_client, *, mode: str, external: FakeConsul | None = None, l7: bool = True):
     instance = f"{NAME_PREFIX}demo{mode}"
     network = f"{NAME_PREFIX}-demo-{mode}"
     user = f"{NAME_PREFIX}admin{mode}"
@@ -261,8 +262,8 @@ async def drive(tmp_path, docker_client, *, mode: str, external: FakeConsul | No
         token_file.write_text(MANAGEMENT_TOKEN)
         env["CONSUL_HTTP_TOKEN_FILE"] = str(token_file)
         args += ["--consul", external.url]
-    if l7:
-        args.append("--l7")
+    if not l7:
+        args.append("--l4")
 
     timings = {}
     demo = DemoProcess(args, env)
@@ -372,14 +373,14 @@ async def test_demo_embedded_consul(tmp_path, docker_client):
         network_rm(network)
 
 
-async def test_demo_external_consul_l7(tmp_path, docker_client):
-    """--consul URL (an agent that outlives the demo, so the test reads it after) and --l7."""
+async def test_demo_external_consul_l4(tmp_path, docker_client):
+    """--consul URL (an agent that outlives the demo, so the test reads it after) and --l4."""
     network = f"{NAME_PREFIX}-demo-external"
     network_create(network)
     try:
         fake = FakeConsul(acl_master_token=MANAGEMENT_TOKEN, host=docker_network(network))
         with fake.start():
-            await drive(tmp_path, docker_client, mode="external", external=fake, l7=True)
+            await drive(tmp_path, docker_client, mode="external", external=fake, l7=False)
     finally:
         network_rm(network)
 

@@ -164,7 +164,29 @@ def stand_in_images(docker_client, images):
                 pass
 
 
-def run_suite(spawner, tests, network, images, consul, tmp_path):
+def suite_identity(consul, tmp_path) -> dict:
+    """The operator's bootstrap for the suite's hub: its names start with ``dssuite-`` (the
+    suite's container prefix), so the policy, the binding rule and the prefix follow that."""
+    import asyncio
+
+    from consulspawner_dev.admin import AdminClient
+    from consulspawner_dev.bootstrap import POLICY_DIR, bootstrap_identity, write_signing_key
+
+    key_file = write_signing_key(tmp_path / "dssuite-jwt.pem")
+
+    async def bootstrap():
+        async with AdminClient(consul.url, MASTER_TOKEN) as admin:
+            await admin.set_config({"Kind": "service-defaults", "Name": "trino-coordinator", "Protocol": "http"})
+            method = await bootstrap_identity(admin, hub_instance=HUB_INSTANCE, key_file=key_file, prefix=f"{PREFIX}-")
+            rules = (POLICY_DIR / "hub-policy.hcl").read_text().replace('"jupyter-"', f'"{PREFIX}-"')
+            await admin.request("PUT", "/v1/acl/policy", body={"Name": "dssuite-hub", "Rules": rules})
+            token = await admin.request("PUT", "/v1/acl/token", body={"Policies": [{"Name": "dssuite-hub"}]})
+        return {"token": token.body["SecretID"], "key_file": str(key_file), "auth_method": method}
+
+    return asyncio.run(bootstrap())
+
+
+def run_suite(spawner, tests, network, images, consul, tmp_path, identity):
     report = tmp_path / f"{spawner}.json"
     env = {
         **os.environ,
@@ -176,7 +198,9 @@ def run_suite(spawner, tests, network, images, consul, tmp_path):
         "DSSUITE_IMAGE": images["notebook"],
         "DSSUITE_REPORT": str(report),
         "DSSUITE_CONSUL_URL": consul.url,
-        "DSSUITE_CONSUL_TOKEN": MASTER_TOKEN,
+        "DSSUITE_CONSUL_TOKEN": identity["token"],
+        "DSSUITE_JWT_KEY_FILE": identity["key_file"],
+        "DSSUITE_AUTH_METHOD": identity["auth_method"],
         "DSSUITE_SIDECAR_IMAGE": images["sidecar"],
         "DSSUITE_SIDECAR_COMMAND": json.dumps(SIDECAR_COMMAND),
         "DSSUITE_HUB_INSTANCE": HUB_INSTANCE,
@@ -237,9 +261,10 @@ def test_dockerspawner_suite_passes_with_consulspawner(
     with FakeConsul(
         acl_master_token=MASTER_TOKEN, host=suite_network["gateway"], check_interval_override=0.5
     ).start() as consul:
+        identity = suite_identity(consul, tmp_path)
         for spawner in ("docker", "consul"):
             before = len(consul.requests)
-            runs[spawner] = run_suite(spawner, dockerspawner_tests, suite_network, images, consul, tmp_path)
+            runs[spawner] = run_suite(spawner, dockerspawner_tests, suite_network, images, consul, tmp_path, identity)
             runs[spawner]["registrations"] = _registrations(consul.requests[before:])
         left_in_consul = sorted(consul.state.services)
     docker_run, consul_run = runs["docker"], runs["consul"]

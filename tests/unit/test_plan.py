@@ -7,10 +7,10 @@ import sys
 import pytest
 
 from consulspawner import ownership
-from consulspawner.entries import L7
+from consulspawner.entries import L4, L7
 from consulspawner.plan import MeshSettings, Upstream, build_plan
 
-SETTINGS = MeshSettings(hub_instance="hub-a", check_ttl=60, deregister_critical_after=90)
+SETTINGS = MeshSettings(hub_instance="hub-a", check_ttl=60, deregister_critical_after=90, intention_mode=L4)
 
 
 def test_registration_of_a_plain_user():
