@@ -108,7 +108,11 @@ if env("CONSULSPAWNER_ADMIN_SERVICE_TOKEN_FILE"):
 if admin_service_token:
     services.append({"name": "test-admin", "api_token": admin_service_token})
     roles.append(
-        {"name": "test-admin", "scopes": ["admin:users", "admin:servers", "users:activity"], "services": ["test-admin"]}
+        {
+            "name": "test-admin",
+            "scopes": ["admin:users", "admin:servers", "users:activity", "read:metrics"],
+            "services": ["test-admin"],
+        }
     )
 if env("CONSULSPAWNER_JANITOR_TOKEN_FILE"):
     # The janitor needs only Consul; run by the hub here for convenience, it keeps working
