@@ -37,8 +37,16 @@ def step_count(samples, phase, step, outcome="success") -> float:
     return value(samples, "consulspawner_mesh_step_duration_seconds_count", phase=phase, step=step, outcome=outcome)
 
 
-async def test_hub_metrics_count_two_spawns_and_two_stops(hub_runner, user_name):
-    api = await hub_runner.start()
+async def test_hub_metrics_count_two_spawns_and_two_stops(hub_runner, user_name, tmp_path):
+    # As the demo runs it: its timeouts, and the audit trail routed to a file of its own.
+    audit_log = tmp_path / "audit.log"
+    api = await hub_runner.start(
+        CONSULSPAWNER_AUDIT_LOG=str(audit_log),
+        CONSULSPAWNER_START_TIMEOUT="300",
+        CONSULSPAWNER_HTTP_TIMEOUT="120",
+        CONSULSPAWNER_SIDECAR_READY_TIMEOUT="90",
+        CONSULSPAWNER_CONSUL_REQUEST_TIMEOUT="20",
+    )
     users = [f"{user_name}a", f"{user_name}b"]
     before = await scrape(api)
     assert value(before, "consulspawner_intention_grants_total") == 0
@@ -81,6 +89,18 @@ async def test_hub_metrics_count_two_spawns_and_two_stops(hub_runner, user_name)
                 assert failures_of == 0, (phase, step, cause)
     # The hub's own metrics are in the same registry.
     assert any(name.startswith("jupyterhub_") for name, _ in stopped)
+
+    # The audit file holds only events, one JSON line each, and no secret.
+    events = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    by_kind = sorted((e["event"], e["hub_user"]) for e in events)
+    expected = [
+        (kind, user) for user in users for kind in ("grant", "revoke", "teardown", "token-delete", "token-mint")
+    ]
+    assert by_kind == sorted(expected)
+    text = audit_log.read_text()
+    for secret in (MASTER_TOKEN, hub_runner.consul_token, hub_runner.token):
+        assert secret not in text
+    assert "mesh spawn failed" not in hub_runner.log_path.read_text()
 
 
 async def progress_events(api, user):
