@@ -21,7 +21,7 @@ TROUBLESHOOTING = "docs/troubleshooting.md"
 # spawn steps (metrics.SPAWN_STEPS) plus the notebook container's own start.
 STEPS: dict[str, tuple[str, str]] = {
     "token": ("Consul identity", "spawn-failed-at-the-consul-identity-step-token"),
-    "notebook": ("notebook container", "spawn-failed-at-the-notebook-container-step"),
+    "notebook": ("notebook container", "spawn-failed-at-the-notebook-container-step-notebook"),
     "register": ("registration", "spawn-failed-at-registration-step-register"),
     "sidecar": ("sidecar start", "spawn-failed-at-sidecar-start-step-sidecar"),
     "ready": ("sidecar readiness", "the-sidecar-never-becomes-ready-step-ready"),
