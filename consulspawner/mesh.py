@@ -253,17 +253,27 @@ class ServerMesh:
         (a newer server of the same user has replaced the source otherwise)."""
         pairs = sorted({tuple(pair) for pair in self.state.granted})
 
-        def this_incarnation(source: dict) -> bool:
-            return self.state.owns(ownership.parse(source.get("Description")))
+        found: set[tuple] = set()  # sources this call found and removed (not gone already)
+
+        def this_incarnation(pair: tuple) -> Callable[[dict], bool]:
+            def check(source: dict) -> bool:
+                ours = self.state.owns(ownership.parse(source.get("Description")))
+                if ours:
+                    found.add(pair)
+                return ours
+
+            return check
 
         results = await asyncio.gather(
-            *(self.writer.revoke(destination, source, only_if=this_incarnation) for destination, source in pairs),
+            *(self.writer.revoke(pair[0], pair[1], only_if=this_incarnation(pair)) for pair in pairs),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         owner = self.state.owner()
-        for (destination, _), result in zip(pairs, results, strict=True):
-            if result is True:  # gone now (False: a newer incarnation's, left alone)
+        for (destination, source), result in zip(pairs, results, strict=True):
+            # Counted once, by whoever removed it: not again by a late round that finds it gone,
+            # nor when a newer incarnation's source was left alone (False).
+            if result is True and (destination, source) in found:
                 metrics.REVOKES.inc()
                 audit.emit_for("revoke", owner, trino_user=self.state.trino_user, destination=destination, cause=cause)
         if errors:

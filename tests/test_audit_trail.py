@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from consulspawner import audit, ownership
+from consulspawner import audit, metrics, ownership
 from consulspawner.config.settings import MeshSettings
 from consulspawner.intentions import IntentionWriter
 from consulspawner.mesh import ServerMesh
@@ -65,8 +65,15 @@ async def test_reach_rows_and_the_audit_events_of_grants_an_extension_a_revoke_a
     alice_clock.now = now  # the keeper extends alice's grant: since stays, expiry moves
     await alice.grant()
     assert alice.state.granted_since == alice_since
+    bob_before = bob.state.copy()
     errors = await undo(bob, [Step.REVOKE, Step.DEREGISTER, Step.DELETE_TOKENS])
     assert errors == []
+    # A late round of undoing (as after a failed start) finds bob's source gone: no second
+    # revoke in the trail, nor in the revoke counter.
+    revokes = metrics.REVOKES._value.get()
+    late = ServerMesh(acl_client, writer, None, bob_before, retry_budget=0)
+    assert await undo(late, [Step.REVOKE]) == []
+    assert metrics.REVOKES._value.get() == revokes
 
     token = await read_only_token(acl_client)
     result = run_reach(acl_consul.url, "--json", "--hub-instance", HUB, env_token=token)
