@@ -49,8 +49,6 @@ EVENTS = (
     "grant",  # an intention source written for a starting server
     "extend",  # its expiry pushed back by the keeper
     "revoke",  # removed (stop, failure, janitor)
-    "token-mint",  # an ACL token created for the server's service identity
-    "token-delete",
     "token-login",  # a token obtained by logging in with the server's JWT
     "token-logout",
     "teardown",  # everything of one server incarnation undone

@@ -42,6 +42,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import metrics
 from .consul import ConsulClient, ConsulError
 from .entries import KIND, owned_by, source_owner, validate_source
 
@@ -290,13 +291,18 @@ class IntentionWriter:
                     body = {k: v for k, v in current.items() if k not in _RAFT_FIELDS}
                     body["Sources"] = kept
                     self.writes += 1
+                    metrics.INTENTION_WRITES.inc()
                     ok = await self.consul.set_config(body, cas=current["ModifyIndex"])
+                    if ok:
+                        metrics.observe_entry(destination, body)
                 else:
                     # Our revoke emptied the entry and nobody else has a source there: delete it,
                     # with cas so a source someone adds meanwhile is never deleted with it.
                     self.writes += 1
+                    metrics.INTENTION_WRITES.inc()
                     ok = await self.consul.delete_config(KIND, destination, cas=current["ModifyIndex"])
                     if ok:
+                        metrics.observe_entry(destination, None)
                         self._known_absent.add(destination)
             except ConsulError as e:
                 if e.status is None:
@@ -306,6 +312,7 @@ class IntentionWriter:
                 self._log_changes(destination, applied)
                 return outcomes
             self.conflicts += 1
+            metrics.CAS_CONFLICTS.inc()
             self.log.debug("CAS conflict on %s %s (attempt %d), re-reading", KIND, destination, attempt)
             await asyncio.sleep(random.uniform(0, min(0.05 * attempt, 0.5)))
         raise ConsulError(
@@ -316,8 +323,12 @@ class IntentionWriter:
 
     async def _create(self, destination: str, sources: list[dict]) -> bool:
         self.writes += 1
+        metrics.INTENTION_WRITES.inc()
         entry = {"Kind": KIND, "Name": destination, "Sources": sources}
-        return await self.consul.set_config(entry, cas=0)
+        ok = await self.consul.set_config(entry, cas=0)
+        if ok:
+            metrics.observe_entry(destination, entry)
+        return ok
 
     def _log_changes(self, destination: str, changes: list[_Change]) -> None:
         for change in changes:

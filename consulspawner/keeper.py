@@ -11,6 +11,7 @@ import asyncio
 import random
 import time
 
+from . import audit, metrics
 from .consul import ConsulError
 from .hubwide import signer_for
 from .mesh import ServerMesh
@@ -59,6 +60,14 @@ class Keeper(Room):
     async def _keeper_loop(self, reconcile: bool) -> None:
         """The one place that heartbeats, extends, rotates, restores and supervises a running
         server, every ``keeper_interval`` (jittered), under the server's lock."""
+        key = id(self)  # for the keeper gauges: which server, never a label
+        metrics.keeper_watching(key)
+        try:
+            await self._keeper_rounds(reconcile, key)
+        finally:
+            metrics.keeper_done(key)
+
+    async def _keeper_rounds(self, reconcile: bool, key: int) -> None:
         if not reconcile:
             await asyncio.sleep(self._keeper_pause())
         while True:
@@ -69,11 +78,13 @@ class Keeper(Room):
                     if await self._keep(reconcile):
                         reconcile = False
                     self.keeper_rounds += 1
+                    metrics.keeper_round(key, ok=True)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
                     # Consul trouble is not the server's death: the check TTL and intention
                     # expiry leave room for the next round.
+                    metrics.keeper_round(key, ok=False)
                     self.log.warning("Could not refresh %s in the mesh: %s", self._log_name, e)
                 if self._mesh_failure:
                     return
@@ -161,6 +172,7 @@ class Keeper(Room):
         sidecar_replaced = False
         try:
             secret = await self._login(mesh)
+            audit.emit_for("token-login", plan.owner, trino_user=plan.trino_user, cause="token rotation")
             self._save_state()  # the new accessor is known before anything else can fail
             sidecar_replaced = True
             await self._start_sidecar(plan, secret)

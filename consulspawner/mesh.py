@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from . import identity, ownership
+from . import audit, identity, metrics, ownership
 from .consul import ConsulClient, ConsulError
 from .intentions import IntentionWriter
 from .plan import MeshPlan
@@ -69,6 +69,7 @@ class ServerMesh:
             state.service_id = plan.service_id
             state.user = plan.owner.user
             state.trino_user = plan.trino_user
+            state.server = plan.owner.server
 
     @property
     def user(self) -> str:
@@ -104,7 +105,7 @@ class ServerMesh:
             hub_user=owner.user,
             server_name=owner.server,
             incarnation=owner.incarnation,
-            now=self.clock(),
+            now=time.time(),  # checked by Consul's clock, whatever clock this mesh keeps time with
         )
         bearer = signer.sign(claims)
         answer = await self._retry(lambda: self.consul.login(auth_method, bearer, owner.service_meta()))
@@ -192,7 +193,9 @@ class ServerMesh:
         """Grant (or extend) this server's intentions until now + intention_ttl."""
         plan = self.need_plan()
         now = self.clock()
-        grants = plan.grants(now)
+        first = not self.state.granted_since
+        since = self.state.granted_since = self.state.granted_since or now
+        grants = plan.grants(now, since)
         recorded = {tuple(pair) for pair in self.state.granted}
         for destination, entry in grants:
             # Recorded before the write: a grant that lands after a timeout is still revoked.
@@ -200,6 +203,15 @@ class ServerMesh:
                 self.state.granted.append([destination, entry["Name"]])
         await asyncio.gather(*(self.writer.grant(destination, entry) for destination, entry in grants))
         self.state.grant_expires_at = now + plan.settings.intention_ttl
+        (metrics.GRANTS if first else metrics.EXTENSIONS).inc(len(grants))
+        for destination, _ in grants:
+            audit.emit_for(
+                "grant" if first else "extend",
+                self.state.owner(),
+                trino_user=plan.trino_user,
+                destination=destination,
+                cause="server started" if first else "keeper extended the grant",
+            )
 
     def grant_due(self) -> bool:
         """Whether half the intentions' lifetime is gone (extending costs a config write, so not
@@ -254,22 +266,38 @@ class ServerMesh:
 
     # -- teardown: state alone ------------------------------------------------------------------
 
-    async def revoke(self) -> None:
+    async def revoke(self, cause: str = "server stopped") -> None:
         """Revoke every intention recorded in state, and only while it carries this incarnation
         (a newer server of the same user has replaced the source otherwise)."""
-        pairs = {tuple(pair) for pair in self.state.granted}
+        pairs = sorted({tuple(pair) for pair in self.state.granted})
 
-        def this_incarnation(source: dict) -> bool:
-            return self.state.owns(ownership.parse(source.get("Description")))
+        found: set[tuple] = set()  # sources this call found and removed (not gone already)
+
+        def this_incarnation(pair: tuple) -> Callable[[dict], bool]:
+            def check(source: dict) -> bool:
+                ours = self.state.owns(ownership.parse(source.get("Description")))
+                if ours:
+                    found.add(pair)
+                return ours
+
+            return check
 
         results = await asyncio.gather(
-            *(self.writer.revoke(destination, source, only_if=this_incarnation) for destination, source in pairs),
+            *(self.writer.revoke(pair[0], pair[1], only_if=this_incarnation(pair)) for pair in pairs),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
+        owner = self.state.owner()
+        for (destination, source), result in zip(pairs, results, strict=True):
+            # Counted once, by whoever removed it: not again by a late round that finds it gone,
+            # nor when a newer incarnation's source was left alone (False).
+            if result is True and (destination, source) in found:
+                metrics.REVOKES.inc()
+                audit.emit_for("revoke", owner, trino_user=self.state.trino_user, destination=destination, cause=cause)
         if errors:
             raise errors[0]
         self.state.granted = []
+        self.state.granted_since = 0.0
         self.state.grant_expires_at = 0.0
 
     async def deregister(self, *, verify: bool = True) -> None:

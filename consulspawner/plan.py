@@ -8,6 +8,7 @@ reused by a spawner for another container backend.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from . import naming, ownership, trinouser
@@ -74,10 +75,12 @@ class MeshPlan:
             definition["Address"] = address
         return definition
 
-    def grants(self, now: float) -> list[tuple[str, dict]]:
+    def grants(self, now: float, since: float | None = None) -> list[tuple[str, dict]]:
         """(destination, source entry) for every intention this server holds until
-        ``now + intention_ttl``."""
+        ``now + intention_ttl``; ``since``: when this incarnation was first granted."""
         owner = self.owner.with_expiry(now + self.settings.intention_ttl)
+        if since:
+            owner = dataclasses.replace(owner, since=int(since))
         return [
             (destination, source_entry(self.service_name, owner, self.settings.intention_mode, self.trino_user))
             for destination in self.settings.intention_destinations

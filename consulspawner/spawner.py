@@ -16,18 +16,17 @@ import inspect
 
 from dockerspawner import DockerSpawner
 
-from . import hubwide
+from . import audit, failures, hubwide, metrics
 from .config.traits import ConsulSpawnerConfig
-from .consul import ConsulClient, ConsulError
+from .consul import ConsulClient
 from .entries import L7
 from .hubwide import _client_closers, _pending_teardowns, _shared_clients  # noqa: F401 (tests, benchmarks)
-from .identity import SigningKeyError
 from .intentions import IntentionWriter
 from .keeper import Keeper
-from .mesh import ServerMesh, SidecarNotReady
+from .mesh import ServerMesh
 from .orphans import OrphanSweep, sweep_orphans  # noqa: F401 (sweep_orphans: tests)
 from .plan import MeshPlan, build_plan
-from .preflight import HubTokenRefused, check_hub_token, check_l7_destinations
+from .preflight import check_hub_token, check_l7_destinations
 from .sidecar import SidecarContainer
 from .state import MeshState, new_incarnation
 from .teardown import Teardown
@@ -252,20 +251,32 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
                 manage_service_defaults=self.manage_l7_service_defaults,
                 log=self.log,
             )
+        step = "token"
         try:
             await self._check_hub_token()
             self._report(10, f"Getting a Consul token for {plan.service_name} (JWT login)")
-            token_secret = await self._login(mesh)
+            with metrics.step("spawn", "token"):
+                token_secret = await self._login(mesh)
+            audit.emit_for("token-login", plan.owner, trino_user=plan.trino_user)
             self._report(25, "Starting the notebook container")
+            step = "notebook"
             ip, port = await super().start()
             self._report(45, f"Registering {plan.service_name} in Consul")
-            await mesh.register(await self._mesh_address())
+            step = "register"
+            with metrics.step("spawn", "register"):
+                await mesh.register(await self._mesh_address())
             self._report(55, "Starting the Connect sidecar")
-            await self._start_sidecar(plan, token_secret)
+            step = "sidecar"
+            with metrics.step("spawn", "sidecar"):
+                await self._start_sidecar(plan, token_secret)
             self._report(70, "Waiting for the Connect sidecar to be ready")
-            await self._wait_for_sidecar(mesh)
+            step = "ready"
+            with metrics.step("spawn", "ready"):
+                await self._wait_for_sidecar(mesh)
             self._report(85, "Granting access to " + ", ".join(self.intention_destinations))
-            await mesh.grant()
+            step = "grant"
+            with metrics.step("spawn", "grant"):
+                await mesh.grant()
             self._report(95, "Connected to the service mesh")
         except BaseException as e:
             self.log.warning("Start of %s failed (%s); undoing what was created", self._log_name, e)
@@ -276,8 +287,8 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             # stops the server, and refuses that stop while the spawn is still pending. The
             # teardown goes on; whatever touches this server next waits for it (_stop_keeper).
             await self._teardown_to_the_end(wait=not isinstance(e, asyncio.CancelledError))
-            if isinstance(e, SidecarNotReady | ConsulError | SigningKeyError | HubTokenRefused):
-                raise RuntimeError(f"Could not connect your server to the service mesh: {e}") from e
+            if isinstance(e, Exception):
+                raise failures.failed(step, e, self._log_name, self.log) from e
             raise
         self._start_keeper()
         return ip, port

@@ -31,6 +31,10 @@ class MeshState:
     registered: bool = False
     granted: list[list[str]] = field(default_factory=list)  # [destination, source] pairs
     grant_expires_at: float = 0.0
+    # When this incarnation was first granted (the marker's ``since``, kept by extensions) and
+    # its server name: for the audit trail and consulspawner-reach.
+    granted_since: float = 0.0
+    server: str = ""
     # The login tokens' secrets by accessor, in this hub process's memory only: never persisted
     # (to_dict leaves them out), never logged. A restarted hub reads the current one back from
     # the sidecar, the one place it lives on disk.
@@ -57,6 +61,18 @@ class MeshState:
     @property
     def empty(self) -> bool:
         return not (self.registered or self.token_accessor or self.granted or self.retired_accessors)
+
+    def owner(self) -> ownership.Owner:
+        """The ownership marker's fields for this incarnation (what audit events name)."""
+        return ownership.Owner(
+            hub=self.hub_instance,
+            user=self.user,
+            server=self.server,
+            service=self.service_id,
+            incarnation=self.incarnation,
+            expires_at=int(self.grant_expires_at) or None,
+            since=int(self.granted_since) or None,
+        )
 
     def owns(self, owner: ownership.Owner | None) -> bool:
         """Whether a marker names this very incarnation (:func:`ownership.is_incarnation`)."""

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import exponential_backoff
 
+from . import audit, metrics
 from .hubwide import keep_referenced
 from .mesh import ServerMesh
 from .room import Room
@@ -34,12 +35,18 @@ class Step(enum.Enum):
 
 async def _run(mesh: ServerMesh, step: Step, lock_held: bool) -> None:
     if step is Step.REVOKE:
-        await mesh.revoke()
+        with metrics.step("stop", "revoke"):
+            await mesh.revoke()
     elif step is Step.DEREGISTER:
         # Under the server's lock no newer incarnation can have registered: no read first.
-        await mesh.deregister(verify=not lock_held)
+        with metrics.step("stop", "deregister"):
+            await mesh.deregister(verify=not lock_held)
     else:
-        await mesh.logout()
+        owner, had_token = mesh.state.owner(), bool(mesh.state.token_accessor)
+        with metrics.step("stop", "logout"):
+            await mesh.logout()
+        if had_token:
+            audit.emit_for("token-logout", owner, trino_user=mesh.state.trino_user or None, cause="server stopped")
 
 
 async def undo(mesh: ServerMesh, steps: list[Step], *, lock_held: bool = False) -> list[Exception]:
@@ -82,6 +89,7 @@ class Teardown(Room):
         state = self.mesh_state
         mesh = self._mesh(None)
         failed: list[Step] = []
+        owner, had_anything = state.owner(), not state.empty  # for the audit trail
         if state.token_accessor and state.token_accessor not in state.secrets:
             # A restarted hub: the token's secret lives only in the sidecar; read it back
             # before the sidecar goes, so the token can be logged out rather than left to expire.
@@ -102,6 +110,13 @@ class Teardown(Room):
         self._plan = None
         if failed:
             self._defer_teardown(state, failed)
+        if had_anything:
+            audit.emit_for(
+                "teardown",
+                owner,
+                trino_user=state.trino_user or None,
+                cause=f"continuing in the background: {', '.join(s.value for s in failed)}" if failed else "done",
+            )
         self.mesh_state = MeshState()
         self.sidecar_container_id = ""
 

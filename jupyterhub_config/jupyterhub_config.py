@@ -28,6 +28,10 @@ Environment:
   CONSULSPAWNER_CLEANUP_SERVERS  set: the hub stops every server when it stops (the demo)
   CONSULSPAWNER_DEFAULT_URL   the notebook's default URL (e.g. /lab/tree/trino-example.ipynb)
   CONSULSPAWNER_ORPHAN_SWEEP_DELAY  seconds after start before the hub revokes what no server holds
+  CONSULSPAWNER_START_TIMEOUT, CONSULSPAWNER_HTTP_TIMEOUT, CONSULSPAWNER_SIDECAR_READY_TIMEOUT,
+  CONSULSPAWNER_CONSUL_REQUEST_TIMEOUT  seconds (unset: the defaults; the demo raises them)
+  CONSULSPAWNER_AUDIT_LOG     set: the audit trail (logger consulspawner.audit) goes to this file,
+                              one JSON line per event, as docs/operations.md shows
 """
 
 import json
@@ -80,6 +84,29 @@ if env("CONSULSPAWNER_CHECK_INTERVAL"):
     c.JupyterHub.last_activity_interval = int(env("CONSULSPAWNER_CHECK_INTERVAL"))
     c.Spawner.poll_interval = int(env("CONSULSPAWNER_CHECK_INTERVAL"))
 
+# Timeouts: a busy small machine needs more than the defaults (scripts/demo.py sets these).
+for variable, section, trait in (
+    ("CONSULSPAWNER_START_TIMEOUT", "Spawner", "start_timeout"),
+    ("CONSULSPAWNER_HTTP_TIMEOUT", "Spawner", "http_timeout"),
+    ("CONSULSPAWNER_SIDECAR_READY_TIMEOUT", "ConsulSpawner", "sidecar_ready_timeout"),
+    ("CONSULSPAWNER_CONSUL_REQUEST_TIMEOUT", "ConsulSpawner", "consul_request_timeout"),
+):
+    if env(variable):
+        setattr(c[section], trait, float(env(variable)) if section == "ConsulSpawner" else int(env(variable)))
+if env("CONSULSPAWNER_AUDIT_LOG"):
+    c.JupyterHub.logging_config = {
+        "formatters": {"audit": {"format": "%(message)s"}},
+        "handlers": {
+            "audit_file": {
+                "class": "logging.handlers.WatchedFileHandler",
+                "filename": env("CONSULSPAWNER_AUDIT_LOG"),
+                "formatter": "audit",
+                "level": "INFO",
+            },
+        },
+        "loggers": {"consulspawner.audit": {"handlers": ["audit_file"], "level": "INFO", "propagate": False}},
+    }
+
 services, roles = [], []
 if env("CONSULSPAWNER_CULL_TIMEOUT"):
     services.append(
@@ -108,7 +135,11 @@ if env("CONSULSPAWNER_ADMIN_SERVICE_TOKEN_FILE"):
 if admin_service_token:
     services.append({"name": "test-admin", "api_token": admin_service_token})
     roles.append(
-        {"name": "test-admin", "scopes": ["admin:users", "admin:servers", "users:activity"], "services": ["test-admin"]}
+        {
+            "name": "test-admin",
+            "scopes": ["admin:users", "admin:servers", "users:activity", "read:metrics"],
+            "services": ["test-admin"],
+        }
     )
 if env("CONSULSPAWNER_JANITOR_TOKEN_FILE"):
     # The janitor needs only Consul; run by the hub here for convenience, it keeps working

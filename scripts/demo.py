@@ -270,6 +270,7 @@ class Demo:
         self.state = args.state_dir.resolve()
         self.secrets = self.state / "secrets"
         self.logs = self.state / "logs"
+        self.audit_log = self.logs / "audit.log"  # the hub's audit trail (consulspawner.audit)
         self.hubdir = self.state / "hub"
         self.processes: list[Process] = []
         self.undo: list[tuple[str, object]] = []  # (what, callable), run in reverse
@@ -583,6 +584,15 @@ class Demo:
                 "CONSULSPAWNER_ADMIN_SERVICE_TOKEN_FILE": str(self.secrets / "hub-api-token"),
                 "CONSULSPAWNER_CLEANUP_SERVERS": "1",
                 "CONSULSPAWNER_DEFAULT_URL": f"/lab/tree/{EXAMPLE}",
+                # Timeouts that hold on a busy 2-core machine (images started cold, Envoy's
+                # first xDS round, other work on the host): a spawn waits up to 90 s for its
+                # sidecar, each Consul call up to 20 s, the notebook up to 120 s to answer,
+                # the whole start up to 300 s (JupyterHub's defaults: 60 s and 30 s).
+                "CONSULSPAWNER_START_TIMEOUT": "300",
+                "CONSULSPAWNER_HTTP_TIMEOUT": "120",
+                "CONSULSPAWNER_SIDECAR_READY_TIMEOUT": "90",
+                "CONSULSPAWNER_CONSUL_REQUEST_TIMEOUT": "20",
+                "CONSULSPAWNER_AUDIT_LOG": str(self.audit_log),
             }
         )
         env.pop("CONSULSPAWNER_ADMIN_SERVICE_TOKEN", None)
@@ -637,6 +647,11 @@ class Demo:
             + ("" if self.args.l7 else "; L4 trusts the notebook's X-Trino-User: re-run without --l4 for L7"),
             "  Trino:           a stand-in (dev/consulspawner_dev/trinostandin.py), not Trino",
             f"  logs:            {self.logs}/",
+            f"  audit trail:     {self.audit_log} (one JSON line per grant, extension, revoke, token, teardown)",
+            f'  metrics:         curl -H "Authorization: token $(cat {secrets_dir / "hub-api-token"})" '
+            f"{self.hub_url}/hub/metrics | grep ^consulspawner_",
+            f"  who can reach:   .venv/bin/consulspawner-reach --consul-address {self.consul_url} "
+            f"--token-file {secrets_dir / 'janitor-token'}",
             "Ctrl-C stops every server, the hub and the rest, and removes every container, service, token and "
             "intention the demo made.",
             "",

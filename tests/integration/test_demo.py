@@ -338,6 +338,15 @@ async def drive(tmp_path, docker_client, *, mode: str, external: FakeConsul | No
 
         assert our_containers(docker_client, instance) == []
         assert list((state / "secrets").iterdir()) == []
+        # The banner said where the audit trail goes; it holds this server's grant and its end.
+        printed = re.search(r"^\s+audit trail:\s+(\S+)", demo.output, re.M)
+        assert printed, demo.output[-3000:]
+        audit_path = Path(printed.group(1))
+        assert audit_path == state.resolve() / "logs" / "audit.log"
+        events = [json.loads(line) for line in (await asyncio.to_thread(audit_path.read_text)).splitlines()]
+        kinds = {e["event"] for e in events if e["service"] == service}
+        assert {"grant", "revoke", "teardown"} <= kinds, events
+        assert re.search(r"^\s+metrics:\s+curl .*/hub/metrics", demo.output, re.M)
         if external is None:
             assert docker_network(network) is None, "the demo's Docker network is still there"
             with pytest.raises(ConsulError):  # the embedded agent went with the demo
