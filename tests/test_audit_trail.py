@@ -72,7 +72,7 @@ async def test_reach_rows_and_the_audit_events_of_grants_an_extension_a_revoke_a
     await alice.grant()
     assert alice.state.granted_since == alice_since
     bob_before = bob.state.copy()
-    errors = await undo(bob, [Step.REVOKE, Step.DEREGISTER, Step.DELETE_TOKENS])
+    errors = await undo(bob, [Step.REVOKE, Step.DEREGISTER, Step.LOGOUT])
     assert errors == []
     # A late round of undoing (as after a failed start) finds bob's source gone: no second
     # revoke in the trail, nor in the revoke counter.
@@ -107,7 +107,7 @@ async def test_reach_rows_and_the_audit_events_of_grants_an_extension_a_revoke_a
             ("grant", "carol"),
             ("extend", "alice"),
             ("revoke", "bob"),
-            ("token-delete", "bob"),
+            ("token-logout", "bob"),
         ]
     )
     for event in events:
