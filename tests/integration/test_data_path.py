@@ -137,6 +137,8 @@ def analyst(make_spawner, proxy_image):
 
     def make(tag, **traits):
         name = f"{NAME_PREFIX}{tag}{uuid.uuid4().hex[:6]}"
+        # L4 unless a test asks for L7 (the default): the L4 section shows what L4 allows.
+        traits.setdefault("intention_mode", "L4")
         return make_spawner(name, sidecar_image=proxy_image, sidecar_command=PROXY_COMMAND, **traits)
 
     return make
