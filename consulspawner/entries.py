@@ -167,3 +167,26 @@ def owned_by(source: dict, hub_instance: str) -> bool:
     """Whether ``source`` was written by the hub ``hub_instance`` (its marker says so)."""
     owner = source_owner(source)
     return owner is not None and owner.hub == hub_instance
+
+
+def bound_trino_user(source: dict) -> str | None:
+    """The Trino user an L7 source of ours allows (its Allow permission's exact X-Trino-User)."""
+    for permission in source.get("Permissions") or []:
+        if permission.get("Action") != "allow":
+            continue
+        for header in (permission.get("HTTP") or {}).get("Header") or []:
+            if header.get("Name") == TRINO_USER_HEADER and "Exact" in header:
+                return header["Exact"]
+    return None
+
+
+def holder_of(entry: dict | None, trino_user: str, hub_user: str, now: float) -> ownership.Owner | None:
+    """Another hub user's live source (of any hub) in ``entry`` that binds ``trino_user``, if any:
+    one Trino user must never be two hub users' at once."""
+    for source in (entry or {}).get("Sources") or []:
+        owner = source_owner(source)
+        if owner is None or owner.user == hub_user or bound_trino_user(source) != trino_user:
+            continue
+        if owner.expires_at is None or owner.expires_at > now:
+            return owner
+    return None

@@ -4,14 +4,36 @@ intention mode (today: L7 destinations that speak http)."""
 from __future__ import annotations
 
 import logging
+import time
 
-from . import ownership
+from . import entries, ownership
 from .consul import ConsulClient, ConsulError
 from .hubwide import _l7_ready
 
 
 class HubTokenRefused(RuntimeError):
     """The hub's own Consul token is too powerful, or lacks a rule the configuration needs."""
+
+
+class TrinoUserTaken(RuntimeError):
+    """The Trino user a spawn would bind is held by a live server of another hub user."""
+
+
+async def check_trino_user_free(
+    client: ConsulClient, destinations: list[str], *, trino_user: str, hub_user: str
+) -> None:
+    """Refuse a spawn whose Trino user another hub user's live server already holds in a
+    destination's intentions (e.g. a ``trino_user`` mapping that sends two people to one
+    account): otherwise both would act as one Trino user."""
+    for destination in destinations:
+        holder = entries.holder_of(
+            await client.get_config(entries.KIND, destination), trino_user, hub_user, time.time()
+        )
+        if holder is not None:
+            raise TrinoUserTaken(
+                f"Trino user {trino_user!r} is held by a live server of hub user {holder.user!r} "
+                f"(hub {holder.hub}); check c.ConsulSpawner.trino_user: each hub user needs a Trino user of their own"
+            )
 
 
 async def check_hub_token(client: ConsulClient, *, service_prefix: str, destinations: list[str]) -> None:

@@ -26,7 +26,7 @@ from .keeper import Keeper
 from .mesh import ServerMesh
 from .orphans import OrphanSweep, sweep_orphans  # noqa: F401 (sweep_orphans: tests)
 from .plan import MeshPlan, build_plan
-from .preflight import check_hub_token, check_l7_destinations
+from .preflight import check_hub_token, check_l7_destinations, check_trino_user_free
 from .sidecar import SidecarContainer
 from .state import MeshState, new_incarnation
 from .teardown import Teardown
@@ -244,6 +244,12 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         plan = self._plan = await self._make_plan(new_incarnation())
         mesh = self._mesh(plan)
         if plan.settings.intention_mode == L7:
+            await check_trino_user_free(
+                self._client_and_writer()[0],
+                list(self.intention_destinations),
+                trino_user=plan.trino_user,
+                hub_user=self.user.name,
+            )
             await check_l7_destinations(
                 self._client_and_writer()[0],
                 self.intention_destinations,

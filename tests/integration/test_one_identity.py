@@ -351,3 +351,18 @@ async def test_another_hubs_sidecars_survive_the_orphan_sweep(
         await this_hub._remove_orphan_sidecars({(o.service, o.incarnation) for o in removed})
         assert docker_client.api.inspect_container(other_hub.sidecar_container_id)["State"]["Running"]
         await hub_stop(other_hub)
+
+
+async def test_a_trino_user_held_by_another_hub_users_live_server_is_refused(make_spawner, admin, user_name):
+    """Issue 18: a trino_user mapping that sends two hub users to one Trino account must not
+    let both act as it: the second spawn is refused, naming the holder."""
+    shared = {"trino_user": lambda spawner: "shared.account"}
+    first = make_spawner(user_name, **shared)
+    await first.start()
+    second = make_spawner(f"{user_name}b", **shared)
+    with pytest.raises(RuntimeError, match=rf"'shared.account' is held by a live server of hub user '{user_name}'"):
+        await second.start()
+    assert await mesh_objects(admin, f"jupyter-{user_name}b") == NOTHING
+    await hub_stop(first)
+    await second.start()  # free again once the first server is gone
+    await hub_stop(second)
