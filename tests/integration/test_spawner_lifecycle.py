@@ -177,3 +177,22 @@ async def test_l7_grant_keeps_the_trino_user_across_a_hub_restart(make_spawner, 
     await wait_for(regranted, message="the keeper to reconcile the restored server, re-granting")
     await hub_stop(restored)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_the_hub_never_receives_another_tokens_secret(make_spawner, admin, mesh_consul, user_name):
+    """Issue 16: with the shipped hub policy, the only secrets that reach the hub are its own
+    servers' login tokens (the fake records every SecretID it hands out, and to whom)."""
+    first, second = make_spawner(user_name), make_spawner(f"{user_name}b")
+    await first.start()
+    await second.start()
+    servers = {first.mesh_state.token_accessor, second.mesh_state.token_accessor}
+    await hub_stop(first)
+    await hub_stop(second)
+    master = (await admin.request("GET", "/v1/acl/token/self")).body["AccessorID"]
+    reads = [r for r in mesh_consul.secret_reads if r["reader"] != master]  # the test's own admin reads
+    logins = [r for r in reads if r["operation"] == "login"]
+    assert {r["accessor"] for r in logins} == servers
+    for read in reads:
+        # Otherwise only a token reading itself (the preflight, the sidecar's own calls).
+        assert read["operation"] in ("login", "token-self"), read
+        assert read["operation"] == "login" or read["accessor"] == read["reader"], read
