@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from .consul import ConsulClient
 from .intentions import IntentionWriter
+
+if TYPE_CHECKING:
+    from .dockerpool import DockerPool
 
 # One Consul client and one intention writer per hub process and Consul identity, so every
 # spawner's intention changes are coalesced together.
@@ -26,8 +29,9 @@ _pending_teardowns: set[asyncio.Task] = set()
 _l7_ready: set[tuple[str, str]] = set()
 # One orphan sweep per hub process and hub instance (keyed with the loop, as the clients).
 _orphan_sweeps: dict[tuple, asyncio.Task] = {}
-# One Docker client (built on its thread) and one thread per spawner class, for the sidecar.
-_sidecar_dockers: dict[type, tuple[ThreadPoolExecutor, Future]] = {}
+# One Docker client (built on a thread of its pool) and a few threads per spawner class, for
+# the sidecars.
+_sidecar_dockers: dict[type, DockerPool] = {}
 
 
 def consul_and_writer(

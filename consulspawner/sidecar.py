@@ -10,13 +10,13 @@ import asyncio
 import io
 import tarfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-import docker
 from docker.errors import APIError, NotFound
+from docker.tls import TLSConfig
 from docker.utils import kwargs_from_env
 from jupyterhub.utils import exponential_backoff
 
+from .dockerpool import DockerPool
 from .hubwide import _sidecar_dockers
 from .mesh import ServerMesh, SidecarNotReady
 from .plan import MeshPlan
@@ -61,27 +61,26 @@ class SidecarContainer(Room):
     # -- the client -----------------------------------------------------------------------------
 
     def sidecar_docker(self, method, *args, **kwargs):
-        """A Docker call of the mesh's own (sidecar, readiness probes, inspections), on a thread
-        and client of its own: DockerSpawner runs every Docker call of every spawner on one
-        shared thread, and a user's sidecar should not queue behind other users' notebooks.
+        """A Docker call of the mesh's own (sidecar, readiness probes, inspections), on the
+        threads and client of :class:`~.dockerpool.DockerPool`: DockerSpawner runs every Docker
+        call of every spawner on one shared thread, and a user's sidecar should not queue behind
+        other users' notebooks.
 
-        One client per spawner class, with that class's ``client_kwargs`` and ``tls_config`` (as
-        DockerSpawner's own client), built on that thread: ``version="auto"`` asks the daemon."""
+        One pool per spawner class, with that class's ``client_kwargs`` and ``tls_config`` (as
+        DockerSpawner's own client), its client built on a pool thread."""
         cls = type(self)
         if cls not in _sidecar_dockers:
-            client_kwargs = {"version": "auto"}
-            if self.tls_config:
-                client_kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
-            client_kwargs.update(kwargs_from_env())
-            client_kwargs.update(self.client_kwargs)
-            executor = ThreadPoolExecutor(1, thread_name_prefix=f"consulspawner-sidecar-{cls.__name__}")
-            _sidecar_dockers[cls] = (executor, executor.submit(docker.APIClient, **client_kwargs))
-        executor, client = _sidecar_dockers[cls]
+            _sidecar_dockers[cls] = DockerPool(self._sidecar_client_kwargs, f"consulspawner-sidecar-{cls.__name__}")
+        return _sidecar_dockers[cls].call(method, *args, **kwargs)
 
-        def call():
-            return getattr(client.result(), method)(*args, **kwargs)
-
-        return asyncio.wrap_future(executor.submit(call))
+    def _sidecar_client_kwargs(self) -> dict:
+        """As DockerSpawner.client's (run on a pool thread: TLSConfig reads the files)."""
+        client_kwargs = {"version": "auto"}
+        if self.tls_config:
+            client_kwargs["tls"] = TLSConfig(**self.tls_config)
+        client_kwargs.update(kwargs_from_env())
+        client_kwargs.update(self.client_kwargs)
+        return client_kwargs
 
     async def _inspect(self, container: str) -> dict | None:
         if not container:
