@@ -29,6 +29,8 @@ LABEL_PREFIX = "org.jupyter.consulspawner"
 # How long a sidecar that is neither running nor being restarted by Docker may stay so before the
 # keeper calls it dead (Docker's restart backoff starts at 100 ms).
 SIDECAR_DOWN_GRACE = 3.0
+# How long a start waits for Docker to finish removing an old container of the same name.
+REMOVAL_WAIT = 60.0
 
 
 class SidecarContainer(Room):
@@ -94,10 +96,32 @@ class SidecarContainer(Room):
         info = await self._inspect(container)
         return bool(info and info["State"]["Running"])
 
+    async def _wait_while_removed(self, name: str) -> None:
+        """Until no container named ``name`` is on its way out: Docker removes an auto_remove
+        container after it exits, asynchronously, and a create under its name meanwhile fails
+        with 409 "name already in use" (as after a dead sidecar took its notebook down, or an
+        old sidecar whose removal answered 409 "removal already in progress")."""
+
+        async def free() -> bool:
+            info = await self._inspect(name)
+            if info is None:
+                return True
+            status = info["State"].get("Status")
+            auto_remove = (info.get("HostConfig") or {}).get("AutoRemove")
+            return not (status in ("removing", "dead") or (auto_remove and status == "exited"))
+
+        try:
+            await exponential_backoff(free, "", start_wait=0.1, max_wait=1.0, timeout=REMOVAL_WAIT)
+        except asyncio.TimeoutError:
+            raise RuntimeError(
+                f"Docker is still removing the old container {name!r} after {REMOVAL_WAIT:g}s (docker inspect)"
+            ) from None
+
     # -- create and remove ----------------------------------------------------------------------
 
     async def _start_sidecar(self, plan: MeshPlan, token_secret: str) -> None:
         await self._remove_sidecar()
+        await self._wait_while_removed(self.sidecar_container_name)
         if self.sidecar_container_name == self.container_name:
             raise RuntimeError(f"sidecar and notebook would share the container name {self.container_name!r}")
         host_config = await self.sidecar_docker(

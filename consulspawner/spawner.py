@@ -255,6 +255,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             self._report(10, f"Creating a Consul token for {plan.service_name}")
             token_secret = await mesh.mint_token()
             self._report(25, "Starting the notebook container")
+            await self._wait_while_removed(self.container_name)
             ip, port = await super().start()
             self._report(45, f"Registering {plan.service_name} in Consul")
             await mesh.register(await self._mesh_address())
