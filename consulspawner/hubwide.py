@@ -15,6 +15,7 @@ from .consul import ConsulClient
 from .intentions import IntentionWriter
 
 if TYPE_CHECKING:
+    from .dockerevents import SidecarDeaths
     from .dockerpool import DockerPool
 
 # One Consul client and one intention writer per hub process and Consul identity, so every
@@ -32,6 +33,8 @@ _orphan_sweeps: dict[tuple, asyncio.Task] = {}
 # One Docker client (built on a thread of its pool) and a few threads per spawner class, for
 # the sidecars.
 _sidecar_dockers: dict[type, DockerPool] = {}
+# One watcher of Docker's events for dead sidecars per spawner class (daemon) and hub instance.
+_sidecar_deaths: dict[tuple, SidecarDeaths] = {}
 
 
 def consul_and_writer(

@@ -16,8 +16,9 @@ from docker.tls import TLSConfig
 from docker.utils import kwargs_from_env
 from jupyterhub.utils import exponential_backoff
 
+from .dockerevents import SidecarDeaths
 from .dockerpool import DockerPool
-from .hubwide import _sidecar_dockers
+from .hubwide import _sidecar_deaths, _sidecar_dockers
 from .mesh import ServerMesh, SidecarNotReady
 from .plan import MeshPlan
 from .room import Room
@@ -268,6 +269,33 @@ class SidecarContainer(Room):
         except asyncio.TimeoutError:
             return False
         return found == "alive"
+
+    # -- Docker's word on a death -----------------------------------------------------------------
+
+    async def _keeper_nap(self, seconds: float) -> None:
+        """Sleep until the keeper's next round, or less: until Docker reports this server's
+        sidecar dead (its ``die`` event), so the round that acts on it runs at once."""
+        sidecar = self.sidecar_container_id
+        if not sidecar:
+            await asyncio.sleep(seconds)
+            return
+        key = (type(self), self.hub_instance)
+        if key not in _sidecar_deaths:
+            labels = [f"{LABEL_PREFIX}.role=sidecar", f"{LABEL_PREFIX}.hub-instance={self.hub_instance}"]
+            _sidecar_deaths[key] = SidecarDeaths(self._sidecar_client_kwargs, labels, self.log)
+        deaths = _sidecar_deaths[key]
+        woken = asyncio.Event()
+        deaths.wake_on_death(sidecar, woken)
+        try:
+            await asyncio.wait_for(woken.wait(), seconds)
+            # Forgotten once acted on: a sidecar Docker restarts keeps its ID, and must not wake
+            # every later nap.
+            deaths.forget(sidecar)
+            self.log.info("Docker reports the sidecar of %s died; checking it now", self._log_name)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            deaths.forget(sidecar, death=False)
 
 
 def _read_bytes(path: str) -> bytes:

@@ -1,7 +1,7 @@
 """Docker's own timing, on the real daemon (issue 17): a start while the old container of the
 same name is still being removed."""
 
-from .conftest import NOTEBOOK_COMMAND, hub_stop, wait_for
+from .conftest import NOTEBOOK_COMMAND, NOTHING, hub_stop, mesh_objects, wait_for
 
 # A layer with many files takes Docker a while to remove, which holds the old name meanwhile.
 FILL_THEN_SERVE = (
@@ -32,3 +32,19 @@ async def test_a_start_waits_while_the_old_notebook_is_still_being_removed(
     await spawner.start()
     assert await spawner.poll() is None
     await hub_stop(spawner)
+
+
+async def test_a_killed_sidecar_is_acted_on_long_before_the_keepers_next_round(
+    make_spawner, admin, docker_client, user_name
+):
+    """Docker's die event wakes the keeper (issue 17, item 10): with rounds two minutes apart,
+    the server is reported down well before the next round could have seen it."""
+    spawner = make_spawner(user_name, keeper_interval=120)
+    await spawner.start()
+    await wait_for(lambda: spawner._keeper is not None, message="the keeper to start")
+    docker_client.api.kill(spawner.sidecar_container_id)  # Docker does not restart what was killed on purpose
+
+    status = await wait_for(spawner.poll, timeout=30, message="poll to report the server dead")
+    assert "sidecar" in str(status)
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
