@@ -217,9 +217,11 @@ class SidecarContainer(Room):
             return False
 
         try:
-            # Every 0.1 s on average (full jitter up to 0.2 s), not growing: readiness is local.
+            # Each probe is three Docker calls (exec create, start, inspect): first after 0.05 s
+            # on average, growing to 0.5 s (full jitter up to 1 s), so servers spawning side by
+            # side do not fill the sidecar's Docker threads with probes.
             await exponential_backoff(
-                ready, "", start_wait=0.2, scale_factor=1, max_wait=0.2, timeout=self.sidecar_ready_timeout
+                ready, "", start_wait=0.1, scale_factor=1.5, max_wait=1.0, timeout=self.sidecar_ready_timeout
             )
         except asyncio.TimeoutError:
             raise SidecarNotReady(

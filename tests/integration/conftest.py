@@ -143,6 +143,7 @@ async def make_spawner(images, test_network, mesh_consul, hub_token, docker_clie
             consul_token=hub_token,
             sidecar_image=images["sidecar"],
             sidecar_command=SIDECAR_COMMAND,
+            start_timeout=90,  # JupyterHub's; the sidecar's readiness deadline must be less
             sidecar_ready_timeout=60,
             consul_retry_budget=5,
         )
