@@ -217,6 +217,11 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             kwargs["host_config"] = self._harden(dict(kwargs.get("host_config") or {}))
             # Labelled as the sidecar is, so a notebook left behind can be found and proven ours.
             kwargs["labels"] = {**(kwargs.get("labels") or {}), **self.container_labels(self._plan, role="notebook")}
+        if method == "stop":
+            # Docker's stop waits up to its timeout (10 s) for a notebook that ignores SIGTERM:
+            # on the mesh's own Docker threads, not on DockerSpawner's one thread that every
+            # other user's spawn and stop queue on.
+            return self.sidecar_docker(method, *args, **kwargs)
         return super().docker(method, *args, **kwargs)
 
     def _harden(self, host_config: dict) -> dict:

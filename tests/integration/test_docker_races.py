@@ -1,7 +1,10 @@
 """Docker's own timing, on the real daemon (issue 17): a start while the old container of the
-same name is still being removed."""
+same name is still being removed, a sidecar's death as Docker reports it, a slow stop beside
+another user's calls."""
 
-from .conftest import NOTEBOOK_COMMAND, NOTHING, hub_stop, mesh_objects, wait_for
+import asyncio
+
+from .conftest import NOTEBOOK_COMMAND, NOTHING, container_ids, hub_stop, mesh_objects, wait_for
 
 # A layer with many files takes Docker a while to remove, which holds the old name meanwhile.
 FILL_THEN_SERVE = (
@@ -48,3 +51,29 @@ async def test_a_killed_sidecar_is_acted_on_long_before_the_keepers_next_round(
     assert "sidecar" in str(status)
     await hub_stop(spawner)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_slow_notebook_stop_does_not_hold_other_users_docker_calls(
+    make_spawner, docker_client, images, user_name
+):
+    """Docker's stop waits its 10 s for a notebook that ignores SIGTERM (PID 1 without a
+    handler); another user's spawn must not queue behind it on DockerSpawner's one thread."""
+    ignores_sigterm = [
+        "python3",
+        "-c",
+        "import http.server; http.server.ThreadingHTTPServer(('', 8888), "
+        "http.server.SimpleHTTPRequestHandler).serve_forever()",
+    ]
+    slow = make_spawner(user_name, cmd=ignores_sigterm)
+    await slow.start()
+    notebook, sidecar = slow.container_id, slow.sidecar_container_id
+    other = make_spawner(user_name + "b")
+
+    stopping = asyncio.ensure_future(slow.stop())
+    # The sidecar's removal runs beside the notebook's stop: once it is gone, the stop is asked.
+    await wait_for(lambda: not container_ids(docker_client, id=sidecar), message="the sidecar to be removed")
+    await other.docker("inspect_image", images["notebook"])
+    assert docker_client.api.inspect_container(notebook)["State"]["Running"], (
+        "another user's Docker call waited for the slow stop"
+    )
+    await stopping
