@@ -14,11 +14,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import requests
 from docker.api.client import APIClient
+from docker.errors import APIError, DockerException
 
 # Threads for the sidecars' Docker calls of one spawner class. Each call is short (the longest
 # is a readiness probe's exec); docker-py's connection pool (10 by default) is larger.
 SIDECAR_DOCKER_THREADS = 4
+
+
+class DockerUnreachable(RuntimeError):
+    """A Docker call that got no answer from the daemon (connection refused or dropped, a
+    timeout): docker-py raises ``requests``' own errors for these, not ``APIError``."""
 
 
 class DockerPool:
@@ -45,7 +52,12 @@ class DockerPool:
         """``client.<method>(*args, **kwargs)`` on a pool thread, as an awaitable."""
 
         def run():
-            return getattr(self.client(), method)(*args, **kwargs)
+            try:
+                return getattr(self.client(), method)(*args, **kwargs)
+            except APIError:
+                raise  # the daemon answered: callers tell 404 and 409 apart
+            except (requests.RequestException, DockerException) as e:
+                raise DockerUnreachable(f"Docker {method} failed: {type(e).__name__}: {e}") from e
 
         return asyncio.wrap_future(self._executor.submit(run))
 

@@ -8,6 +8,7 @@ import pytest
 from docker.errors import DockerException
 
 from consulspawner import hubwide
+from consulspawner.dockerpool import DockerUnreachable
 from consulspawner.spawner import ConsulSpawner
 from consulspawner_dev.standalone import standalone_spawner
 
@@ -60,7 +61,7 @@ async def test_a_slow_daemon_never_holds_the_loop_for_dockerspawners_own_client(
 async def test_a_client_the_daemon_refused_once_is_built_again(spawner_on):
     with SlowDocker(hold=0, fail_versions=1).running() as stub:
         spawner = spawner_on(stub)
-        with pytest.raises(DockerException):
+        with pytest.raises(DockerUnreachable, match="Docker inspect_container failed"):
             await spawner._inspect("nope")
         # A daemon that was starting answers now: the refused construction is not remembered.
         assert await spawner._inspect("nope") is None

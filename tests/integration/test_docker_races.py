@@ -4,6 +4,10 @@ another user's calls."""
 
 import asyncio
 
+import requests
+
+from consulspawner import hubwide
+
 from .conftest import NOTEBOOK_COMMAND, NOTHING, container_ids, hub_stop, mesh_objects, wait_for
 
 # A layer with many files takes Docker a while to remove, which holds the old name meanwhile.
@@ -77,3 +81,35 @@ async def test_a_slow_notebook_stop_does_not_hold_other_users_docker_calls(
         "another user's Docker call waited for the slow stop"
     )
     await stopping
+
+
+async def test_a_rotation_the_daemon_drops_after_the_old_sidecar_is_gone_takes_the_server_down(
+    make_spawner, admin, docker_client, user_name
+):
+    """docker-py raises requests' own errors when the daemon's connection drops (not APIError):
+    a rotation must not let them escape with the old sidecar removed and the server kept."""
+    spawner = make_spawner(user_name)
+    await spawner.start()
+    pool = hubwide._sidecar_dockers[type(spawner)]
+
+    class DropsCreate:
+        def __init__(self, client):
+            self._client = client
+
+        def __getattr__(self, name):
+            if name == "create_container":
+                raise requests.exceptions.ConnectionError("Connection aborted (test)")
+            return getattr(self._client, name)
+
+    real = pool.client
+    pool.client = lambda: DropsCreate(real())  # type: ignore[method-assign]
+    try:
+        async with spawner._lock():
+            await spawner._rotate_token(spawner._mesh(spawner._running_plan()))
+    finally:
+        del pool.client
+    assert "create_container" in spawner._mesh_failure
+    status = await wait_for(spawner.poll, message="poll to report the server down")
+    assert "sidecar" in str(status)
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
