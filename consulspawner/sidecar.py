@@ -132,7 +132,9 @@ class SidecarContainer(Room):
             # A crash is healed by Docker (the token file survives in the container); a sidecar
             # stopped or killed on purpose, or failing for good, stays down and the keeper
             # takes the server down with it.
-            restart_policy={"Name": "on-failure", "MaximumRetryCount": self.sidecar_restart_attempts},
+            # No MaximumRetryCount: Docker never resets its count, so the budget is counted
+            # here, over sidecar_restart_window (_sidecar_alive).
+            restart_policy={"Name": "on-failure"},
         )
         environment = {**self.sidecar_env, "CONSUL_HTTP_ADDR": self.sidecar_consul_address}
         ca_pem = None
@@ -150,6 +152,7 @@ class SidecarContainer(Room):
             host_config=host_config,
         )
         self.sidecar_container_id = container["Id"]
+        self._restart_marks = [(time.monotonic(), 0)]
         # The token goes in as a file copied into this container alone, so it is in no
         # container config (docker inspect), no environment and no mount of the notebook's.
         archive = sidecar_archive(token_secret, ca_pem, self._sidecar_file_owner)
@@ -260,6 +263,8 @@ class SidecarContainer(Room):
             info = await self._inspect(self.sidecar_container_id)
             if info is None:
                 return "gone"
+            if self._restarted_too_often(info.get("RestartCount") or 0):
+                return "crashing"
             state = info["State"]
             return "alive" if state.get("Running") or state.get("Restarting") else None
 
@@ -270,7 +275,23 @@ class SidecarContainer(Room):
             )
         except asyncio.TimeoutError:
             return False
+        if found == "crashing":
+            self.log.warning(
+                "The sidecar of %s crashed more than %d times in %gs",
+                self._log_name,
+                self.sidecar_restart_attempts,
+                self.sidecar_restart_window,
+            )
         return found == "alive"
+
+    def _restarted_too_often(self, restart_count: int) -> bool:
+        """Record Docker's restart count now; True when it grew by more than
+        ``sidecar_restart_attempts`` within ``sidecar_restart_window``."""
+        now = time.monotonic()
+        marks = [(at, count) for at, count in self._restart_marks if now - at <= self.sidecar_restart_window]
+        marks.append((now, restart_count))
+        self._restart_marks = marks
+        return restart_count - min(count for _, count in marks) > self.sidecar_restart_attempts
 
     # -- Docker's word on a death -----------------------------------------------------------------
 

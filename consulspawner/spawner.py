@@ -57,6 +57,8 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
         self._unfinished_teardown: asyncio.Future | None = None
         self._last_probe_output = ""  # what the sidecar's readiness command said last
+        # (when, Docker's RestartCount of the sidecar) seen within sidecar_restart_window
+        self._restart_marks: list[tuple[float, int]] = []
 
     def load_state(self, state):
         super().load_state(state)

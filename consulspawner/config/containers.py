@@ -155,12 +155,30 @@ class ContainerConfig(HasTraits):
 
     sidecar_restart_attempts = Int(
         5,
-        help="""How often Docker restarts a crashed sidecar (restart policy on-failure) before the
-        keeper takes the server down. A sidecar stopped or killed on purpose is not restarted.
+        help="""How many crashes of a sidecar within ``sidecar_restart_window`` Docker heals
+        (restart policy on-failure) before the keeper takes the server down. A sidecar stopped
+        or killed on purpose is not restarted.
+
+        Docker never resets a container's restart count, so the budget is the spawner's: crashes
+        days apart never add up.
 
             c.ConsulSpawner.sidecar_restart_attempts = 3
         """,
     ).tag(config=True)
+
+    sidecar_restart_window = Float(
+        600.0,
+        help="""Seconds over which sidecar crashes are counted against ``sidecar_restart_attempts``.
+
+            c.ConsulSpawner.sidecar_restart_window = 3600
+        """,
+    ).tag(config=True)
+
+    @validate("sidecar_restart_window")
+    def _valid_restart_window(self, proposal):
+        if proposal.value <= 0:
+            raise TraitError(f"c.ConsulSpawner.sidecar_restart_window ({proposal.value:g}) must be positive")
+        return proposal.value
 
     notebook_cap_drop = List(
         Unicode(),

@@ -3,6 +3,7 @@ same name is still being removed, a sidecar's death as Docker reports it, a slow
 another user's calls."""
 
 import asyncio
+import os
 
 import requests
 
@@ -113,3 +114,41 @@ async def test_a_rotation_the_daemon_drops_after_the_old_sidecar_is_gone_takes_t
     assert "sidecar" in str(status)
     await hub_stop(spawner)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+def sidecar_restarted(docker_client, spawner, old_pid):
+    state = docker_client.api.inspect_container(spawner.sidecar_container_id)["State"]
+    return state["Running"] and state["Pid"] not in (0, old_pid)
+
+
+async def crash_sidecar(docker_client, spawner):
+    """Kill the sidecar's process (a crash, not `docker kill`: the restart policy applies)
+    and wait until Docker restarted it."""
+    pid = docker_client.api.inspect_container(spawner.sidecar_container_id)["State"]["Pid"]
+    os.kill(pid, 9)
+    await wait_for(lambda: sidecar_restarted(docker_client, spawner, pid), message="Docker to restart the sidecar")
+
+
+async def test_sidecar_crashes_further_apart_than_the_window_never_add_up(make_spawner, docker_client, user_name):
+    """Docker never resets RestartCount (issue 17): with a budget of one crash per 2 s, two
+    crashes 2 s apart leave the server running; two within 2 s take it down."""
+    spawner = make_spawner(user_name, keeper_interval=1, sidecar_restart_attempts=1, sidecar_restart_window=2)
+    await spawner.start()
+    loop = asyncio.get_running_loop()
+    for _ in range(2):
+        crashed = loop.time()
+        await crash_sidecar(docker_client, spawner)
+        rounds = spawner.keeper_rounds
+        await wait_for(
+            lambda: loop.time() > crashed + 2.5 and spawner.keeper_rounds >= rounds + 2,  # noqa: B023
+            message="the window to pass and two keeper rounds",
+        )
+    assert await spawner.poll() is None
+
+    # Two crashes within the window: Docker restarts the sidecar after the first; after the
+    # second the keeper (woken by the die event) takes the server down.
+    await crash_sidecar(docker_client, spawner)
+    os.kill(docker_client.api.inspect_container(spawner.sidecar_container_id)["State"]["Pid"], 9)
+    status = await wait_for(spawner.poll, message="poll to report the server down")
+    assert "sidecar" in str(status)
+    await hub_stop(spawner)
