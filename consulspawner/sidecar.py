@@ -249,11 +249,12 @@ class SidecarContainer(Room):
             return False
 
     async def _sidecar_and_notebook_running(self) -> bool:
-        return (
-            bool(self.sidecar_container_id)
-            and await self._container_running(self.sidecar_container_id)
-            and await self._container_running(self.container_id)
-        )
+        """Both run, and the sidecar has not used up its restart budget (Docker restarts it
+        without a count, and calls a container in its restart backoff running)."""
+        info = await self._inspect(self.sidecar_container_id)
+        if not info or not info["State"]["Running"] or self._restarted_too_often(info.get("RestartCount") or 0):
+            return False
+        return await self._container_running(self.container_id)
 
     async def _sidecar_alive(self) -> bool:
         """Running or being restarted by Docker's policy; a sidecar that stays down for a few
