@@ -30,3 +30,6 @@ c.JupyterHub.services = [{"name": "csbench-admin", "api_token": env("CSBENCH_ADM
 c.JupyterHub.load_roles = [
     {"name": "csbench-admin", "scopes": ["admin:users", "admin:servers"], "services": ["csbench-admin"]}
 ]
+# Figure 6 spawns ten servers at once on a small machine.
+c.Spawner.start_timeout = int(env("CSBENCH_START_TIMEOUT", "60"))
+c.Spawner.http_timeout = int(env("CSBENCH_START_TIMEOUT", "30"))

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from .consul import ConsulClient
 from .identity import Signer, SigningKeyError
 from .intentions import IntentionWriter
+
+if TYPE_CHECKING:
+    from .dockerevents import SidecarDeaths
+    from .dockerpool import DockerPool
 
 # One Consul client and one intention writer per hub process and Consul identity, so every
 # spawner's intention changes are coalesced together.
@@ -29,8 +33,11 @@ _hub_token_ok: set[tuple[str, str]] = set()
 _l7_ready: set[tuple[str, str]] = set()
 # One orphan sweep per hub process and hub instance (keyed with the loop, as the clients).
 _orphan_sweeps: dict[tuple, asyncio.Task] = {}
-# One Docker client (built on its thread) and one thread per spawner class, for the sidecar.
-_sidecar_dockers: dict[type, tuple[ThreadPoolExecutor, Future]] = {}
+# One Docker client (built on a thread of its pool) and a few threads per spawner class, for
+# the sidecars.
+_sidecar_dockers: dict[type, DockerPool] = {}
+# One watcher of Docker's events for dead sidecars per spawner class (daemon) and hub instance.
+_sidecar_deaths: dict[tuple, SidecarDeaths] = {}
 
 
 # The hub's JWT signing keys by file path, read once (off the event loop) per process.

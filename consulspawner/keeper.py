@@ -69,7 +69,7 @@ class Keeper(Room):
 
     async def _keeper_rounds(self, reconcile: bool, key: int) -> None:
         if not reconcile:
-            await asyncio.sleep(self._keeper_pause())
+            await self._keeper_nap(self._keeper_pause())
         while True:
             async with self._lock():
                 if self.mesh_state.empty:
@@ -88,7 +88,7 @@ class Keeper(Room):
                     self.log.warning("Could not refresh %s in the mesh: %s", self._log_name, e)
                 if self._mesh_failure:
                     return
-            await asyncio.sleep(self._keeper_pause())
+            await self._keeper_nap(self._keeper_pause())  # woken early by the sidecar's death
 
     def _keeper_pause(self) -> float:
         return random.uniform(0.8, 1.2) * self.keeper_interval

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         _unfinished_teardown: asyncio.Future | None
         _mesh_failure: str
         _last_probe_output: str
+        _restart_marks: list[tuple[float, int]]
         keeper_rounds: int
 
 else:

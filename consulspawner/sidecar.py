@@ -10,16 +10,17 @@ import asyncio
 import io
 import tarfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import docker
 from docker.errors import APIError, NotFound
+from docker.tls import TLSConfig
 from docker.utils import kwargs_from_env
 from jupyterhub.utils import exponential_backoff
 
 from .consul import ConsulError
-from .hubwide import _sidecar_dockers
+from .dockerevents import SidecarDeaths
+from .dockerpool import DockerPool, DockerUnreachable
+from .hubwide import _sidecar_deaths, _sidecar_dockers
 from .mesh import ServerMesh, SidecarNotReady
 from .plan import MeshPlan
 from .room import Room
@@ -32,6 +33,8 @@ LABEL_PREFIX = "org.jupyter.consulspawner"
 # How long a sidecar that is neither running nor being restarted by Docker may stay so before the
 # keeper calls it dead (Docker's restart backoff starts at 100 ms).
 SIDECAR_DOWN_GRACE = 3.0
+# How long a start waits for Docker to finish removing an old container of the same name.
+REMOVAL_WAIT = 60.0
 
 
 class SidecarContainer(Room):
@@ -64,29 +67,26 @@ class SidecarContainer(Room):
     # -- the client -----------------------------------------------------------------------------
 
     def sidecar_docker(self, method, *args, **kwargs):
-        """A Docker call of the mesh's own (sidecar, readiness probes, inspections), on a thread
-        and client of its own: DockerSpawner runs every Docker call of every spawner on one
-        shared thread, and a user's sidecar should not queue behind other users' notebooks.
+        """A Docker call of the mesh's own (sidecar, readiness probes, inspections), on the
+        threads and client of :class:`~.dockerpool.DockerPool`: DockerSpawner runs every Docker
+        call of every spawner on one shared thread, and a user's sidecar should not queue behind
+        other users' notebooks.
 
-        One client per spawner class, with that class's ``client_kwargs`` and ``tls_config`` (as
-        DockerSpawner's own client), built on that thread: ``version="auto"`` asks the daemon."""
+        One pool per spawner class, with that class's ``client_kwargs`` and ``tls_config`` (as
+        DockerSpawner's own client), its client built on a pool thread."""
         cls = type(self)
         if cls not in _sidecar_dockers:
-            client_kwargs = {"version": "auto"}
-            if self.tls_config:
-                client_kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
-            client_kwargs.update(kwargs_from_env())
-            client_kwargs.update(self.client_kwargs)
-            executor = ThreadPoolExecutor(1, thread_name_prefix=f"consulspawner-sidecar-{cls.__name__}")
-            _sidecar_dockers[cls] = (executor, executor.submit(docker.APIClient, **client_kwargs))
-        executor, client = _sidecar_dockers[cls]
+            _sidecar_dockers[cls] = DockerPool(self._sidecar_client_kwargs, f"consulspawner-sidecar-{cls.__name__}")
+        return _sidecar_dockers[cls].call(method, *args, **kwargs)
 
-        def call():
-            # A callable runs whole on the thread (e.g. reading a streamed archive to its end).
-            target = method if callable(method) else getattr(client.result(), method)
-            return target(client.result(), *args, **kwargs) if callable(method) else target(*args, **kwargs)
-
-        return asyncio.wrap_future(executor.submit(call))
+    def _sidecar_client_kwargs(self) -> dict:
+        """As DockerSpawner.client's (run on a pool thread: TLSConfig reads the files)."""
+        client_kwargs = {"version": "auto"}
+        if self.tls_config:
+            client_kwargs["tls"] = TLSConfig(**self.tls_config)
+        client_kwargs.update(kwargs_from_env())
+        client_kwargs.update(self.client_kwargs)
+        return client_kwargs
 
     async def _inspect(self, container: str) -> dict | None:
         if not container:
@@ -100,10 +100,32 @@ class SidecarContainer(Room):
         info = await self._inspect(container)
         return bool(info and info["State"]["Running"])
 
+    async def _wait_while_removed(self, name: str) -> None:
+        """Until no container named ``name`` is on its way out: Docker removes an auto_remove
+        container after it exits, asynchronously, and a create under its name meanwhile fails
+        with 409 "name already in use" (as after a dead sidecar took its notebook down, or an
+        old sidecar whose removal answered 409 "removal already in progress")."""
+
+        async def free() -> bool:
+            info = await self._inspect(name)
+            if info is None:
+                return True
+            status = info["State"].get("Status")
+            auto_remove = (info.get("HostConfig") or {}).get("AutoRemove")
+            return not (status in ("removing", "dead") or (auto_remove and status == "exited"))
+
+        try:
+            await exponential_backoff(free, "", start_wait=0.1, max_wait=1.0, timeout=REMOVAL_WAIT)
+        except asyncio.TimeoutError:
+            raise RuntimeError(
+                f"Docker is still removing the old container {name!r} after {REMOVAL_WAIT:g}s (docker inspect)"
+            ) from None
+
     # -- create and remove ----------------------------------------------------------------------
 
     async def _start_sidecar(self, plan: MeshPlan, token_secret: str) -> None:
         await self._remove_sidecar()
+        await self._wait_while_removed(self.sidecar_container_name)
         if self.sidecar_container_name == self.container_name:
             raise RuntimeError(f"sidecar and notebook would share the container name {self.container_name!r}")
         host_config = await self.sidecar_docker(
@@ -113,7 +135,9 @@ class SidecarContainer(Room):
             # A crash is healed by Docker (the token file survives in the container); a sidecar
             # stopped or killed on purpose, or failing for good, stays down and the keeper
             # takes the server down with it.
-            restart_policy={"Name": "on-failure", "MaximumRetryCount": self.sidecar_restart_attempts},
+            # No MaximumRetryCount: Docker never resets its count, so the budget is counted
+            # here, over sidecar_restart_window (_sidecar_alive).
+            restart_policy={"Name": "on-failure"},
         )
         environment = {**self.sidecar_env, "CONSUL_HTTP_ADDR": self.sidecar_consul_address}
         ca_pem = None
@@ -131,6 +155,7 @@ class SidecarContainer(Room):
             host_config=host_config,
         )
         self.sidecar_container_id = container["Id"]
+        self._restart_marks = [(time.monotonic(), 0)]
         # The token goes in as a file copied into this container alone, so it is in no
         # container config (docker inspect), no environment and no mount of the notebook's.
         archive = sidecar_archive(token_secret, ca_pem, self._sidecar_file_owner)
@@ -146,7 +171,7 @@ class SidecarContainer(Room):
             return None
         try:
             return await self.sidecar_docker(_token_from_archive, info["Id"])
-        except (NotFound, APIError, KeyError, tarfile.TarError) as e:
+        except (NotFound, APIError, DockerUnreachable, KeyError, tarfile.TarError) as e:
             self.log.info("Could not read the token file of sidecar %s: %s", info.get("Name", "?"), type(e).__name__)
             return None
 
@@ -154,7 +179,7 @@ class SidecarContainer(Room):
         """Log out the token an orphaned sidecar holds (best effort: it expires anyway)."""
         try:
             secret = await self.sidecar_docker(_token_from_archive, container)
-        except (NotFound, APIError, KeyError, tarfile.TarError):
+        except (NotFound, APIError, DockerUnreachable, KeyError, tarfile.TarError):
             return
         client = self._client_and_writer()[0]
         client.remember_secret(secret)
@@ -234,9 +259,11 @@ class SidecarContainer(Room):
             return False
 
         try:
-            # Every 0.1 s on average (full jitter up to 0.2 s), not growing: readiness is local.
+            # Each probe is three Docker calls (exec create, start, inspect): first after 0.05 s
+            # on average, growing to 0.5 s (full jitter up to 1 s), so servers spawning side by
+            # side do not fill the sidecar's Docker threads with probes.
             await exponential_backoff(
-                ready, "", start_wait=0.2, scale_factor=1, max_wait=0.2, timeout=self.sidecar_ready_timeout
+                ready, "", start_wait=0.1, scale_factor=1.5, max_wait=1.0, timeout=self.sidecar_ready_timeout
             )
         except asyncio.TimeoutError:
             raise SidecarNotReady(
@@ -261,11 +288,12 @@ class SidecarContainer(Room):
             return False
 
     async def _sidecar_and_notebook_running(self) -> bool:
-        return (
-            bool(self.sidecar_container_id)
-            and await self._container_running(self.sidecar_container_id)
-            and await self._container_running(self.container_id)
-        )
+        """Both run, and the sidecar has not used up its restart budget (Docker restarts it
+        without a count, and calls a container in its restart backoff running)."""
+        info = await self._inspect(self.sidecar_container_id)
+        if not info or not info["State"]["Running"] or self._restarted_too_often(info.get("RestartCount") or 0):
+            return False
+        return await self._container_running(self.container_id)
 
     async def _sidecar_alive(self) -> bool:
         """Running or being restarted by Docker's policy; a sidecar that stays down for a few
@@ -275,6 +303,8 @@ class SidecarContainer(Room):
             info = await self._inspect(self.sidecar_container_id)
             if info is None:
                 return "gone"
+            if self._restarted_too_often(info.get("RestartCount") or 0):
+                return "crashing"
             state = info["State"]
             return "alive" if state.get("Running") or state.get("Restarting") else None
 
@@ -285,7 +315,50 @@ class SidecarContainer(Room):
             )
         except asyncio.TimeoutError:
             return False
+        if found == "crashing":
+            self.log.warning(
+                "The sidecar of %s crashed more than %d times in %gs",
+                self._log_name,
+                self.sidecar_restart_attempts,
+                self.sidecar_restart_window,
+            )
         return found == "alive"
+
+    def _restarted_too_often(self, restart_count: int) -> bool:
+        """Record Docker's restart count now; True when it grew by more than
+        ``sidecar_restart_attempts`` within ``sidecar_restart_window``."""
+        now = time.monotonic()
+        marks = [(at, count) for at, count in self._restart_marks if now - at <= self.sidecar_restart_window]
+        marks.append((now, restart_count))
+        self._restart_marks = marks
+        return restart_count - min(count for _, count in marks) > self.sidecar_restart_attempts
+
+    # -- Docker's word on a death -----------------------------------------------------------------
+
+    async def _keeper_nap(self, seconds: float) -> None:
+        """Sleep until the keeper's next round, or less: until Docker reports this server's
+        sidecar dead (its ``die`` event), so the round that acts on it runs at once."""
+        sidecar = self.sidecar_container_id
+        if not sidecar:
+            await asyncio.sleep(seconds)
+            return
+        key = (type(self), self.hub_instance)
+        if key not in _sidecar_deaths:
+            labels = [f"{LABEL_PREFIX}.role=sidecar", f"{LABEL_PREFIX}.hub-instance={self.hub_instance}"]
+            _sidecar_deaths[key] = SidecarDeaths(self._sidecar_client_kwargs, labels, self.log)
+        deaths = _sidecar_deaths[key]
+        woken = asyncio.Event()
+        deaths.wake_on_death(sidecar, woken)
+        try:
+            await asyncio.wait_for(woken.wait(), seconds)
+            # Forgotten once acted on: a sidecar Docker restarts keeps its ID, and must not wake
+            # every later nap.
+            deaths.forget(sidecar)
+            self.log.info("Docker reports the sidecar of %s died; checking it now", self._log_name)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            deaths.forget(sidecar, death=False)
 
 
 def _token_from_archive(client: Any, container: str) -> str:

@@ -57,6 +57,8 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
         self._unfinished_teardown: asyncio.Future | None = None
         self._last_probe_output = ""  # what the sidecar's readiness command said last
+        # (when, Docker's RestartCount of the sidecar) seen within sidecar_restart_window
+        self._restart_marks: list[tuple[float, int]] = []
 
     def load_state(self, state):
         super().load_state(state)
@@ -217,6 +219,11 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             kwargs["host_config"] = self._harden(dict(kwargs.get("host_config") or {}))
             # Labelled as the sidecar is, so a notebook left behind can be found and proven ours.
             kwargs["labels"] = {**(kwargs.get("labels") or {}), **self.container_labels(self._plan, role="notebook")}
+        if method == "stop":
+            # Docker's stop waits up to its timeout (10 s) for a notebook that ignores SIGTERM:
+            # on the mesh's own Docker threads, not on DockerSpawner's one thread that every
+            # other user's spawn and stop queue on.
+            return self.sidecar_docker(method, *args, **kwargs)
         return super().docker(method, *args, **kwargs)
 
     def _harden(self, host_config: dict) -> dict:
@@ -266,6 +273,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             audit.emit_for("token-login", plan.owner, trino_user=plan.trino_user)
             self._report(25, "Starting the notebook container")
             step = "notebook"
+            await self._wait_while_removed(self.container_name)
             ip, port = await super().start()
             self._report(45, f"Registering {plan.service_name} in Consul")
             step = "register"

@@ -90,5 +90,4 @@ async def test_each_spawner_class_gets_its_own_sidecar_client_with_its_client_kw
         assert await other.sidecar_docker("_url", "/info") == "http://127.0.0.2:2/v1.41/info"
     finally:
         for cls in (OneDaemon, OtherDaemon):
-            executor, _ = hubwide._sidecar_dockers.pop(cls)
-            executor.shutdown()
+            hubwide._sidecar_dockers.pop(cls).shutdown()

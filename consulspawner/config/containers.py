@@ -9,6 +9,14 @@ from .limits import address, checked
 from .settings import default as setting
 
 
+def _within_start_timeout(ready_timeout: float, start_timeout: float) -> None:
+    if ready_timeout >= start_timeout:
+        raise TraitError(
+            f"c.ConsulSpawner.sidecar_ready_timeout ({ready_timeout:g}) must be less than "
+            f"c.Spawner.start_timeout ({start_timeout:g}): the spawn must fail with the sidecar's reason first"
+        )
+
+
 class ContainerConfig(HasTraits):
     """The sidecar container and the notebook's hardening (``c.ConsulSpawner.sidecar_*``,
     ``c.ConsulSpawner.notebook_*``)."""
@@ -55,9 +63,14 @@ class ContainerConfig(HasTraits):
         """,
     ).tag(config=True)
 
-    @validate("sidecar_port", "sidecar_ready_timeout", "sidecar_restart_attempts")
+    @validate("sidecar_port", "sidecar_restart_attempts")
     def _valid_limited(self, proposal):
         return checked(proposal)
+
+    @validate("sidecar_ready_timeout")
+    def _valid_ready_timeout(self, proposal):
+        _within_start_timeout(checked(proposal), self.start_timeout)
+        return proposal.value
 
     sidecar_file_owner = Unicode(
         "0:0",
@@ -103,19 +116,33 @@ class ContainerConfig(HasTraits):
         return address(proposal)
 
     sidecar_ready_timeout = Float(
-        60.0,
         help="""Seconds to wait for the sidecar to be ready before the spawn fails.
 
-            c.ConsulSpawner.sidecar_ready_timeout = 120
+        Less than JupyterHub's ``start_timeout`` (default: three quarters of it, 45 s of the
+        default 60 s), so a sidecar that is never ready fails the spawn with its own reason and
+        is undone before JupyterHub gives up on the spawn.
+
+            c.ConsulSpawner.sidecar_ready_timeout = 90  # with c.Spawner.start_timeout = 120
         """,
     ).tag(config=True)
+
+    @default("sidecar_ready_timeout")
+    def _sidecar_ready_timeout_default(self):
+        return 0.75 * self.start_timeout
+
+    @validate("start_timeout")
+    def _valid_start_timeout(self, proposal):
+        if self.trait_has_value("sidecar_ready_timeout"):
+            _within_start_timeout(self.sidecar_ready_timeout, proposal.value)
+        return proposal.value
 
     sidecar_ready_command = List(
         Unicode(),
         default_value=["sidecar-ready"],
         help="""Command run in the sidecar container (docker exec) that exits 0 once the proxy is
-        ready: listeners bound, certificates loaded. The spawner runs it every 0.1 s until then,
-        so readiness does not wait for Consul's TCP check interval (10 s by default).
+        ready: listeners bound, certificates loaded. The spawner runs it until then (first
+        after 0.05 s on average, backing off to 0.5 s), so readiness does not wait for Consul's
+        TCP check interval (10 s by default).
 
         The sidecar images in docker/ provide ``sidecar-ready``: for Envoy it asks the admin
         interface's ``/ready`` on a unix socket in the sidecar's own filesystem (never a TCP
@@ -128,12 +155,30 @@ class ContainerConfig(HasTraits):
 
     sidecar_restart_attempts = Int(
         5,
-        help="""How often Docker restarts a crashed sidecar (restart policy on-failure) before the
-        keeper takes the server down. A sidecar stopped or killed on purpose is not restarted.
+        help="""How many crashes of a sidecar within ``sidecar_restart_window`` Docker heals
+        (restart policy on-failure) before the keeper takes the server down. A sidecar stopped
+        or killed on purpose is not restarted.
+
+        Docker never resets a container's restart count, so the budget is the spawner's: crashes
+        days apart never add up.
 
             c.ConsulSpawner.sidecar_restart_attempts = 3
         """,
     ).tag(config=True)
+
+    sidecar_restart_window = Float(
+        600.0,
+        help="""Seconds over which sidecar crashes are counted against ``sidecar_restart_attempts``.
+
+            c.ConsulSpawner.sidecar_restart_window = 3600
+        """,
+    ).tag(config=True)
+
+    @validate("sidecar_restart_window")
+    def _valid_restart_window(self, proposal):
+        if proposal.value <= 0:
+            raise TraitError(f"c.ConsulSpawner.sidecar_restart_window ({proposal.value:g}) must be positive")
+        return proposal.value
 
     notebook_cap_drop = List(
         Unicode(),

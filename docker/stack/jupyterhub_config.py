@@ -76,6 +76,8 @@ c.ConsulSpawner.sidecar_consul_address = "https://consul-client:8501"
 c.ConsulSpawner.sidecar_env = {"CONSUL_GRPC_ADDR": "https://consul-client:8503"}
 # The image runs Envoy as uid 101: the token copied in as /consul/token (0400) is that user's.
 c.ConsulSpawner.sidecar_file_owner = "101:101"
+# JupyterHub gives up on a spawn after start_timeout; the sidecar's own deadline must be less.
+c.Spawner.start_timeout = 180
 c.ConsulSpawner.sidecar_ready_timeout = 120
 
 # -- Mesh: what a notebook may reach ---------------------------------------------------------------

@@ -151,6 +151,7 @@ async def make_spawner(
             auth_method=hub_identity,
             sidecar_image=images["sidecar"],
             sidecar_command=SIDECAR_COMMAND,
+            start_timeout=90,  # JupyterHub's; the sidecar's readiness deadline must be less
             sidecar_ready_timeout=60,
             consul_retry_budget=5,
         )

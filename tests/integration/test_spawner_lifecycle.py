@@ -136,7 +136,9 @@ async def test_a_failing_consul_step_rolls_everything_back(
 
 
 async def test_a_sidecar_that_exits_at_once_fails_the_spawn_fast(make_spawner, admin, docker_client, user_name):
-    spawner = make_spawner(user_name, sidecar_command=["sh", "-c", "exit 3"], sidecar_ready_timeout=120)
+    spawner = make_spawner(
+        user_name, sidecar_command=["sh", "-c", "exit 3"], start_timeout=180, sidecar_ready_timeout=120
+    )
     with pytest.raises(RuntimeError, match="stopped before it became ready"):
         await spawner.start()
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING

@@ -1,0 +1,159 @@
+"""Figure 6 (issue 17, item 10): the mesh's own time per spawn when 10 users spawn at once,
+against a lone spawn, through a real JupyterHub (benchmarks/hubs.py, jupyterhub-singleuser).
+
+    python benchmarks/fig6_concurrent_spawns.py [--users 10] [--lone 3] [--smoke]
+
+The mesh's own time of a spawn is read from the hub's log: from ConsulSpawner's progress step
+"Registering ... in Consul" (the notebook container is running) to "Connected to the service
+mesh" (the grant is written): registration, sidecar create and start, readiness, grant. Target:
+the median under 10 concurrent spawns within 2x the median of lone spawns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import common
+import docker
+from hubs import BenchHub
+
+from consulspawner_dev.fakeconsul import FakeConsul
+
+MESH = "ConsulSpawner"
+# JupyterHub's log line: "[I 2026-12-03 05:50:01.123 JupyterHub spawner:269] <user>: <message>"
+LOG_LINE = re.compile(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) [^\]]*\] (\S+): (.*)$")
+FIRST, LAST = "Registering ", "Connected to the service mesh"
+STEPS = ("Starting the Connect sidecar", "Waiting for the Connect sidecar", "Granting access", LAST)
+
+
+def mesh_times(log: str, users: list[str]) -> dict[str, dict[str, float]]:
+    """Per user: seconds from the notebook running (registering) to each later step, the last
+    being the grant written."""
+    begun: dict[str, datetime] = {}
+    steps: dict[str, dict[str, float]] = {}
+    for line in log.splitlines():
+        match = LOG_LINE.match(line)
+        if not match or match.group(2) not in users:
+            continue
+        at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f")
+        user, message = match.group(2), match.group(3)
+        if message.startswith(FIRST):
+            begun[user], steps[user] = at, {}
+        elif user in begun:
+            for step in STEPS:
+                if message.startswith(step):
+                    steps[user][step] = (at - begun[user]).total_seconds()
+    return {user: marks for user, marks in steps.items() if LAST in marks}
+
+
+def step_rows(label: str, times: dict[str, dict[str, float]]) -> list:
+    return [[label, step, common.summary([t[step] for t in times.values()])["median"]] for step in STEPS]
+
+
+def spawn(hub: BenchHub, user: str, timeout: float = 300) -> float:
+    """POST the server, wait until the hub calls it ready; seconds taken."""
+    hub.call("POST", f"/users/{user}", ok=(201, 409))
+    started = time.perf_counter()
+    hub.call("POST", f"/users/{user}/server", ok=(201, 202))
+    while not ((server := hub.server(user)) and server.get("ready")):
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"{user}'s server not ready after {timeout}s:\n{hub.log_tail()}")
+        time.sleep(0.1)
+    return time.perf_counter() - started
+
+
+def stop(hub: BenchHub, user: str, timeout: float = 300) -> None:
+    hub.call("DELETE", f"/users/{user}/server", ok=(202, 204))
+    started = time.perf_counter()
+    while hub.server(user) is not None:
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"{user}'s server not gone after {timeout}s")
+        time.sleep(0.1)
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10, help="concurrent spawns")
+    parser.add_argument("--lone", type=int, default=3, help="lone spawns, one after the other")
+    parser.add_argument("--smoke", action="store_true", help="2 concurrent, 1 lone")
+    args = parser.parse_args()
+    users, lone_runs = (2, 1) if args.smoke else (args.users, args.lone)
+    images = common.images()
+    client = docker.from_env()
+    results: dict = {}
+    with common.docker_network(client) as gateway:
+        with FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake:
+            hub = BenchHub(MESH, images, gateway, fake.url)
+            hub.env["CSBENCH_START_TIMEOUT"] = "300"  # ten jupyterhub-singleuser on two cores
+            try:
+                hub.start()
+                lone_users = [f"{common.PREFIX}l{i}" for i in range(lone_runs)]
+                lone_wall = []
+                for user in lone_users:
+                    lone_wall.append(spawn(hub, user))
+                    stop(hub, user)
+                many = [f"{common.PREFIX}c{i}" for i in range(users)]
+                with ThreadPoolExecutor(users) as pool:
+                    many_wall = list(pool.map(lambda u: spawn(hub, u), many))
+                log = (hub.workdir / "jupyterhub.log").read_text()
+                with ThreadPoolExecutor(users) as pool:
+                    list(pool.map(lambda u: stop(hub, u), many))
+            finally:
+                hub.close()
+    client.close()
+    lone_steps, many_steps = mesh_times(log, lone_users), mesh_times(log, many)
+    lone = [t[LAST] for t in lone_steps.values()]
+    concurrent = [t[LAST] for t in many_steps.values()]
+    common.table(
+        ["spawns", "step begins (or, last, ends)", "median s after registering"],
+        step_rows("lone", lone_steps) + step_rows(f"{users} at once", many_steps),
+        title="Figure 6: where the mesh's time goes",
+    )
+    if len(lone) != lone_runs or len(concurrent) != users:
+        raise RuntimeError(f"hub log had mesh times for {len(lone)} lone and {len(concurrent)} concurrent spawns")
+    results = {
+        "lone_mesh_s": common.summary(lone),
+        "concurrent_mesh_s": common.summary(concurrent),
+        "lone_spawn_s": common.summary(lone_wall),
+        "concurrent_spawn_s": common.summary(many_wall),
+        "lone_mesh_runs_s": [round(v, 3) for v in lone],
+        "concurrent_mesh_runs_s": [round(v, 3) for v in concurrent],
+        "lone_steps_median_s": step_rows("lone", lone_steps),
+        "concurrent_steps_median_s": step_rows("concurrent", many_steps),
+    }
+    ratio = common.ratio(results["concurrent_mesh_s"]["median"], results["lone_mesh_s"]["median"])
+    results["ratio_median"] = ratio
+    common.table(
+        ["spawns", "n", "mesh med s", "mesh p90 s", "spawn med s", "spawn p90 s"],
+        [
+            [
+                "lone",
+                lone_runs,
+                results["lone_mesh_s"]["median"],
+                results["lone_mesh_s"]["p90"],
+                results["lone_spawn_s"]["median"],
+                results["lone_spawn_s"]["p90"],
+            ],
+            [
+                f"{users} at once",
+                users,
+                results["concurrent_mesh_s"]["median"],
+                results["concurrent_mesh_s"]["p90"],
+                results["concurrent_spawn_s"]["median"],
+                results["concurrent_spawn_s"]["p90"],
+            ],
+        ],
+        title="Figure 6: the mesh's own time per spawn (notebook running -> grant written), real hub",
+    )
+    targets = {"mesh_median_le_2x_lone": common.target(ratio <= 2.0, ratio, 2.0, "concurrent/lone median mesh time")}
+    return common.emit(
+        "6-concurrent-spawns", {"users": users, "lone": lone_runs, "smoke": args.smoke}, results, targets
+    )
+
+
+if __name__ == "__main__":
+    main()
