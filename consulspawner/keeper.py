@@ -75,7 +75,7 @@ class Keeper(Room):
                     # Consul trouble is not the server's death: the check TTL and intention
                     # expiry leave room for the next round.
                     self.log.warning("Could not refresh %s in the mesh: %s", self._log_name, e)
-                if self._mesh_failure:
+                if self.mesh_state.mesh_failure:
                     return
             await asyncio.sleep(self._keeper_pause())
 
@@ -126,8 +126,9 @@ class Keeper(Room):
         """Take the whole server down (notebook included, so nothing runs out of the hub's
         sight), then let poll report it."""
         self.log.error("Taking %s down: %s", self._log_name, reason)
-        self._mesh_failure = reason  # poll reports it once the notebook has stopped
+        self.mesh_state.mesh_failure = reason  # poll reports it from now until the hub stops the server
         await self._teardown_to_the_end()
+        self._save_state()
 
     def _save_state(self) -> None:
         """Write state to the hub database now: JupyterHub itself saves it only at start and

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
         _plan: MeshPlan | None
         _keeper: asyncio.Task | None
         _unfinished_teardown: asyncio.Future | None
-        _mesh_failure: str
         _last_probe_output: str
         keeper_rounds: int
 

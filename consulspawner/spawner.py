@@ -51,9 +51,6 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         self._progress_changed = asyncio.Event()
         self._lifecycle_lock: asyncio.Lock | None = None
         self._keeper: asyncio.Task | None = None
-        # Set by the keeper when it had to take the server down (its sidecar stayed dead, a
-        # rotation failed): poll reports it.
-        self._mesh_failure = ""
         self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
         self._unfinished_teardown: asyncio.Future | None = None
         self._last_probe_output = ""  # what the sidecar's readiness command said last
@@ -68,7 +65,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
 
     def get_state(self):
         state = super().get_state()
-        if not self.mesh_state.empty:
+        if not self.mesh_state.empty or self.mesh_state.mesh_failure:
             state["consul"] = self.mesh_state.to_dict()
         if self.sidecar_container_id:
             state["sidecar_container_id"] = self.sidecar_container_id
@@ -239,7 +236,6 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
 
     async def _start_locked(self):
         self._progress_events = []
-        self._mesh_failure = ""
         self.mesh_state = MeshState()
         plan = self._plan = await self._make_plan(new_incarnation())
         mesh = self._mesh(plan)
@@ -285,10 +281,14 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
     async def poll(self):
         """A read, as ``Popen.poll``: None while the notebook runs with its mesh membership
         intact. All repair work is the keeper's."""
+        if self.mesh_state.mesh_failure and not self._lock().locked():
+            # The spawner took this server down (reported once that teardown is over): failed
+            # until the hub stops it, even if the notebook's own stop failed and it still runs
+            # (the post-stop hook retries that).
+            return f"removed from the service mesh: {self.mesh_state.mesh_failure}"
         status = await super().poll()
         if status is not None:
-            # Once the keeper has taken a server down, say why, not just the notebook's exit.
-            return f"removed from the service mesh: {self._mesh_failure}" if self._mesh_failure else status
+            return status
         if not self.mesh_state.empty and not self.sidecar_container_id and not self._lock().locked():
             # (Not while a start, stop or keeper round holds the server: mid-start the token
             # exists before the sidecar does.)
@@ -304,7 +304,8 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         # is left running out of the hub's sight. After a normal stop this finds nothing to do.
         await self._stop_keeper()
         async with self._lock():
-            if not self.mesh_state.empty or self.sidecar_container_id:
+            if not self.mesh_state.empty or self.sidecar_container_id or self.mesh_state.mesh_failure:
+                # (A server the keeper took down: its notebook's stop may have failed; again.)
                 await self._teardown(stop_notebook=True)
         result = super().run_post_stop_hook()
         if inspect.isawaitable(result):

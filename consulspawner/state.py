@@ -30,6 +30,9 @@ class MeshState:
     registered: bool = False
     granted: list[list[str]] = field(default_factory=list)  # [destination, source] pairs
     grant_expires_at: float = 0.0
+    # Why the spawner took this server down (the keeper's verdict), kept until the hub clears
+    # the state: poll reports it even while a notebook whose stop failed still runs.
+    mesh_failure: str = ""
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v}

@@ -98,7 +98,8 @@ class Teardown(Room):
         self._plan = None
         if failed:
             self._defer_teardown(state, failed)
-        self.mesh_state = MeshState()
+        # A failure the spawner decided on stays reported (poll) until the hub clears the state.
+        self.mesh_state = MeshState(mesh_failure=state.mesh_failure)
         self.sidecar_container_id = ""
 
     async def _remove_containers(self, stop_notebook: bool, now: bool) -> None:

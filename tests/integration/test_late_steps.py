@@ -1,0 +1,46 @@
+"""Steps that arrive late, fail once, or run side by side, on the real Docker daemon against the
+fake Consul agent holding the shipped hub policy (issue 17)."""
+
+import json
+
+from docker.errors import APIError
+
+from .conftest import NOTHING, container_ids, containers_gone, hub_stop, mesh_objects, wait_for
+
+
+def fail_docker_once(spawner, method):
+    """Make the next DockerSpawner call ``method`` of ``spawner`` fail as the daemon would."""
+    original = spawner.docker
+    failed = []
+
+    def docker(name, *args, **kwargs):
+        if name == method and not failed:
+            failed.append(name)
+            raise APIError(f"injected failure of {method}")
+        return original(name, *args, **kwargs)
+
+    spawner.docker = docker
+    return failed
+
+
+async def test_a_server_the_keeper_took_down_stays_failed_until_its_notebook_is_gone(
+    make_spawner, admin, docker_client, user_name
+):
+    spawner = make_spawner(user_name, keeper_interval=0.5)
+    await spawner.start()
+    name = f"jupyter-{user_name}"
+    failed = fail_docker_once(spawner, "stop")
+    docker_client.containers.get(spawner.sidecar_container_id).stop(timeout=1)
+    await wait_for(lambda: failed, message="the keeper to try to stop the notebook")
+    await wait_for(lambda: spawner._keeper is None or spawner._keeper.done(), message="the keeper to exit")
+    assert container_ids(docker_client, id=spawner.container_id), "the injected failure left the notebook running"
+
+    status = await spawner.poll()
+    assert status is not None and "stopped and stayed down" in status
+    # ... and a restarted hub, from the database, says so too.
+    saved = json.loads(json.dumps(spawner.get_state()))
+    assert "stayed down" in saved["consul"]["mesh_failure"]
+
+    await hub_stop(spawner)  # poll says failed: JupyterHub skips stop() and runs the hook
+    await containers_gone(docker_client, name)
+    assert await mesh_objects(admin, name) == NOTHING
