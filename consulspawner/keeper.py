@@ -93,18 +93,20 @@ class Keeper(Room):
                 await self._fail_server(f"sidecar {self.sidecar_container_name} stopped and stayed down")
                 return False
             self.log.warning("The sidecar of %s is gone; minting a new token and restarting it", self._log_name)
-            await self._rotate_token(mesh)
+            if not await self._rotate_token(mesh):
+                return False
         if reconcile or not await self._heartbeat_or_restore(mesh):
             if not await mesh.registered_in_consul():
                 self.log.warning("Consul lost %s; registering it again", plan.service_id)
             await mesh.register(await self._mesh_address())
         if reconcile and not await mesh.token_exists():
             self.log.warning("The token of %s is gone; minting a new one and restarting the sidecar", self._log_name)
-            await self._rotate_token(mesh)
+            if not await self._rotate_token(mesh):
+                return False  # taken down: this round grants nothing after the teardown
         if reconcile or mesh.grant_due():
             await mesh.grant()
-        if mesh.token_due(self._rotation_margin):
-            await self._rotate_token(mesh)
+        if mesh.token_due(self._rotation_margin) and not await self._rotate_token(mesh):
+            return False
         if reconcile:
             await mesh.delete_stale_tokens()
             self.log.info("Reconciled %s with Consul", plan.service_id)
@@ -137,10 +139,11 @@ class Keeper(Room):
             self.orm_spawner.state = self.get_state()
             self.db.commit()
 
-    async def _rotate_token(self, mesh: ServerMesh) -> None:
+    async def _rotate_token(self, mesh: ServerMesh) -> bool:
         """Mint a new token, restart the sidecar with it, wait until it is ready, then delete
         the old token (Consul tokens cannot be extended). A rotation that fails takes the
-        server down: a server without a working sidecar is not healthy."""
+        server down: a server without a working sidecar is not healthy. False then: the caller
+        must not touch Consul for this server again."""
         plan = mesh.need_plan()
         secret = await mesh.mint_token()
         self._save_state()  # the new accessor is known before anything else can fail
@@ -149,7 +152,8 @@ class Keeper(Room):
             await self._wait_for_sidecar(mesh)
         except (APIError, SidecarNotReady, RuntimeError) as e:
             await self._fail_server(f"token rotation could not restart the sidecar: {e}")
-            return
+            return False
         await mesh.delete_retired_tokens()
         self._save_state()
         self.log.info("Rotated the Consul token of %s", plan.service_id)
+        return True

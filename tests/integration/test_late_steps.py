@@ -44,3 +44,24 @@ async def test_a_server_the_keeper_took_down_stays_failed_until_its_notebook_is_
     await hub_stop(spawner)  # poll says failed: JupyterHub skips stop() and runs the hook
     await containers_gone(docker_client, name)
     assert await mesh_objects(admin, name) == NOTHING
+
+
+async def test_a_reconcile_that_tears_the_server_down_grants_nothing_after(
+    make_spawner, admin, docker_client, user_name
+):
+    first = make_spawner(user_name)
+    await first.start()
+    state = json.loads(json.dumps(first.get_state()))
+    await first.forget()  # the old hub process is gone...
+    await admin.delete_token(state["consul"]["token_accessor"])  # ... and so is the token
+    name = f"jupyter-{user_name}"
+
+    # The restarted hub's repair (a new token, a new sidecar) fails: the sidecar exits at once.
+    second = make_spawner(user_name, sidecar_command=["sh", "-c", "exit 3"])
+    second.load_state(state)
+    await wait_for(lambda: second.mesh_state.mesh_failure, message="the keeper to take the server down")
+    await wait_for(lambda: second._keeper is None or second._keeper.done(), message="the keeper to exit")
+    assert await mesh_objects(admin, name) == NOTHING, "an intention no state records outlives the server"
+    assert "removed from the service mesh" in await second.poll()
+    await hub_stop(second)
+    await containers_gone(docker_client, name)
