@@ -57,7 +57,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
 
     def load_state(self, state):
         super().load_state(state)
-        self.mesh_state = MeshState.from_dict(state.get("consul"))
+        self.mesh_state = MeshState.from_dict(state.get("consul"), self.hub_instance)
         self.sidecar_container_id = state.get("sidecar_container_id", "")
         if not self.mesh_state.empty:
             # A server restored by a restarted hub: its keeper reconciles it with Consul at once.

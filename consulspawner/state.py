@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass, field
 
 from . import ownership
 
+# The layout of the persisted state, written under "version" (as kubespawner versions its state).
+# 1: release 1 (no version key, no hub_instance); 2: hub_instance and the version key.
+STATE_VERSION = 2
+
 
 def new_incarnation() -> str:
     """A unique ID for one start of one server."""
@@ -35,20 +39,30 @@ class MeshState:
     mesh_failure: str = ""
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v}
+        return {"version": STATE_VERSION, **{k: v for k, v in asdict(self).items() if v}}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> MeshState:
+    def from_dict(cls, data: dict | None, hub_instance: str = "") -> MeshState:
+        """State as persisted by this or an earlier release, upgraded to this layout.
+
+        ``hub_instance`` is the loading hub's: state from before it was recorded (version 1)
+        can only have been written by this hub, and without it no ownership check matches, so
+        teardown would leave everything behind while reporting success."""
         data = data or {}
+        version = data.get("version", 1)
+        if not isinstance(version, int):
+            version = 1
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         state = cls(**known)
         state.granted = [list(pair) for pair in state.granted]
         state.retired_accessors = list(state.retired_accessors)
+        if version < 2 and not state.hub_instance:
+            state.hub_instance = hub_instance
         return state
 
     def copy(self) -> MeshState:
         """An independent copy (for work that outlives this state: lingering, deferred undo)."""
-        return MeshState.from_dict(self.to_dict())
+        return MeshState.from_dict(self.to_dict(), self.hub_instance)
 
     @property
     def empty(self) -> bool:

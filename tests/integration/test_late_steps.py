@@ -1,6 +1,7 @@
 """Steps that arrive late, fail once, or run side by side, on the real Docker daemon against the
 fake Consul agent holding the shipped hub policy (issue 17)."""
 
+import asyncio
 import json
 
 from docker.errors import APIError
@@ -64,4 +65,23 @@ async def test_a_reconcile_that_tears_the_server_down_grants_nothing_after(
     assert await mesh_objects(admin, name) == NOTHING, "an intention no state records outlives the server"
     assert "removed from the service mesh" in await second.poll()
     await hub_stop(second)
+    await containers_gone(docker_client, name)
+
+
+async def test_state_written_by_an_earlier_release_is_still_revoked(make_spawner, admin, docker_client, user_name):
+    first = make_spawner(user_name)
+    await first.start()
+    name = f"jupyter-{user_name}"
+    # State as release 1 wrote it: no version, no hub_instance.
+    v1 = json.loads(json.dumps(first.get_state()))
+    v1["consul"] = {k: v for k, v in v1["consul"].items() if k not in ("hub_instance", "version")}
+    await first.forget()
+
+    second = make_spawner(user_name)
+    await asyncio.to_thread(second.load_state, v1)  # as a tool would, so no keeper round repairs it first
+    assert second.mesh_state.hub_instance == second.hub_instance
+    await second.stop()
+    await second.run_post_stop_hook()
+    assert await mesh_objects(admin, name) == NOTHING
+    assert second.get_state().get("consul") is None
     await containers_gone(docker_client, name)
