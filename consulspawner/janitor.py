@@ -106,8 +106,9 @@ class Janitor:
         now = self.clock()
         services = await self.consul.agent_services()
         checks = await self.consul.agent_checks()
-        # A service counts as present if any agent in the catalog still has it.
-        present = set(services) | set(await self.consul.catalog_services())
+        # A service (by name: IDs are per start) counts as present if any agent in the catalog
+        # still has it.
+        present = {s.get("Service") or sid for sid, s in services.items()} | set(await self.consul.catalog_services())
         deletions: list[Deletion] = []
         missing_now: set[tuple[str, ...]] = set()
 

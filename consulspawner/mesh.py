@@ -66,6 +66,7 @@ class ServerMesh:
             state.incarnation = state.incarnation or plan.owner.incarnation
             state.hub_instance = plan.owner.hub
             state.service_id = plan.service_id
+            state.service_name = plan.service_name
             state.user = plan.owner.user
             state.trino_user = plan.trino_user
 
@@ -218,12 +219,12 @@ class ServerMesh:
         """Delete this hub's tokens for this service other than the current one (left by a
         rotation whose state the hub had not saved, or by an earlier incarnation). The list is
         filtered by Consul (``servicename``), not fetched whole."""
-        for token in await self.consul.list_tokens(service_name=self.state.service_id):
+        for token in await self.consul.list_tokens(service_name=self.state.service_name):
             owner = ownership.parse(token.get("Description"))
             if (
                 owner
                 and owner.hub == self.state.hub_instance
-                and owner.service == self.state.service_id
+                and owner.service == self.state.service_name
                 and token["AccessorID"] != self.state.token_accessor
             ):
                 await self.delete_token_by_accessor(token["AccessorID"])

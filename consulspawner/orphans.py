@@ -131,8 +131,8 @@ class OrphanSweep(Room):
                 for spawner in list(user.spawners.values()):
                     if not isinstance(spawner, OrphanSweep):
                         continue
-                    if spawner.mesh_state.service_id:
-                        alive[spawner.mesh_state.service_id] = spawner.mesh_state.incarnation or None
+                    if spawner.mesh_state.service_name:
+                        alive[spawner.mesh_state.service_name] = spawner.mesh_state.incarnation or None
                     if spawner.pending or spawner.active:
                         # Mid-start its incarnation may not be recorded yet: keep all of its objects.
                         name = naming.service_name(user.name, spawner.name or "", spawner.service_name_template)

@@ -148,6 +148,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
                 trino_user=state.trino_user or None,
                 service_port=self.port,
                 service_id=state.service_id or None,
+                service_name=state.service_name or None,
                 incarnation=state.incarnation,
             )
         return self._plan
@@ -288,7 +289,12 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             return f"removed from the service mesh: {self.mesh_state.mesh_failure}"
         status = await super().poll()
         if status is not None:
-            return status
+            # Once the spawner has taken a server down, say why, not just the notebook's exit.
+            return (
+                f"removed from the service mesh: {self.mesh_state.mesh_failure}"
+                if self.mesh_state.mesh_failure
+                else status
+            )
         if not self.mesh_state.empty and not self.sidecar_container_id and not self._lock().locked():
             # (Not while a start, stop or keeper round holds the server: mid-start the token
             # exists before the sidecar does.)

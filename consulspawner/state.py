@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field
 from . import ownership
 
 # The layout of the persisted state, written under "version" (as kubespawner versions its state).
-# 1: release 1 (no version key, no hub_instance); 2: hub_instance and the version key.
-STATE_VERSION = 2
+# 1: release 1 (no version key, no hub_instance); 2: hub_instance and the version key;
+# 3: service_name, as service IDs became unique per incarnation (until then ID == name).
+STATE_VERSION = 3
 
 
 def new_incarnation() -> str:
@@ -24,7 +25,8 @@ class MeshState:
 
     incarnation: str = ""
     hub_instance: str = ""
-    service_id: str = ""
+    service_id: str = ""  # this incarnation's, unique (naming.service_id)
+    service_name: str = ""  # stable across incarnations: identities, intentions, tokens
     user: str = ""
     trino_user: str = ""  # what the grants were made for, so a restarted hub re-grants the same
     token_accessor: str = ""
@@ -58,6 +60,8 @@ class MeshState:
         state.retired_accessors = list(state.retired_accessors)
         if version < 2 and not state.hub_instance:
             state.hub_instance = hub_instance
+        if version < 3 and not state.service_name:
+            state.service_name = state.service_id
         return state
 
     def copy(self) -> MeshState:
@@ -71,5 +75,5 @@ class MeshState:
     def owns(self, owner: ownership.Owner | None) -> bool:
         """Whether a marker names this very incarnation (:func:`ownership.is_incarnation`)."""
         return ownership.is_incarnation(
-            owner, hub=self.hub_instance, service=self.service_id, incarnation=self.incarnation
+            owner, hub=self.hub_instance, service=self.service_name, incarnation=self.incarnation
         )

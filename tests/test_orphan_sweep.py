@@ -63,11 +63,12 @@ async def test_an_older_incarnation_of_a_live_server_is_an_orphan(acl_client):
     objects of the earlier start carry another incarnation and go; the live ones stay."""
     old = await create_server(acl_client, "hub-a", "again")
     token_of_old = [t["AccessorID"] for t in await acl_client.list_tokens(service_name=old.service_name)]
-    new = await create_server(acl_client, "hub-a", "again")  # re-registers the same ID, re-grants
+    new = await create_server(acl_client, "hub-a", "again")  # its own service ID; re-grants the name
     removed = await sweep_orphans(
         acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a", lambda: {new.service_name: new.owner.incarnation}
     )
-    assert [(o.kind, o.target) for o in removed] == [("token", token_of_old[0])]
-    assert new.service_id in await acl_client.agent_services()
+    assert [(o.kind, o.target) for o in removed] == [("service", old.service_id), ("token", token_of_old[0])]
+    services = await acl_client.agent_services()
+    assert new.service_id in services and old.service_id not in services
     sources = (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"]
     assert [s["Name"] for s in sources] == [new.service_name]

@@ -3,6 +3,7 @@ fake Consul agent holding the shipped hub policy (issue 17)."""
 
 import asyncio
 import json
+import re
 
 from docker.errors import APIError
 
@@ -84,4 +85,38 @@ async def test_state_written_by_an_earlier_release_is_still_revoked(make_spawner
     await second.run_post_stop_hook()
     assert await mesh_objects(admin, name) == NOTHING
     assert second.get_state().get("consul") is None
+    await containers_gone(docker_client, name)
+
+
+def instances(services, name):
+    """The incarnations registered under the service name ``name``."""
+    return {s["Meta"].get("incarnation") for s in services.values() if s.get("Service") == name}
+
+
+async def test_a_late_deregister_of_the_old_server_never_removes_the_next_one(
+    make_spawner, admin, mesh_consul, docker_client, user_name
+):
+    name = f"jupyter-{user_name}"
+    deregister = r"^/v1/agent/service/deregister/"
+    old = make_spawner(user_name, consul_request_timeout=2)
+    await old.start()
+    # The stop's deregister reaches the agent but is held there; the spawner gives up on it
+    # and its background retry deregisters the old server.
+    mesh_consul.hang("PUT", deregister, times=1)
+    await hub_stop(old)
+    await wait_for(lambda: mesh_consul.count("PUT", deregister) >= 1, message="the background deregister")
+
+    new = make_spawner(user_name)  # a new Spawner object (as after a hub restart): a new lock
+    await new.start()
+    incarnation = new.mesh_state.incarnation
+    assert instances(await admin.agent_services(), name) == {incarnation}
+
+    # Every deregister the old server sent, the held one included, names the old start alone.
+    sent = [path.rsplit("/", 1)[1] for method, path in mesh_consul.attempts if re.search(deregister, path)]
+    assert len(sent) >= 2 and new.mesh_state.service_id not in sent, sent
+    mesh_consul.clear_faults()  # the held deregister lands now, late
+    assert await new.poll() is None
+    assert instances(await admin.agent_services(), name) == {incarnation}, "the late deregister removed the new server"
+    await hub_stop(new)
+    assert await mesh_objects(admin, name) == NOTHING
     await containers_gone(docker_client, name)
