@@ -25,5 +25,8 @@ if TYPE_CHECKING:
         _last_probe_output: str
         keeper_rounds: int
 
+        def _service_name(self) -> str: ...
+        async def _remove_leftovers(self) -> None: ...
+
 else:
     Room = object

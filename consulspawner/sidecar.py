@@ -40,8 +40,7 @@ class SidecarContainer(Room):
     def sidecar_container_name(self) -> str:
         # A dot: DockerSpawner's escaping never produces one, so no notebook has this name.
         # Stable per server (the service name, not the per-start ID): a leftover is found by name.
-        name = self.mesh_state.service_name or (self._plan.service_name if self._plan else "")
-        return f"{name}.consul-sidecar"
+        return f"{self._service_name()}.consul-sidecar"
 
     def container_labels(self, plan: MeshPlan | None, role: str = "sidecar") -> dict[str, str]:
         """Labels proving a container is this hub's (and, with a plan, this incarnation's)."""
@@ -140,7 +139,7 @@ class SidecarContainer(Room):
         whose labels prove it is this server's (one created by an interrupted start). A
         container under that name that is not ours is never touched."""
         # Taken now: a concurrent DockerSpawner.stop clears the spawner's state.
-        service_name = self.mesh_state.service_name or (self._plan.service_name if self._plan else "")
+        service_name = self._service_name()
         recorded, name = self.sidecar_container_id, self.sidecar_container_name
         for target in dict.fromkeys(t for t in (recorded, name) if t):
             info = await self._inspect(target)

@@ -16,7 +16,7 @@ import inspect
 
 from dockerspawner import DockerSpawner
 
-from . import hubwide
+from . import hubwide, naming
 from .config.traits import ConsulSpawnerConfig
 from .consul import ConsulClient, ConsulError
 from .entries import L7
@@ -54,6 +54,9 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
         self._unfinished_teardown: asyncio.Future | None = None
         self._last_probe_output = ""  # what the sidecar's readiness command said last
+        # At hub start (JupyterHub builds every spawner then, on its loop): sweep what a hub
+        # killed mid-spawn left, without waiting for someone's first spawn. Once per process.
+        self._schedule_orphan_sweep()
 
     def load_state(self, state):
         super().load_state(state)
@@ -134,6 +137,15 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             )
         except (ValueError, TypeError) as e:
             raise RuntimeError(f"ConsulSpawner configuration for user {self.user.name!r}: {e}") from e
+
+    def _service_name(self) -> str:
+        """This server's Consul service name: as recorded, as planned, or as the template makes
+        it (state empty after a hub killed mid-spawn: what it left is found by this name)."""
+        if self.mesh_state.service_name:
+            return self.mesh_state.service_name
+        if self._plan is not None:
+            return self._plan.service_name
+        return naming.service_name(self.user.name, self.name or "", self.service_name_template)
 
     def _running_plan(self) -> MeshPlan:
         """The plan of the running server, rebuilt after a hub restart from state: its service ID,
@@ -230,7 +242,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self):
-        self._schedule_orphan_sweep()
+        self._schedule_orphan_sweep()  # (scheduled at __init__ unless no loop ran then: tools)
         await self._stop_keeper()
         async with self._lock():
             return await self._start_locked()

@@ -89,10 +89,13 @@ class Teardown(Room):
         # registered, so deregistering needs no read first; what goes to the background (run
         # later, maybe after a new start) verifies the incarnation.
         steps = steps_left(state)
+        leftovers = [self._bounded(self._leftovers())] if state.empty and not state.mesh_failure else []
         results = await asyncio.gather(
             self._remove_containers(stop_notebook, now),
             *(self._bounded(undo(mesh, [step], lock_held=True)) for step in steps),
+            *leftovers,
         )
+        results = results[: 1 + len(steps)]
         self.mesh_state = state  # DockerSpawner.stop clears all state; the mesh still holds what is left to undo
         failed += [step for step, ok in zip(steps, results[1:], strict=True) if not ok]
         self._plan = None
@@ -102,6 +105,14 @@ class Teardown(Room):
         self.mesh_state = MeshState(mesh_failure=state.mesh_failure)
         self.sidecar_container_id = ""
 
+    async def _leftovers(self) -> list[Exception]:
+        try:
+            await self._remove_leftovers()
+        except Exception as e:
+            self.log.warning("Could not look for what an earlier start of %s left: %s", self._log_name, e)
+            return [e]
+        return []
+
     async def _remove_containers(self, stop_notebook: bool, now: bool) -> None:
         async def sidecar():
             try:
@@ -110,7 +121,11 @@ class Teardown(Room):
                 self.log.warning("Could not remove the sidecar of %s: %s", self._log_name, e)
 
         async def notebook():
-            if stop_notebook and (self.object_id or await self._inspect(self.container_name) is not None):
+            if stop_notebook and not self.object_id:
+                # No state (a hub killed mid-spawn): the notebook is found by its name.
+                info = await self._inspect(self.container_name)
+                self.object_id = info["Id"] if info else ""
+            if stop_notebook and self.object_id:
                 try:
                     await DockerSpawner.stop(self, now=now)
                 except Exception as e:

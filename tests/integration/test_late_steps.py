@@ -2,10 +2,14 @@
 fake Consul agent holding the shipped hub policy (issue 17)."""
 
 import asyncio
+import copy
 import json
 import re
+from types import SimpleNamespace
 
 from docker.errors import APIError
+
+from consulspawner.spawner import ConsulSpawner
 
 from .conftest import NOTHING, container_ids, containers_gone, hub_stop, mesh_objects, wait_for
 
@@ -120,3 +124,52 @@ async def test_a_late_deregister_of_the_old_server_never_removes_the_next_one(
     await hub_stop(new)
     assert await mesh_objects(admin, name) == NOTHING
     await containers_gone(docker_client, name)
+
+
+def killed_mid_spawn(first):
+    """What a hub killed mid-spawn leaves: everything of ``first`` running, no state saved."""
+    return first.mesh_state.incarnation, first.sidecar_container_id
+
+
+async def test_a_stop_without_state_removes_what_a_killed_hub_left(make_spawner, admin, docker_client, user_name):
+    first = make_spawner(user_name)
+    await first.start()
+    _, sidecar = killed_mid_spawn(first)
+    await first.forget()  # the hub died before it saved the state
+
+    second = make_spawner(user_name)  # the restarted hub: no state for this server
+    await second.stop()
+    await second.run_post_stop_hook()
+    name = f"jupyter-{user_name}"
+    assert await mesh_objects(admin, name) == NOTHING
+    await wait_for(lambda: not container_ids(docker_client, id=sidecar), message="the sidecar left behind to go")
+    await containers_gone(docker_client, name)
+
+
+async def test_the_hub_sweeps_orphans_when_it_starts_not_at_the_first_spawn(
+    make_spawner, admin, docker_client, user_name
+):
+    first = make_spawner(user_name)
+    await first.start()
+    _, sidecar = killed_mid_spawn(first)
+    await first.forget()
+
+    # The restarted hub builds its spawners (init_spawners); nobody spawns anything.
+    users: dict = {}
+    config = copy.deepcopy(first.config)
+    config.ConsulSpawner.orphan_sweep_delay = 0.5
+    user = SimpleNamespace(name=user_name, url=f"/user/{user_name}/", escaped_name=user_name, id=1, settings={})
+    user.settings["users"] = users
+    second = ConsulSpawner(
+        user=user, hub=first.hub, config=config, api_token="x" * 32, oauth_client_id=f"jupyterhub-user-{user_name}"
+    )
+    users[user_name] = SimpleNamespace(name=user_name, spawners={"": second})
+    name = f"jupyter-{user_name}"
+    await wait_for(lambda: _nothing(admin, name), message="the hub start's orphan sweep")
+    await wait_for(lambda: not container_ids(docker_client, id=sidecar), message="the orphaned sidecar to go")
+    await hub_stop(second)
+    await containers_gone(docker_client, name)
+
+
+async def _nothing(admin, name):
+    return await mesh_objects(admin, name) == NOTHING
