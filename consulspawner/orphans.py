@@ -90,7 +90,8 @@ async def sweep_orphans(
                         incarnation=owner.incarnation,
                     )
 
-                await writer.revoke(entry["Name"], source["Name"], only_if=unchanged)
+                if not await writer.revoke(entry["Name"], source["Name"], only_if=unchanged):
+                    continue  # it changed since the read (re-granted, or a newer start's): kept
                 removed.append(
                     Orphan(
                         "intention",

@@ -72,3 +72,18 @@ async def test_an_older_incarnation_of_a_live_server_is_an_orphan(acl_client):
     assert new.service_id in services and old.service_id not in services
     sources = (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"]
     assert [s["Name"] for s in sources] == [new.service_name]
+
+
+class RefusingWriter(IntentionWriter):
+    """A writer whose revoke finds, in its CAS cycle, that the source changed meanwhile."""
+
+    async def revoke(self, destination, source, only_if=None):
+        return False
+
+
+async def test_an_intention_the_revoke_kept_is_not_reported_removed(acl_client):
+    orphan = await create_server(acl_client, "hub-a", "changed")
+    removed = await sweep_orphans(acl_client, RefusingWriter(acl_client, "hub-a"), "hub-a", dict)
+    assert "intention" not in [o.kind for o in removed]
+    sources = (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"]
+    assert [s["Name"] for s in sources] == [orphan.service_name]
