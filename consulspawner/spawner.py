@@ -275,7 +275,13 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             await mesh.grant()
             self._report(95, "Connected to the service mesh")
         except BaseException as e:
-            self.log.warning("Start of %s failed (%s); undoing what was created", self._log_name, e)
+            if isinstance(e, asyncio.CancelledError):
+                # (Its text is empty: say what happened, not "failed ()".)
+                self.log.warning("Start of %s was cancelled; undoing what was created", self._log_name)
+            else:
+                self.log.warning(
+                    "Start of %s failed (%s); undoing what was created", self._log_name, str(e) or type(e).__name__
+                )
             # Shielded: a cancelled spawn (start_timeout, the user's cancel) still undoes everything.
             # Scheduled first: a cancelled spawn still gets its late rounds.
             self._linger(self.mesh_state.copy())

@@ -36,7 +36,8 @@ async def _run(mesh: ServerMesh, step: Step, lock_held: bool) -> None:
     if step is Step.REVOKE:
         await mesh.revoke()
     elif step is Step.DEREGISTER:
-        # Under the server's lock no newer incarnation can have registered: no read first.
+        # The service ID is this incarnation's alone (naming.service_id): a deregister of it can
+        # never remove a newer start, so a caller in the middle of its own stop skips the read.
         await mesh.deregister(verify=not lock_held)
     else:
         await mesh.delete_tokens()
@@ -85,9 +86,8 @@ class Teardown(Room):
         if state.granted and not await self._bounded(undo(mesh, [Step.REVOKE], lock_held=True)):
             failed.append(Step.REVOKE)
         # Access has ended: the rest goes at once, side by side (the sidecar's Docker calls run
-        # on their own thread). Under the server's lock no newer incarnation can have
-        # registered, so deregistering needs no read first; what goes to the background (run
-        # later, maybe after a new start) verifies the incarnation.
+        # on their own thread). The service ID is this incarnation's alone, so deregistering
+        # needs no read first; what goes to the background (run later) still verifies it.
         steps = steps_left(state)
         leftovers = [self._bounded(self._leftovers())] if state.empty and not state.mesh_failure else []
         results = await asyncio.gather(
@@ -149,8 +149,10 @@ class Teardown(Room):
     def _defer_teardown(self, state: MeshState, steps: list[Step]) -> None:
         """Keep retrying teardown steps Consul refused or did not answer, with JupyterHub's
         exponential backoff, for ``intention_ttl``; after that the expiry and the janitor take
-        over. Each attempt holds this server's lock and is guarded by the old incarnation, so it
-        never touches a newer server of the same user."""
+        over. Each attempt is guarded by the old incarnation (intention sources by their marker,
+        the service by its per-start ID, tokens by accessor), so it never touches a newer server of
+        the same user; the lock it takes only orders it with this Spawner object's own work (a
+        restarted hub's new Spawner has another lock)."""
         state = state.copy()
         client, writer = self._client_and_writer()
         mesh = ServerMesh(client, writer, None, state, retry_budget=0, logger=self.log)

@@ -7,6 +7,7 @@ import json
 import re
 from types import SimpleNamespace
 
+import pytest
 from docker.errors import APIError
 
 from consulspawner.spawner import ConsulSpawner
@@ -173,3 +174,17 @@ async def test_the_hub_sweeps_orphans_when_it_starts_not_at_the_first_spawn(
 
 async def _nothing(admin, name):
     return await mesh_objects(admin, name) == NOTHING
+
+
+async def test_a_cancelled_start_says_so_and_is_undone(make_spawner, admin, docker_client, user_name, caplog):
+    spawner = make_spawner(user_name)
+    starting = asyncio.ensure_future(spawner.start())
+    await wait_for(lambda: len(spawner._progress_events) >= 2, message="the start to be under way")
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    messages = [r.getMessage() for r in caplog.records if "Start of" in r.getMessage()]
+    assert messages and all("cancelled" in m and "()" not in m for m in messages), messages
+    name = f"jupyter-{user_name}"
+    await wait_for(lambda: _nothing(admin, name), message="the cancelled start to be undone")
+    await containers_gone(docker_client, name)
