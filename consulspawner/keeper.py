@@ -11,6 +11,7 @@ import asyncio
 import random
 
 from docker.errors import APIError
+from sqlalchemy.orm import object_session
 
 from .consul import ConsulError
 from .mesh import ServerMesh, SidecarNotReady
@@ -135,9 +136,13 @@ class Keeper(Room):
     def _save_state(self) -> None:
         """Write state to the hub database now: JupyterHub itself saves it only at start and
         stop, and a rotated token must not be forgotten if the hub restarts before then."""
-        if self.orm_spawner is not None and self.db is not None:
+        if self.orm_spawner is None:
+            return
+        # The ORM object's own session: Spawner.db is deprecated (and warns on every use).
+        session = object_session(self.orm_spawner)
+        if session is not None:
             self.orm_spawner.state = self.get_state()
-            self.db.commit()
+            session.commit()
 
     async def _rotate_token(self, mesh: ServerMesh) -> bool:
         """Mint a new token, restart the sidecar with it, wait until it is ready, then delete
