@@ -14,8 +14,21 @@ from docker.errors import APIError
 from sqlalchemy.orm import object_session
 
 from .consul import ConsulError
+from .intentions import IntentionConflict
 from .mesh import ServerMesh, SidecarNotReady
 from .room import Room
+
+# Keeper rounds in a row refused by Consul (not merely unanswered) before the server is taken down.
+KEEPER_REFUSALS_LIMIT = 3
+
+
+def _lasting(error: Exception) -> bool:
+    """Whether a keeper round's error will not go away by itself: Consul answered with a
+    refusal (4xx), or an intention source is not ours to write."""
+    if isinstance(error, ConsulError):
+        # (429 is Consul's rate limit: it passes.)
+        return error.status is not None and 400 <= error.status < 500 and error.status != 429
+    return isinstance(error, IntentionConflict)
 
 
 class Keeper(Room):
@@ -62,6 +75,7 @@ class Keeper(Room):
         server, every ``keeper_interval`` (jittered), under the server's lock."""
         if not reconcile:
             await asyncio.sleep(self._keeper_pause())
+        refused = 0  # rounds in a row that Consul answered with a refusal
         while True:
             async with self._lock():
                 if self.mesh_state.empty:
@@ -70,12 +84,18 @@ class Keeper(Room):
                     if await self._keep(reconcile):
                         reconcile = False
                     self.keeper_rounds += 1
+                    refused = 0
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    # Consul trouble is not the server's death: the check TTL and intention
-                    # expiry leave room for the next round.
+                    # Consul unreachable or slow is not the server's death: the check TTL and
+                    # intention expiry leave room for the next round. A refusal that lasts
+                    # (a 403 after a policy change, a conflicting intention) is: the server is
+                    # no longer kept, so it is taken down and poll says why.
                     self.log.warning("Could not refresh %s in the mesh: %s", self._log_name, e)
+                    refused = refused + 1 if _lasting(e) else 0
+                    if refused >= KEEPER_REFUSALS_LIMIT:
+                        await self._fail_server(f"the keeper was refused {refused} rounds in a row: {e}")
                 if self.mesh_state.mesh_failure:
                     return
             await asyncio.sleep(self._keeper_pause())

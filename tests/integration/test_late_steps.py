@@ -188,3 +188,19 @@ async def test_a_cancelled_start_says_so_and_is_undone(make_spawner, admin, dock
     name = f"jupyter-{user_name}"
     await wait_for(lambda: _nothing(admin, name), message="the cancelled start to be undone")
     await containers_gone(docker_client, name)
+
+
+async def test_a_keeper_that_keeps_being_refused_reports_the_server_failed(
+    make_spawner, admin, mesh_consul, docker_client, user_name
+):
+    spawner = make_spawner(user_name, keeper_interval=0.3)
+    await spawner.start()
+    # A policy change: Consul now refuses the heartbeat every round (a 403 is never retried).
+    mesh_consul.fail("PUT", r"^/v1/agent/check/pass/", status=403, times=10_000, body="Permission denied")
+    status = await wait_for(spawner.poll, message="poll to report the server failed")
+    assert "rounds in a row" in status and "403" in status
+    mesh_consul.clear_faults()
+    await hub_stop(spawner)
+    name = f"jupyter-{user_name}"
+    assert await mesh_objects(admin, name) == NOTHING
+    await containers_gone(docker_client, name)
