@@ -77,22 +77,24 @@ class Teardown(Room):
         """Intention first (access ends before anything else), then sidecar, notebook,
         service and tokens, from state alone.
 
-        Bounded: each Consul phase gets ``consul_request_timeout``; what Consul does not finish
-        in time goes on in the background, guarded by this incarnation, while the containers
-        are removed regardless."""
+        Bounded: all its Consul steps share one ``consul_request_timeout`` (not one per
+        phase), so with Consul hung a stop takes that plus Docker's own stop; what Consul does
+        not finish in time goes on in the background, guarded by this incarnation, while the
+        containers are removed regardless."""
         state = self.mesh_state
         mesh = self._mesh(None)
         failed: list[Step] = []
-        if state.granted and not await self._bounded(undo(mesh, [Step.REVOKE], lock_held=True)):
+        deadline = asyncio.get_running_loop().time() + self.consul_request_timeout
+        if state.granted and not await self._bounded(undo(mesh, [Step.REVOKE], lock_held=True), deadline):
             failed.append(Step.REVOKE)
         # Access has ended: the rest goes at once, side by side (the sidecar's Docker calls run
         # on their own thread). The service ID is this incarnation's alone, so deregistering
         # needs no read first; what goes to the background (run later) still verifies it.
         steps = steps_left(state)
-        leftovers = [self._bounded(self._leftovers())] if state.empty and not state.mesh_failure else []
+        leftovers = [self._bounded(self._leftovers(), deadline)] if state.empty and not state.mesh_failure else []
         results = await asyncio.gather(
             self._remove_containers(stop_notebook, now),
-            *(self._bounded(undo(mesh, [step], lock_held=True)) for step in steps),
+            *(self._bounded(undo(mesh, [step], lock_held=True), deadline) for step in steps),
             *leftovers,
         )
         results = results[: 1 + len(steps)]
@@ -133,10 +135,14 @@ class Teardown(Room):
 
         await asyncio.gather(sidecar(), notebook())
 
-    async def _bounded(self, steps: Awaitable[list[Exception]]) -> bool:
-        """Await teardown steps for at most consul_request_timeout; True when they succeeded."""
+    async def _bounded(self, steps: Awaitable[list[Exception]], deadline: float | None = None) -> bool:
+        """Await teardown steps for at most consul_request_timeout, or until ``deadline`` (the
+        loop's time) when one is shared by several steps; True when they succeeded."""
+        timeout = self.consul_request_timeout
+        if deadline is not None:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            errors = await asyncio.wait_for(steps, self.consul_request_timeout)
+            errors = await asyncio.wait_for(steps, timeout)
         except asyncio.TimeoutError:
             self.log.warning(
                 "Consul did not finish a teardown step of %s within %gs; continuing in the background",

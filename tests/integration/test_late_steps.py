@@ -204,3 +204,29 @@ async def test_a_keeper_that_keeps_being_refused_reports_the_server_failed(
     name = f"jupyter-{user_name}"
     assert await mesh_objects(admin, name) == NOTHING
     await containers_gone(docker_client, name)
+
+
+async def test_with_consul_hung_a_stop_takes_one_request_timeout_plus_dockers_stop(
+    make_spawner, admin, mesh_consul, docker_client, user_name
+):
+    timeout = 4.0
+    spawner = make_spawner(user_name, consul_request_timeout=timeout)
+    await spawner.start()
+    for method, path in (
+        ("PUT", r"^/v1/config$"),
+        ("DELETE", r"^/v1/config/"),
+        ("PUT", r"^/v1/agent/service/deregister/"),
+        ("DELETE", r"^/v1/acl/token/"),
+    ):
+        mesh_consul.hang(method, path, times=10_000)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await hub_stop(spawner)
+    took = loop.time() - began
+    # One shared budget for every Consul step of the stop, not one per phase (revoke, then the
+    # rest): the notebook's own stop is quick here (it exits on SIGTERM).
+    assert took < 2 * timeout, f"the stop took {took:.1f}s with Consul hung"
+    mesh_consul.clear_faults()  # the background teardown finishes the job
+    name = f"jupyter-{user_name}"
+    await wait_for(lambda: _nothing(admin, name), timeout=90, message="the background teardown")
+    await containers_gone(docker_client, name)
