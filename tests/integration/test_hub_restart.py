@@ -18,7 +18,7 @@ from consulspawner.mesh import new_incarnation
 from consulspawner.plan import MeshSettings, build_plan
 
 from ..conftest import MASTER_TOKEN
-from .conftest import NOTHING, container_exec, containers_gone, mesh_objects, policy_token, wait_for
+from .conftest import NOTHING, container_exec, containers_gone, mesh_objects, policy_token, service_named, wait_for
 
 DEST = "trino-coordinator"
 ORCHESTRATOR = {"Name": "orchestrator", "Action": "allow", "Description": "the report orchestrator (ops)"}
@@ -45,7 +45,7 @@ async def test_graceful_restarts_reconcile_without_duplicates(hub_runner, admin,
 
     hub_runner.stop()
     # While the hub is down, Consul loses one server's registration and the other's token.
-    assert await admin.deregister_service(f"jupyter-{lost_service}")
+    assert await admin.deregister_service((await service_named(admin, f"jupyter-{lost_service}"))["ID"])
     assert await admin.delete_token(before[lost_token]["tokens"][0])
 
     for _ in range(2):  # any number of restarts: still exactly one of everything
