@@ -242,6 +242,9 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self):
+        problem = self.lifetime_problem()
+        if problem:
+            raise RuntimeError(f"ConsulSpawner configuration: {problem}")
         self._schedule_orphan_sweep()  # (scheduled at __init__ unless no loop ran then: tools)
         await self._stop_keeper()
         async with self._lock():
