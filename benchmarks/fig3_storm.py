@@ -95,10 +95,10 @@ async def storm(url: str, servers: int) -> dict:
     present = {s["Name"]: s for s in (entry or {}).get("Sources") or []}
     granted = [m for m, r in zip(meshes, spawn_results, strict=True) if isinstance(r, float)]
     lost = [
-        m.state.service_id
+        m.state.service_name
         for m in granted
-        if m.state.service_id not in present
-        or not m.state.owns(ownership.parse(present[m.state.service_id].get("Description")))
+        if m.state.service_name not in present
+        or not m.state.owns(ownership.parse(present[m.state.service_name].get("Description")))
     ]
     out["lost_grants"] = len(lost)
     out["entry_sources"] = len(present)

@@ -158,7 +158,7 @@ async def one_run(
 ) -> dict:
     spawner = make_spawner(f"{common.PREFIX}e{how[0]}{i}{uuid.uuid4().hex[:4]}", settings)
     await spawner.start()
-    service = spawner.mesh_state.service_id
+    service = spawner.mesh_state.service_name
     probe = Probe(client, spawner.container_id)
     await asyncio.to_thread(probe.ready.wait, 90)
     if "READY" not in probe.events:

@@ -54,6 +54,7 @@ class Deletion:
     hub: str
     reason: str
     incarnation: str = ""  # the server start that created it: only that one is ever deleted
+    service: str = ""  # the service name a token is for (re-checked before it is deleted)
 
     def line(self) -> str:
         return f"{self.kind} {self.target} (hub {self.hub!r}, user {self.user!r}): {self.reason}"
@@ -106,8 +107,9 @@ class Janitor:
         now = self.clock()
         services = await self.consul.agent_services()
         checks = await self.consul.agent_checks()
-        # A service counts as present if any agent in the catalog still has it.
-        present = set(services) | set(await self.consul.catalog_services())
+        # A service (by name: IDs are per start) counts as present if any agent in the catalog
+        # still has it.
+        present = {s.get("Service") or sid for sid, s in services.items()} | set(await self.consul.catalog_services())
         deletions: list[Deletion] = []
         missing_now: set[tuple[str, ...]] = set()
 
@@ -159,6 +161,7 @@ class Janitor:
                             meta.get(ownership.META_USER, ""),
                             hub,
                             f"critical for {self.critical_limit:g}s",
+                            meta.get(ownership.META_INCARNATION, ""),
                         )
                     )
         # Forget what this pass did not see missing or critical: gone, or back. A later object
@@ -192,6 +195,9 @@ class Janitor:
                         log.info("Kept %s: it changed since the survey", deletion.line())
                         continue
                 elif deletion.kind == "service":
+                    if not await self._still_critical(deletion):
+                        log.info("Kept %s: it changed since the survey", deletion.line())
+                        continue
                     await self.consul.deregister_service(deletion.target)
             except Exception as e:
                 log.warning("Could not delete %s: %s", deletion.line(), e)
@@ -201,6 +207,19 @@ class Janitor:
             metrics.janitor_metrics().deleted(deletion.kind)
             done.append(deletion)
         return done
+
+    async def _present(self) -> set[str]:
+        services = await self.consul.agent_services()
+        return {s.get("Service") or sid for sid, s in services.items()} | set(await self.consul.catalog_services())
+
+    async def _still_critical(self, deletion: Deletion) -> bool:
+        """Whether the service the survey found critical is still registered, still the same
+        start (incarnation) and still critical: the agent has no conditional deregister."""
+        service = await self.consul.agent_service(deletion.target)
+        if service is None or (service.get("Meta") or {}).get(ownership.META_INCARNATION, "") != deletion.incarnation:
+            return False
+        checks = [c for c in (await self.consul.agent_checks()).values() if c.get("ServiceID") == deletion.target]
+        return bool(checks) and all(c.get("Status") == "critical" for c in checks)
 
     async def run_pass(self, dry_run: bool = False) -> list[Deletion]:
         deletions = await self.survey()

@@ -11,11 +11,26 @@ import asyncio
 import random
 import time
 
+from sqlalchemy.orm import object_session
+
 from . import audit, metrics
 from .consul import ConsulError
 from .hubwide import signer_for
+from .intentions import IntentionConflict
 from .mesh import ServerMesh
 from .room import Room
+
+# Keeper rounds in a row refused by Consul (not merely unanswered) before the server is taken down.
+KEEPER_REFUSALS_LIMIT = 3
+
+
+def _lasting(error: Exception) -> bool:
+    """Whether a keeper round's error will not go away by itself: Consul answered with a
+    refusal (4xx), or an intention source is not ours to write."""
+    if isinstance(error, ConsulError):
+        # (429 is Consul's rate limit: it passes.)
+        return error.status is not None and 400 <= error.status < 500 and error.status != 429
+    return isinstance(error, IntentionConflict)
 
 
 class Keeper(Room):
@@ -70,6 +85,7 @@ class Keeper(Room):
     async def _keeper_rounds(self, reconcile: bool, key: int) -> None:
         if not reconcile:
             await self._keeper_nap(self._keeper_pause())
+        refused = 0  # rounds in a row that Consul answered with a refusal
         while True:
             async with self._lock():
                 if self.mesh_state.empty:
@@ -79,14 +95,20 @@ class Keeper(Room):
                         reconcile = False
                     self.keeper_rounds += 1
                     metrics.keeper_round(key, ok=True)
+                    refused = 0
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    # Consul trouble is not the server's death: the check TTL and intention
-                    # expiry leave room for the next round.
+                    # Consul unreachable or slow is not the server's death: the check TTL and
+                    # intention expiry leave room for the next round. A refusal that lasts
+                    # (a 403 after a policy change, a conflicting intention) is: the server is
+                    # no longer kept, so it is taken down and poll says why.
                     metrics.keeper_round(key, ok=False)
                     self.log.warning("Could not refresh %s in the mesh: %s", self._log_name, e)
-                if self._mesh_failure:
+                    refused = refused + 1 if _lasting(e) else 0
+                    if refused >= KEEPER_REFUSALS_LIMIT:
+                        await self._fail_server(f"the keeper was refused {refused} rounds in a row: {e}")
+                if self.mesh_state.mesh_failure:
                     return
             await self._keeper_nap(self._keeper_pause())  # woken early by the sidecar's death
 
@@ -104,18 +126,20 @@ class Keeper(Room):
                 await self._fail_server(f"sidecar {self.sidecar_container_name} stopped and stayed down")
                 return False
             self.log.warning("The sidecar of %s is gone; logging in again and restarting it", self._log_name)
-            await self._rotate_token(mesh)
+            if not await self._rotate_token(mesh):
+                return False
         if reconcile or not await self._heartbeat_or_restore(mesh):
             if not await mesh.registered_in_consul():
                 self.log.warning("Consul lost %s; registering it again", plan.service_id)
             await mesh.register(await self._mesh_address())
         if reconcile and not await self._token_alive(mesh):
             self.log.warning("The token of %s is gone; logging in again and restarting the sidecar", self._log_name)
-            await self._rotate_token(mesh)
+            if not await self._rotate_token(mesh):
+                return False  # taken down: this round grants nothing after the teardown
         if reconcile or mesh.grant_due():
             await mesh.grant()
-        if mesh.token_due(self._rotation_margin(mesh.state.token_lifetime)):
-            await self._rotate_token(mesh)
+        if mesh.token_due(self._rotation_margin(mesh.state.token_lifetime)) and not await self._rotate_token(mesh):
+            return False
         if reconcile:
             self.log.info("Reconciled %s with Consul", plan.service_id)
         self._save_state()
@@ -136,15 +160,20 @@ class Keeper(Room):
         """Take the whole server down (notebook included, so nothing runs out of the hub's
         sight), then let poll report it."""
         self.log.error("Taking %s down: %s", self._log_name, reason)
-        self._mesh_failure = reason  # poll reports it once the notebook has stopped
+        self.mesh_state.mesh_failure = reason  # poll reports it from now until the hub stops the server
         await self._teardown_to_the_end()
+        self._save_state()
 
     def _save_state(self) -> None:
         """Write state to the hub database now: JupyterHub itself saves it only at start and
         stop, and a rotated token must not be forgotten if the hub restarts before then."""
-        if self.orm_spawner is not None and self.db is not None:
+        if self.orm_spawner is None:
+            return
+        # The ORM object's own session: Spawner.db is deprecated (and warns on every use).
+        session = object_session(self.orm_spawner)
+        if session is not None:
             self.orm_spawner.state = self.get_state()
-            self.db.commit()
+            session.commit()
 
     async def _login(self, mesh: ServerMesh) -> str:
         """A new token for this server, by login with a JWT the hub signs (see identity.py)."""
@@ -158,14 +187,15 @@ class Keeper(Room):
         secret = state.secrets.get(state.token_accessor) or await self._recover_token_secret(state)
         return bool(secret) and await mesh.token_alive(secret)
 
-    async def _rotate_token(self, mesh: ServerMesh) -> None:
+    async def _rotate_token(self, mesh: ServerMesh) -> bool:
         """Log in again, restart the sidecar with the new token, wait until it is ready, then
         log the old token out (Consul tokens cannot be extended).
 
         A rotation that fails is not recorded: the new token (if any) is logged out and the
         server goes back to its old, still valid token, with the sidecar restarted on it if it
         had to be replaced; the next round tries again. Only when the old token cannot carry
-        the server either is the server taken down."""
+        the server either is the server taken down: False then, and the caller must not touch
+        Consul for this server again."""
         plan = mesh.need_plan()
         state = mesh.state
         before = (state.token_accessor, state.token_expires_at, state.token_lifetime, list(state.retired_accessors))
@@ -178,13 +208,13 @@ class Keeper(Room):
             await self._start_sidecar(plan, secret)
             await self._wait_for_sidecar(mesh)
         except Exception as e:
-            await self._rotation_failed(mesh, before, sidecar_replaced, e)
-            return
+            return await self._rotation_failed(mesh, before, sidecar_replaced, e)
         await mesh.logout_retired()
         self._save_state()
         self.log.info("Rotated the Consul token of %s", plan.service_id)
+        return True
 
-    async def _rotation_failed(self, mesh: ServerMesh, before: tuple, sidecar_replaced: bool, error: Exception) -> None:
+    async def _rotation_failed(self, mesh: ServerMesh, before: tuple, sidecar_replaced: bool, error: Exception) -> bool:
         state = mesh.state
         old_accessor, old_expires, old_lifetime, old_retired = before
         if state.token_accessor and state.token_accessor != old_accessor:
@@ -206,9 +236,10 @@ class Keeper(Room):
                 usable = False
         if not usable:
             await self._fail_server(f"token rotation failed and the old token cannot carry the server: {error}")
-            return
+            return False
         self.log.warning(
             "Token rotation of %s failed (%s); it stays on its current token and is retried next round",
             self._log_name,
             error,
         )
+        return True

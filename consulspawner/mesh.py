@@ -67,6 +67,7 @@ class ServerMesh:
             state.incarnation = state.incarnation or plan.owner.incarnation
             state.hub_instance = plan.owner.hub
             state.service_id = plan.service_id
+            state.service_name = plan.service_name
             state.user = plan.owner.user
             state.trino_user = plan.trino_user
             state.server = plan.owner.server

@@ -137,6 +137,24 @@ def sidecar_id(parent_service_id: str) -> str:
     return f"{parent_service_id}{RESERVED_SUFFIXES[0]}"
 
 
+# Characters of the incarnation in a service ID: 32 bits, so two starts of one server never share
+# an ID in practice (consul-k8s makes its IDs unique with the pod name the same way).
+INSTANCE_ID_LENGTH = 8
+
+
+def service_id(name: str, incarnation: str) -> str:
+    """The Consul service ID of one start (incarnation) of the server named ``name``.
+
+    Unique per start, as consul-k8s's ``<pod>-<service>``: Consul has no conditional deregister,
+    so a late or retried deregister of an old start can only ever hit that start, never the
+    next one, while the service *name* (identities, intentions) stays stable. The separator is
+    ``--``, which a kept name never holds and a hashed one ends in ten hex digits after, so an
+    ID (eight after its last ``--``) never equals any service name, including the IDs of
+    earlier releases, which were the names. Without an incarnation (tools), the name itself.
+    """
+    return f"{name}--{incarnation[:INSTANCE_ID_LENGTH]}" if incarnation else name
+
+
 # Any name that can hold an ACL service identity (ours, a destination, an upstream):
 # validServiceIdentityName and ServiceIdentityNameMaxLength in hashicorp/consul acl/validation.go.
 SERVICE_IDENTITY_NAME_MAX = 256

@@ -56,21 +56,28 @@ async def sweep_orphans(
     hub_instance: str,
     live: Callable[[], dict[str, str | None]],
     logger: logging.Logger | logging.LoggerAdapter | None = None,
+    *,
+    only_service: str | None = None,
 ) -> list[Orphan]:
     """Revoke everything this hub owns in Consul that belongs to no live incarnation.
 
     ``live()`` maps the service names of the hub's running and pending servers to their current
     incarnation (see :func:`is_orphan`). It is asked again right before each deletion, so a
     server spawned meanwhile is left alone. Intentions go first. Returns what was removed.
+    ``only_service``: only that service name's objects (a stop that has no state for its server).
     """
     services = await consul.agent_services()
     entries = await consul.list_config(KIND)
+
+    def orphaned(owner: ownership.Owner | None) -> TypeGuard[ownership.Owner]:
+        return is_orphan(owner, live(), hub_instance) and (only_service is None or owner.service == only_service)
+
     removed: list[Orphan] = []
 
     for entry in entries:
         for source in entry.get("Sources") or []:
             owner = ownership.parse(source.get("Description"))
-            if is_orphan(owner, live(), hub_instance):
+            if orphaned(owner):
                 seen = source.get("Description")
 
                 def unchanged(current: dict, owner: ownership.Owner = owner, seen: str | None = seen) -> bool:
@@ -82,7 +89,8 @@ async def sweep_orphans(
                         incarnation=owner.incarnation,
                     )
 
-                await writer.revoke(entry["Name"], source["Name"], only_if=unchanged)
+                if not await writer.revoke(entry["Name"], source["Name"], only_if=unchanged):
+                    continue  # it changed since the read (re-granted, or a newer start's): kept
                 removed.append(
                     Orphan(
                         "intention",
@@ -96,7 +104,7 @@ async def sweep_orphans(
         if service.get("Kind") == "connect-proxy":
             continue
         service_owner = ownership.service_owner(service_id, service)
-        if is_orphan(service_owner, live(), hub_instance):
+        if orphaned(service_owner):
             await consul.deregister_service(service_id)
             removed.append(
                 Orphan("service", service_id, service_owner.user, service_owner.service, service_owner.incarnation)
@@ -107,13 +115,33 @@ async def sweep_orphans(
 
 
 class OrphanSweep(Room):
-    """The hub's sweep of orphans, once per hub process, some time after the hub starts."""
+    """The hub's sweep of orphans, once per hub process, some time after the hub starts; and a
+    stop's search for what a server without state left."""
+
+    async def _remove_leftovers(self) -> None:
+        """What this server left in Consul and Docker without state to say so (a hub killed
+        mid-spawn): this hub's objects under this server's service name, of any incarnation,
+        and its sidecar, found by its stable name and proven ours by its labels. Run by a stop
+        under the server's lock, so no start of this server is under way."""
+        client, writer = self._client_and_writer()
+        removed = await sweep_orphans(
+            client, writer, self.hub_instance, dict, self.log, only_service=self._service_name()
+        )
+        if removed:
+            self.log.warning(
+                "Removed what an earlier start of %s left: %s", self._log_name, ", ".join(o.line() for o in removed)
+            )
+        await self._remove_sidecar()
 
     def _schedule_orphan_sweep(self) -> None:
         """Start, once per hub process, the sweep of objects this hub owns but no server holds."""
         users = getattr(self.user, "settings", {}).get("users") if self.orphan_sweep_delay > 0 else None
         if users is None:
             return  # not inside a hub (tests, tools), or disabled
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # built outside the hub's loop: the first start schedules it
         client, writer = self._client_and_writer()
         key = (self.hub_instance, id(asyncio.get_running_loop()))
         if key in _orphan_sweeps:
@@ -125,8 +153,8 @@ class OrphanSweep(Room):
                 for spawner in list(user.spawners.values()):
                     if not isinstance(spawner, OrphanSweep):
                         continue
-                    if spawner.mesh_state.service_id:
-                        alive[spawner.mesh_state.service_id] = spawner.mesh_state.incarnation or None
+                    if spawner.mesh_state.service_name:
+                        alive[spawner.mesh_state.service_name] = spawner.mesh_state.incarnation or None
                     if spawner.pending or spawner.active:
                         # Mid-start its incarnation may not be recorded yet: keep all of its objects.
                         name = naming.service_name(user.name, spawner.name or "", spawner.service_name_template)

@@ -239,7 +239,11 @@ def is_incarnation(owner: Owner | None, *, hub: str, service: str, incarnation: 
 
 
 def service_owner(service_id: str, service: dict) -> Owner | None:
-    """The owner a registered service's ``Meta`` names, or None when we did not register it."""
+    """The owner a registered service's ``Meta`` names, or None when we did not register it.
+
+    ``service`` of the owner is the service *name* (agent: ``Service``, catalog:
+    ``ServiceName``), as in every other marker; ``service_id`` only when the definition has none.
+    """
     if not is_managed_service(service):
         return None
     meta = service.get("Meta") or service.get("ServiceMeta") or {}
@@ -247,7 +251,7 @@ def service_owner(service_id: str, service: dict) -> Owner | None:
         hub=meta.get(META_HUB, ""),
         user=meta.get(META_USER, ""),
         server=meta.get(META_SERVER, ""),
-        service=service_id,
+        service=service.get("Service") or service.get("ServiceName") or service_id,
         incarnation=meta.get(META_INCARNATION, ""),
     )
 

@@ -118,22 +118,25 @@ def build_plan(
     trino_user: str | None = None,
     service_port: int = 8888,
     service_id: str | None = None,
+    service_name: str | None = None,
     incarnation: str = "",
 ) -> MeshPlan:
-    """The plan for one incarnation of one server. ``service_id`` pins a name recorded in
-    spawner state, so a template changed while the server runs never loses track of what was
-    registered; ``incarnation`` goes into every marker."""
+    """The plan for one incarnation of one server. ``service_id`` and ``service_name`` pin
+    what spawner state recorded, so a template changed while the server runs never loses track
+    of what was registered; ``incarnation`` goes into every marker and into the service ID
+    (:func:`naming.service_id`), the name stays stable."""
     trino_user = user_name if trino_user is None else trino_user
     # It becomes the X-Trino-User an L7 intention binds, so only what Envoy and Trino read alike.
     trinouser.check_trino_user(trino_user, user_name)
-    name = service_id or naming.service_name(user_name, server_name, settings.name_template)
+    # State of an earlier release pins only the ID, which was then the name.
+    name = service_name or service_id or naming.service_name(user_name, server_name, settings.name_template)
     owner = ownership.Owner(
         hub=settings.hub_instance, user=user_name, server=server_name, service=name, incarnation=incarnation
     )
     return MeshPlan(
         settings=settings,
         owner=owner,
-        service_id=name,
+        service_id=service_id or naming.service_id(name, incarnation),
         service_name=name,
         trino_user=trino_user,
         service_port=int(service_port),

@@ -22,10 +22,12 @@ if TYPE_CHECKING:
         _plan: MeshPlan | None
         _keeper: asyncio.Task | None
         _unfinished_teardown: asyncio.Future | None
-        _mesh_failure: str
         _last_probe_output: str
         _restart_marks: list[tuple[float, int]]
         keeper_rounds: int
+
+        def _service_name(self) -> str: ...
+        async def _remove_leftovers(self) -> None: ...
 
 else:
     Room = object

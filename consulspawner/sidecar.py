@@ -45,23 +45,24 @@ class SidecarContainer(Room):
     @property
     def sidecar_container_name(self) -> str:
         # A dot: DockerSpawner's escaping never produces one, so no notebook has this name.
-        service_id = self.mesh_state.service_id or (self._plan.service_id if self._plan else "")
-        return f"{service_id}.consul-sidecar"
+        # Stable per server (the service name, not the per-start ID): a leftover is found by name.
+        return f"{self._service_name()}.consul-sidecar"
 
     def container_labels(self, plan: MeshPlan | None, role: str = "sidecar") -> dict[str, str]:
         """Labels proving a container is this hub's (and, with a plan, this incarnation's)."""
         labels = {f"{LABEL_PREFIX}.role": role, f"{LABEL_PREFIX}.hub-instance": self.hub_instance}
         if plan is not None:
             labels[f"{LABEL_PREFIX}.service-id"] = plan.service_id
+            labels[f"{LABEL_PREFIX}.service-name"] = plan.service_name
             labels[f"{LABEL_PREFIX}.incarnation"] = plan.owner.incarnation
         return labels
 
-    def _is_our_sidecar(self, info: dict, service_id: str) -> bool:
+    def _is_our_sidecar(self, info: dict, service_name: str) -> bool:
         labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
         return (
             labels.get(f"{LABEL_PREFIX}.role") == "sidecar"
             and labels.get(f"{LABEL_PREFIX}.hub-instance") == self.hub_instance
-            and labels.get(f"{LABEL_PREFIX}.service-id") == service_id
+            and _service_name(labels) == service_name
         )
 
     # -- the client -----------------------------------------------------------------------------
@@ -203,12 +204,13 @@ class SidecarContainer(Room):
         whose labels prove it is this server's (one created by an interrupted start). A
         container under that name that is not ours is never touched."""
         # Taken now: a concurrent DockerSpawner.stop clears the spawner's state.
-        recorded, name, service_id = self.sidecar_container_id, self.sidecar_container_name, self.mesh_state.service_id
+        service_name = self._service_name()
+        recorded, name = self.sidecar_container_id, self.sidecar_container_name
         for target in dict.fromkeys(t for t in (recorded, name) if t):
             info = await self._inspect(target)
             if info is None:
                 continue
-            if not self._is_our_sidecar(info, service_id):
+            if not self._is_our_sidecar(info, service_name):
                 if target == name:
                     raise RuntimeError(
                         f"a container named {target!r} exists and is not this server's sidecar; left alone"
@@ -234,7 +236,7 @@ class SidecarContainer(Room):
         )
         for container in containers:
             labels = container.get("Labels") or {}
-            key = (labels.get(f"{LABEL_PREFIX}.service-id"), labels.get(f"{LABEL_PREFIX}.incarnation"))
+            key = (_service_name(labels), labels.get(f"{LABEL_PREFIX}.incarnation"))
             if key[1] and key in orphaned:
                 await self._logout_sidecar_token(container["Id"])
                 await self.sidecar_docker("remove_container", container["Id"], force=True, v=True)
@@ -369,6 +371,11 @@ def _token_from_archive(client: Any, container: str) -> str:
         if member is None:
             raise KeyError(SIDECAR_TOKEN_FILE)
         return member.read().decode().strip()
+
+
+def _service_name(labels: dict) -> str | None:
+    # Sidecars of earlier releases have no service-name label; their service ID was the name.
+    return labels.get(f"{LABEL_PREFIX}.service-name") or labels.get(f"{LABEL_PREFIX}.service-id")
 
 
 def _read_bytes(path: str) -> bytes:

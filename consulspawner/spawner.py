@@ -16,7 +16,7 @@ import inspect
 
 from dockerspawner import DockerSpawner
 
-from . import audit, failures, hubwide, metrics
+from . import audit, failures, hubwide, metrics, naming
 from .config.traits import ConsulSpawnerConfig
 from .consul import ConsulClient
 from .entries import L7
@@ -51,18 +51,18 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         self._progress_changed = asyncio.Event()
         self._lifecycle_lock: asyncio.Lock | None = None
         self._keeper: asyncio.Task | None = None
-        # Set by the keeper when it had to take the server down (its sidecar stayed dead, a
-        # rotation failed): poll reports it.
-        self._mesh_failure = ""
         self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
         self._unfinished_teardown: asyncio.Future | None = None
         self._last_probe_output = ""  # what the sidecar's readiness command said last
         # (when, Docker's RestartCount of the sidecar) seen within sidecar_restart_window
         self._restart_marks: list[tuple[float, int]] = []
+        # At hub start (JupyterHub builds every spawner then, on its loop): sweep what a hub
+        # killed mid-spawn left, without waiting for someone's first spawn. Once per process.
+        self._schedule_orphan_sweep()
 
     def load_state(self, state):
         super().load_state(state)
-        self.mesh_state = MeshState.from_dict(state.get("consul"))
+        self.mesh_state = MeshState.from_dict(state.get("consul"), self.hub_instance)
         self.sidecar_container_id = state.get("sidecar_container_id", "")
         if not self.mesh_state.empty:
             # A server restored by a restarted hub: its keeper reconciles it with Consul at once.
@@ -70,7 +70,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
 
     def get_state(self):
         state = super().get_state()
-        if not self.mesh_state.empty:
+        if not self.mesh_state.empty or self.mesh_state.mesh_failure:
             state["consul"] = self.mesh_state.to_dict()
         if self.sidecar_container_id:
             state["sidecar_container_id"] = self.sidecar_container_id
@@ -140,6 +140,15 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         except (ValueError, TypeError) as e:
             raise RuntimeError(f"ConsulSpawner configuration for user {self.user.name!r}: {e}") from e
 
+    def _service_name(self) -> str:
+        """This server's Consul service name: as recorded, as planned, or as the template makes
+        it (state empty after a hub killed mid-spawn: what it left is found by this name)."""
+        if self.mesh_state.service_name:
+            return self.mesh_state.service_name
+        if self._plan is not None:
+            return self._plan.service_name
+        return naming.service_name(self.user.name, self.name or "", self.service_name_template)
+
     def _running_plan(self) -> MeshPlan:
         """The plan of the running server, rebuilt after a hub restart from state: its service ID,
         incarnation and Trino user as recorded, so the keeper re-grants exactly what was granted
@@ -153,6 +162,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
                 trino_user=state.trino_user or None,
                 service_port=self.port,
                 service_id=state.service_id or None,
+                service_name=state.service_name or None,
                 incarnation=state.incarnation,
             )
         return self._plan
@@ -239,14 +249,16 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self):
-        self._schedule_orphan_sweep()
+        problem = self.lifetime_problem()
+        if problem:
+            raise RuntimeError(f"ConsulSpawner configuration: {problem}")
+        self._schedule_orphan_sweep()  # (scheduled at __init__ unless no loop ran then: tools)
         await self._stop_keeper()
         async with self._lock():
             return await self._start_locked()
 
     async def _start_locked(self):
         self._progress_events = []
-        self._mesh_failure = ""
         self.mesh_state = MeshState()
         plan = self._plan = await self._make_plan(new_incarnation())
         mesh = self._mesh(plan)
@@ -293,7 +305,13 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
                 await mesh.grant()
             self._report(95, "Connected to the service mesh")
         except BaseException as e:
-            self.log.warning("Start of %s failed (%s); undoing what was created", self._log_name, e)
+            if isinstance(e, asyncio.CancelledError):
+                # (Its text is empty: say what happened, not "failed ()".)
+                self.log.warning("Start of %s was cancelled; undoing what was created", self._log_name)
+            else:
+                self.log.warning(
+                    "Start of %s failed (%s); undoing what was created", self._log_name, str(e) or type(e).__name__
+                )
             # Shielded: a cancelled spawn (start_timeout, the user's cancel) still undoes everything.
             # Scheduled first: a cancelled spawn still gets its late rounds.
             self._linger(self.mesh_state.copy())
@@ -337,10 +355,19 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
     async def poll(self):
         """A read, as ``Popen.poll``: None while the notebook runs with its mesh membership
         intact. All repair work is the keeper's."""
+        if self.mesh_state.mesh_failure and not self._lock().locked():
+            # The spawner took this server down (reported once that teardown is over): failed
+            # until the hub stops it, even if the notebook's own stop failed and it still runs
+            # (the post-stop hook retries that).
+            return f"removed from the service mesh: {self.mesh_state.mesh_failure}"
         status = await super().poll()
         if status is not None:
-            # Once the keeper has taken a server down, say why, not just the notebook's exit.
-            return f"removed from the service mesh: {self._mesh_failure}" if self._mesh_failure else status
+            # Once the spawner has taken a server down, say why, not just the notebook's exit.
+            return (
+                f"removed from the service mesh: {self.mesh_state.mesh_failure}"
+                if self.mesh_state.mesh_failure
+                else status
+            )
         if not self.mesh_state.empty and not self.sidecar_container_id and not self._lock().locked():
             # (Not while a start, stop or keeper round holds the server: mid-start the token
             # exists before the sidecar does.)
@@ -356,7 +383,8 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         # is left running out of the hub's sight. After a normal stop this finds nothing to do.
         await self._stop_keeper()
         async with self._lock():
-            if not self.mesh_state.empty or self.sidecar_container_id:
+            if not self.mesh_state.empty or self.sidecar_container_id or self.mesh_state.mesh_failure:
+                # (A server the keeper took down: its notebook's stop may have failed; again.)
                 await self._teardown(stop_notebook=True)
         result = super().run_post_stop_hook()
         if inspect.isawaitable(result):

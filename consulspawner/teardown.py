@@ -38,7 +38,8 @@ async def _run(mesh: ServerMesh, step: Step, lock_held: bool) -> None:
         with metrics.step("stop", "revoke"):
             await mesh.revoke()
     elif step is Step.DEREGISTER:
-        # Under the server's lock no newer incarnation can have registered: no read first.
+        # The service ID is this incarnation's alone (naming.service_id): a deregister of it can
+        # never remove a newer start, so a caller in the middle of its own stop skips the read.
         with metrics.step("stop", "deregister"):
             await mesh.deregister(verify=not lock_held)
     else:
@@ -83,9 +84,10 @@ class Teardown(Room):
         """Intention first (access ends before anything else), then sidecar, notebook,
         service and tokens, from state alone.
 
-        Bounded: each Consul phase gets ``consul_request_timeout``; what Consul does not finish
-        in time goes on in the background, guarded by this incarnation, while the containers
-        are removed regardless."""
+        Bounded: all its Consul steps share one ``consul_request_timeout`` (not one per
+        phase), so with Consul hung a stop takes that plus Docker's own stop; what Consul does
+        not finish in time goes on in the background, guarded by this incarnation, while the
+        containers are removed regardless."""
         state = self.mesh_state
         mesh = self._mesh(None)
         failed: list[Step] = []
@@ -94,17 +96,20 @@ class Teardown(Room):
             # A restarted hub: the token's secret lives only in the sidecar; read it back
             # before the sidecar goes, so the token can be logged out rather than left to expire.
             await self._recover_token_secret(state)
-        if state.granted and not await self._bounded(undo(mesh, [Step.REVOKE], lock_held=True)):
+        deadline = asyncio.get_running_loop().time() + self.consul_request_timeout
+        if state.granted and not await self._bounded(undo(mesh, [Step.REVOKE], lock_held=True), deadline):
             failed.append(Step.REVOKE)
         # Access has ended: the rest goes at once, side by side (the sidecar's Docker calls run
-        # on their own thread). Under the server's lock no newer incarnation can have
-        # registered, so deregistering needs no read first; what goes to the background (run
-        # later, maybe after a new start) verifies the incarnation.
+        # on their own thread). The service ID is this incarnation's alone, so deregistering
+        # needs no read first; what goes to the background (run later) still verifies it.
         steps = steps_left(state)
+        leftovers = [self._bounded(self._leftovers(), deadline)] if state.empty and not state.mesh_failure else []
         results = await asyncio.gather(
             self._remove_containers(stop_notebook, now),
-            *(self._bounded(undo(mesh, [step], lock_held=True)) for step in steps),
+            *(self._bounded(undo(mesh, [step], lock_held=True), deadline) for step in steps),
+            *leftovers,
         )
+        results = results[: 1 + len(steps)]
         self.mesh_state = state  # DockerSpawner.stop clears all state; the mesh still holds what is left to undo
         failed += [step for step, ok in zip(steps, results[1:], strict=True) if not ok]
         self._plan = None
@@ -117,8 +122,17 @@ class Teardown(Room):
                 trino_user=state.trino_user or None,
                 cause=f"continuing in the background: {', '.join(s.value for s in failed)}" if failed else "done",
             )
-        self.mesh_state = MeshState()
+        # A failure the spawner decided on stays reported (poll) until the hub clears the state.
+        self.mesh_state = MeshState(mesh_failure=state.mesh_failure)
         self.sidecar_container_id = ""
+
+    async def _leftovers(self) -> list[Exception]:
+        try:
+            await self._remove_leftovers()
+        except Exception as e:
+            self.log.warning("Could not look for what an earlier start of %s left: %s", self._log_name, e)
+            return [e]
+        return []
 
     async def _remove_containers(self, stop_notebook: bool, now: bool) -> None:
         async def sidecar():
@@ -128,7 +142,11 @@ class Teardown(Room):
                 self.log.warning("Could not remove the sidecar of %s: %s", self._log_name, e)
 
         async def notebook():
-            if stop_notebook and (self.object_id or await self._inspect(self.container_name) is not None):
+            if stop_notebook and not self.object_id:
+                # No state (a hub killed mid-spawn): the notebook is found by its name.
+                info = await self._inspect(self.container_name)
+                self.object_id = info["Id"] if info else ""
+            if stop_notebook and self.object_id:
                 try:
                     await DockerSpawner.stop(self, now=now)
                 except Exception as e:
@@ -136,10 +154,14 @@ class Teardown(Room):
 
         await asyncio.gather(sidecar(), notebook())
 
-    async def _bounded(self, steps: Awaitable[list[Exception]]) -> bool:
-        """Await teardown steps for at most consul_request_timeout; True when they succeeded."""
+    async def _bounded(self, steps: Awaitable[list[Exception]], deadline: float | None = None) -> bool:
+        """Await teardown steps for at most consul_request_timeout, or until ``deadline`` (the
+        loop's time) when one is shared by several steps; True when they succeeded."""
+        timeout = self.consul_request_timeout
+        if deadline is not None:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            errors = await asyncio.wait_for(steps, self.consul_request_timeout)
+            errors = await asyncio.wait_for(steps, timeout)
         except asyncio.TimeoutError:
             self.log.warning(
                 "Consul did not finish a teardown step of %s within %gs; continuing in the background",
@@ -152,8 +174,10 @@ class Teardown(Room):
     def _defer_teardown(self, state: MeshState, steps: list[Step]) -> None:
         """Keep retrying teardown steps Consul refused or did not answer, with JupyterHub's
         exponential backoff, for ``intention_ttl``; after that the expiry and the janitor take
-        over. Each attempt holds this server's lock and is guarded by the old incarnation, so it
-        never touches a newer server of the same user."""
+        over. Each attempt is guarded by the old incarnation (intention sources by their marker,
+        the service by its per-start ID, tokens by accessor), so it never touches a newer server of
+        the same user; the lock it takes only orders it with this Spawner object's own work (a
+        restarted hub's new Spawner has another lock)."""
         state = state.copy()
         client, writer = self._client_and_writer()
         mesh = ServerMesh(client, writer, None, state, retry_budget=0, logger=self.log)

@@ -136,3 +136,26 @@ async def test_grace_is_per_granted_start_of_a_source(acl_client):
     assert await sources(acl_client) == ["jupyter-alice"]
     clock[0] += 61
     assert [(d.kind, d.incarnation) for d in await janitor.run_pass()] == [("intention", "b" * 32)]
+
+
+async def test_apply_keeps_what_came_back_between_survey_and_apply(acl_client):
+    """A service whose check passes again after the survey and before the apply is in use and
+    stays (issue 17)."""
+    name = "jupyter-flaky"
+    await acl_client.register_service(
+        {
+            "ID": f"{name}--01234567",
+            "Name": name,
+            "Port": 8888,
+            "Meta": owner(name).service_meta(),
+            "Check": {"CheckID": f"{name}--01234567:alive", "TTL": "60s", "Status": "critical"},
+        }
+    )
+    janitor = Janitor(acl_client, hub_instance="hub-a", grace=0, critical_limit=0)
+    deletions = await janitor.survey()
+    assert ("service", f"{name}--01234567") in {(d.kind, d.target) for d in deletions}
+
+    await acl_client.pass_ttl(f"{name}--01234567:alive")
+    done = await janitor.apply(deletions)
+    assert not [d for d in done if d.kind == "service"], done
+    assert f"{name}--01234567" in await acl_client.agent_services()

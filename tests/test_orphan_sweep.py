@@ -51,3 +51,34 @@ async def test_a_server_spawned_during_the_sweep_is_left_alone(acl_client):
     removed = await sweep_orphans(acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a", keep)
     assert removed == [] and calls
     assert plan.service_id in await acl_client.agent_services()
+
+
+async def test_an_older_incarnation_of_a_live_server_is_an_orphan(acl_client):
+    """A hub killed mid-spawn, then the user started again: the service name is live, but the
+    registration of the earlier start carries another incarnation (its own service ID) and goes;
+    the live one stays. (Its login token is not the sweep's: it expires.)"""
+    old = await create_server(acl_client, "hub-a", "again")
+    new = await create_server(acl_client, "hub-a", "again")  # its own service ID; re-grants the name
+    removed = await sweep_orphans(
+        acl_client, IntentionWriter(acl_client, "hub-a"), "hub-a", lambda: {new.service_name: new.owner.incarnation}
+    )
+    assert [(o.kind, o.target) for o in removed] == [("service", old.service_id)]
+    services = await acl_client.agent_services()
+    assert new.service_id in services and old.service_id not in services
+    sources = (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"]
+    assert [s["Name"] for s in sources] == [new.service_name]
+
+
+class RefusingWriter(IntentionWriter):
+    """A writer whose revoke finds, in its CAS cycle, that the source changed meanwhile."""
+
+    async def revoke(self, destination, source, only_if=None):
+        return False
+
+
+async def test_an_intention_the_revoke_kept_is_not_reported_removed(acl_client):
+    orphan = await create_server(acl_client, "hub-a", "changed")
+    removed = await sweep_orphans(acl_client, RefusingWriter(acl_client, "hub-a"), "hub-a", dict)
+    assert "intention" not in [o.kind for o in removed]
+    sources = (await acl_client.get_config(KIND, "trino-coordinator"))["Sources"]
+    assert [s["Name"] for s in sources] == [orphan.service_name]

@@ -78,6 +78,17 @@ class LifetimeConfig(HasTraits):
         """,
     ).tag(config=True)
 
+    def lifetime_problem(self) -> str:
+        """Why these lifetimes cannot work together ("" when they can): the keeper must come
+        round at least twice within the check TTL (one missed round must not make the check
+        critical) and within the intentions' half-life, when it extends them. Checked at each
+        start, as traits may be set in any order."""
+        for name, ttl in (("check_ttl", self.check_ttl), ("intention_ttl", self.intention_ttl)):
+            if self.keeper_interval > ttl / 2:
+                interval = self.keeper_interval
+                return f"c.ConsulSpawner.keeper_interval ({interval:g} s) must be at most half of {name} ({ttl} s)"
+        return ""
+
     @validate(
         "check_ttl",
         "deregister_critical_after",

@@ -207,8 +207,12 @@ def inspect_json(container):
 
 
 async def mesh_objects(admin, service_name):
-    """Everything in Consul that belongs to one server."""
-    services = sorted(s for s in await admin.agent_services() if s in (service_name, f"{service_name}-sidecar-proxy"))
+    """Everything in Consul that belongs to one server (services by name: their IDs are per start)."""
+    services = sorted(
+        s["Service"]
+        for s in (await admin.agent_services()).values()
+        if s["Service"] in (service_name, f"{service_name}-sidecar-proxy")
+    )
     # A server's tokens are login tokens with its service identity (AuthMethod set by Consul).
     tokens = [
         t["AccessorID"]
@@ -221,6 +225,13 @@ async def mesh_objects(admin, service_name):
 
 
 NOTHING = {"services": [], "tokens": [], "sources": []}
+
+
+async def service_named(admin, service_name):
+    """The agent's registration of the service named ``service_name`` (None if there is none)."""
+    found = [s for s in (await admin.agent_services()).values() if s["Service"] == service_name]
+    assert len(found) <= 1, f"{len(found)} instances of {service_name}"
+    return found[0] if found else None
 
 
 def container_ids(docker_client, **filters):

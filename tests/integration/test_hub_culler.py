@@ -65,7 +65,7 @@ async def test_named_servers_are_separate_mesh_members(hub_runner, admin, user_n
     await wait_for(both_ready, timeout=180, interval=1, message="both servers")
     default, named = naming.service_name(user_name), naming.service_name(user_name, "gpu-box")
     assert default != named
-    services = await admin.agent_services()
+    services = {s["Service"]: s for s in (await admin.agent_services()).values()}
     assert services[named]["Meta"]["hub-server"] == "gpu-box"
     for service in (default, named):
         objects = await mesh_objects(admin, service)

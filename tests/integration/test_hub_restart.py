@@ -18,7 +18,7 @@ from consulspawner.mesh import new_incarnation
 from consulspawner.plan import MeshSettings, build_plan
 
 from ..conftest import MASTER_TOKEN
-from .conftest import NOTHING, container_exec, containers_gone, mesh_objects, policy_token, wait_for
+from .conftest import NOTHING, container_exec, containers_gone, mesh_objects, policy_token, service_named, wait_for
 
 DEST = "trino-coordinator"
 ORCHESTRATOR = {"Name": "orchestrator", "Action": "allow", "Description": "the report orchestrator (ops)"}
@@ -45,7 +45,7 @@ async def test_graceful_restarts_reconcile_without_duplicates(hub_runner, admin,
 
     hub_runner.stop()
     # While the hub is down, Consul loses one server's registration and the other's token.
-    assert await admin.deregister_service(f"jupyter-{lost_service}")
+    assert await admin.deregister_service((await service_named(admin, f"jupyter-{lost_service}"))["ID"])
     assert await admin.delete_token(before[lost_token]["tokens"][0])
 
     for _ in range(2):  # any number of restarts: still exactly one of everything
@@ -59,9 +59,9 @@ async def test_graceful_restarts_reconcile_without_duplicates(hub_runner, admin,
 
         await wait_for(reconciled, timeout=90, interval=1, message="the restarted hub to reconcile")
         services = await admin.agent_services()
-        assert sorted(s for s in services if s.startswith(f"jupyter-{user_name}")) == sorted(
-            [f"jupyter-{u}{suffix}" for u in (lost_service, lost_token) for suffix in ("", "-sidecar-proxy")]
-        )
+        assert sorted(
+            s["Service"] for s in services.values() if s["Service"].startswith(f"jupyter-{user_name}")
+        ) == sorted([f"jupyter-{u}{suffix}" for u in (lost_service, lost_token) for suffix in ("", "-sidecar-proxy")])
         for user in (lost_service, lost_token):
             await wait_for(
                 lambda user=user: upstream_works(docker_client, user), timeout=60, message=f"{user}'s upstream"
@@ -145,12 +145,13 @@ async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, adm
     docker_client.containers.run(
         images["sidecar"],
         ["sleep", "600"],
-        name=f"{plan.service_id}.consul-sidecar",
+        name=f"{plan.service_name}.consul-sidecar",
         detach=True,
         labels={
             "org.jupyter.consulspawner.role": "sidecar",
             "org.jupyter.consulspawner.hub-instance": "jupyterhub",
             "org.jupyter.consulspawner.service-id": plan.service_id,
+            "org.jupyter.consulspawner.service-name": plan.service_name,
             "org.jupyter.consulspawner.incarnation": plan.owner.incarnation,
         },
     )
@@ -161,7 +162,7 @@ async def test_hub_start_revokes_what_no_server_of_its_own_holds(hub_runner, adm
     api = await hub_runner.start(CONSULSPAWNER_ORPHAN_SWEEP_DELAY="3")
     await api.spawn(live_user)
     await wait_for(lambda: _gone(admin, plan.service_name), timeout=90, message="the orphan sweep")
-    await containers_gone(docker_client, f"{plan.service_id}.consul-sidecar")
+    await containers_gone(docker_client, f"{plan.service_name}.consul-sidecar")
     live = await mesh_objects(admin, f"jupyter-{live_user}")
     assert len(live["services"]) == 2 and len(live["tokens"]) == 1 and live["sources"]
     assert other.service_id in await admin.agent_services()

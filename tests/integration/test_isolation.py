@@ -78,7 +78,7 @@ async def test_a_servers_token_reaches_only_its_own_identity(make_spawner, mesh_
                 }
             ),
             "register another": as_alice.register_service({"ID": "extra", "Name": "extra", "Port": 1}),
-            "deregister another": as_alice.deregister_service(f"jupyter-{user_name}b"),
+            "deregister another": as_alice.deregister_service(bob.mesh_state.service_id),
         }
         for what, call in refusals.items():
             with pytest.raises(ConsulError) as refused:
@@ -185,6 +185,7 @@ async def test_both_containers_carry_the_incarnation_that_made_them(make_spawner
         labels = docker_client.api.inspect_container(container)["Config"]["Labels"]
         assert labels[f"{prefix}.role"] == role
         assert labels[f"{prefix}.incarnation"] == spawner.mesh_state.incarnation
-        assert labels[f"{prefix}.service-id"] == f"jupyter-{user_name}"
+        assert labels[f"{prefix}.service-id"] == spawner.mesh_state.service_id
+        assert labels[f"{prefix}.service-name"] == f"jupyter-{user_name}"
     assert docker_client.api.inspect_container(spawner.container_id)["Config"]["Labels"]["site"] == "kept"
     await hub_stop(spawner)

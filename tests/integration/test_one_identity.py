@@ -21,7 +21,16 @@ from consulspawner_dev.bootstrap import bootstrap_identity
 from consulspawner_dev.fakeconsul import FakeConsul
 
 from ..conftest import MASTER_TOKEN
-from .conftest import NOTHING, container_ids, containers_gone, hub_stop, mesh_objects, policy_token, wait_for
+from .conftest import (
+    NOTHING,
+    container_ids,
+    containers_gone,
+    hub_stop,
+    mesh_objects,
+    policy_token,
+    service_named,
+    wait_for,
+)
 
 DEST = "trino-coordinator"
 
@@ -107,7 +116,7 @@ async def test_a_late_teardown_of_the_old_server_never_touches_the_new_one(
     entry = await admin.get_config(KIND, DEST)
     [source] = [s for s in entry["Sources"] if s["Name"] == name]
     assert ownership.parse(source["Description"]).incarnation == new_incarnation
-    service = (await admin.agent_services())[name]
+    service = await service_named(admin, name)
     assert service["Meta"][ownership.META_INCARNATION] == new_incarnation
     assert await spawner.poll() is None
     await hub_stop(spawner)
@@ -246,10 +255,10 @@ async def test_a_registration_lost_while_running_is_restored_at_once(make_spawne
     spawner = make_spawner(user_name, keeper_interval=0.5)
     await spawner.start()
     name = f"jupyter-{user_name}"
-    assert await admin.deregister_service(name)  # the agent lost it (restarted without state)
+    assert await admin.deregister_service(spawner.mesh_state.service_id)  # the agent lost it (restarted)
 
     async def restored():
-        service = (await admin.agent_services()).get(name)
+        service = await service_named(admin, name)
         return service and service["Meta"][ownership.META_INCARNATION] == spawner.mesh_state.incarnation
 
     await wait_for(restored, timeout=30, message="the keeper to register the server again")
@@ -320,7 +329,7 @@ async def test_default_networking_of_dockerspawner_works(make_spawner, admin, do
     ip, port = await spawner.start()
     container = docker_client.api.inspect_container(spawner.container_id)
     network_ip = container["NetworkSettings"]["Networks"][spawner.network_name]["IPAddress"]
-    service = (await admin.agent_services())[f"jupyter-{user_name}"]
+    service = await service_named(admin, f"jupyter-{user_name}")
     assert service["Address"] == network_ip and service["Port"] == 8888
     assert port != 8888 or ip != network_ip  # the hub's route is not the mesh address
     await hub_stop(spawner)

@@ -8,7 +8,16 @@ import json
 
 import pytest
 
-from .conftest import NOTHING, container_exec, container_ids, containers_gone, hub_stop, mesh_objects, wait_for
+from .conftest import (
+    NOTHING,
+    container_exec,
+    container_ids,
+    containers_gone,
+    hub_stop,
+    mesh_objects,
+    service_named,
+    wait_for,
+)
 
 DEST = "trino-coordinator"
 
@@ -28,7 +37,7 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
     assert token["AuthMethod"] == "consulspawner-jupyterhub" and token["Local"] is True
     assert token.get("ExpirationTime") and not token.get("Policies") and not token.get("Roles")
     assert f'"hub-user":"{user_name}"' in token["Description"].replace(" ", "")
-    service = (await admin.agent_services())[name]
+    service = await service_named(admin, name)
     assert service["Meta"]["hub-user"] == user_name and service["Address"] == ip
 
     # The sidecar shares the notebook's network namespace: its upstream listener answers on the
@@ -75,7 +84,7 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
 async def test_the_keeper_refreshes_the_check(make_spawner, admin, mesh_consul, user_name):
     spawner = make_spawner(user_name, check_ttl=60, keeper_interval=0.5)
     await spawner.start()
-    check_id = f"jupyter-{user_name}:alive"
+    check_id = f"{spawner.mesh_state.service_id}:alive"
     for _ in range(3):  # 150 s of fake time: past the TTL unless the keeper passes it
         mesh_consul.advance(50)
         rounds = spawner.keeper_rounds

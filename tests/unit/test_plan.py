@@ -23,14 +23,14 @@ def test_registration_of_a_plain_user():
         "incarnation": "c0ffee",
     }
     assert plan.registration("172.18.0.5") == {
-        "ID": "jupyter-alice",
+        "ID": "jupyter-alice--c0ffee",
         "Name": "jupyter-alice",
         "Port": 8888,
         "Address": "172.18.0.5",
         "Tags": ["jupyterhub"],
         "Meta": meta,
         "Check": {
-            "CheckID": "jupyter-alice:alive",
+            "CheckID": "jupyter-alice--c0ffee:alive",
             "Name": "JupyterHub server alive",
             "TTL": "60s",
             "DeregisterCriticalServiceAfter": "90s",
@@ -55,7 +55,7 @@ def test_registration_of_a_plain_user():
         },
     }
     assert "Address" not in plan.registration()
-    assert plan.sidecar_id == "jupyter-alice-sidecar-proxy"
+    assert plan.sidecar_id == "jupyter-alice--c0ffee-sidecar-proxy"
 
 
 def test_l4_grant_carries_owner_and_expiry():
@@ -110,6 +110,23 @@ def test_pinned_service_id_survives_a_template_change():
     settings = MeshSettings(name_template="hub2-{slug}")
     plan = build_plan(settings, "frank", service_id="jupyter-frank")
     assert plan.service_id == plan.service_name == "jupyter-frank"
+    pinned = build_plan(settings, "frank", service_id="jupyter-frank--0a1b2c3d", service_name="jupyter-frank")
+    assert (pinned.service_id, pinned.service_name) == ("jupyter-frank--0a1b2c3d", "jupyter-frank")
+
+
+def test_each_start_has_its_own_service_id_under_one_name():
+    """consul-k8s style: a late deregister of one start can never hit the next (issue 17)."""
+    first = build_plan(SETTINGS, "gina", incarnation="0123456789abcdef")
+    second = build_plan(SETTINGS, "gina", incarnation="fedcba9876543210")
+    assert (first.service_id, second.service_id) == ("jupyter-gina--01234567", "jupyter-gina--fedcba98")
+    assert first.service_name == second.service_name == "jupyter-gina"
+    assert first.owner.service == "jupyter-gina" and first.check_id == "jupyter-gina--01234567:alive"
+    assert first.sidecar_args(["-sidecar-for", "{service_id}", "{sidecar_id}", "{service_name}"]) == [
+        "-sidecar-for",
+        "jupyter-gina--01234567",
+        "jupyter-gina--01234567-sidecar-proxy",
+        "jupyter-gina",
+    ]
 
 
 @pytest.mark.parametrize(
