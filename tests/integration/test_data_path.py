@@ -130,6 +130,13 @@ def trino_side(mesh_consul, test_network, tmp_path):
         side.close()
 
 
+@pytest.fixture(autouse=True)
+async def tcp_site(hub_identity, admin):
+    """The data path's Trino side speaks tcp (the article's L4 mesh) unless a test switches it
+    to http (``trino_side.http_protocol()``): undo the protocol the identity fixture set."""
+    await admin.delete_config("service-defaults", "trino-coordinator")
+
+
 @pytest.fixture
 def analyst(make_spawner, proxy_image):
     """analyst(tag, **traits): a spawner of a fresh hub user named after ``tag``, with the
@@ -361,7 +368,7 @@ async def test_a_server_without_an_intention_is_denied_at_connection_time(analys
 
 
 async def test_a_revoked_intention_is_denied_at_connection_time(analyst, trino_side, docker_client):
-    alice = await started(trino_side, analyst("alice", keeper_interval=3600))
+    alice = await started(trino_side, analyst("alice", keeper_interval=3600, check_ttl=7200, intention_ttl=7200))
     assert len(ok_rows(await query(docker_client, alice))) == 25
     denied = trino_side.proxies[COORDINATOR].counters["denied_connections"]
     await remove_source(trino_side, f"jupyter-{alice.user.name}")
@@ -491,7 +498,7 @@ async def test_rotated_root_existing_servers_keep_working_new_connections_use_it
     ctx.load_verify_locations(cadata=roots["Roots"][1]["RootCert"])
     ctx.load_cert_chain(str(tmp / "client.pem"), str(tmp / "client.key"))
     public = next(item["port"] for item in after["listeners"] if item["kind"] == "public")
-    ip = trino_side.consul("GET", f"/v1/agent/service/jupyter-{alice.user.name}-sidecar-proxy")["Address"]
+    ip = trino_side.consul("GET", f"/v1/agent/service/{alice.mesh_state.service_id}-sidecar-proxy")["Address"]
 
     def server_leaf():
         with ctx.wrap_socket(socket.create_connection((ip, public), timeout=10)) as tls:
@@ -525,7 +532,7 @@ async def test_spawn_at_consuls_default_check_intervals_does_not_wait_for_them(
     [tcp] = [
         c
         for c in checks.values()
-        if c["ServiceID"] == f"jupyter-{alice.user.name}-sidecar-proxy" and c["Type"] == "tcp"
+        if c["ServiceID"] == f"{alice.mesh_state.service_id}-sidecar-proxy" and c["Type"] == "tcp"
     ]
     assert tcp["Interval"] == "10s"
     assert tcp["Output"] == "", "the sidecar's TCP check ran before the spawn finished"
