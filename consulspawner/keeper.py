@@ -235,7 +235,8 @@ class Keeper(Room):
                 self.log.warning("Could not restart the sidecar of %s on its old token: %s", self._log_name, e)
                 usable = False
         if not usable:
-            await self._fail_server(f"token rotation failed and the old token cannot carry the server: {error}")
+            why = "the sidecar could not be restarted on either token" if sidecar_replaced else "the old token expired"
+            await self._fail_server(f"token rotation failed and {why}: {error}")
             return False
         self.log.warning(
             "Token rotation of %s failed (%s); it stays on its current token and is retried next round",

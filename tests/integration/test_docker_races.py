@@ -47,7 +47,7 @@ async def test_a_killed_sidecar_is_acted_on_long_before_the_keepers_next_round(
 ):
     """Docker's die event wakes the keeper (issue 17, item 10): with rounds two minutes apart,
     the server is reported down well before the next round could have seen it."""
-    spawner = make_spawner(user_name, keeper_interval=120)
+    spawner = make_spawner(user_name, keeper_interval=120, check_ttl=600, intention_ttl=600)
     await spawner.start()
     await wait_for(lambda: spawner._keeper is not None, message="the keeper to start")
     docker_client.api.kill(spawner.sidecar_container_id)  # Docker does not restart what was killed on purpose
@@ -109,7 +109,7 @@ async def test_a_rotation_the_daemon_drops_after_the_old_sidecar_is_gone_takes_t
             await spawner._rotate_token(spawner._mesh(spawner._running_plan()))
     finally:
         del pool.client
-    assert "create_container" in spawner._mesh_failure
+    assert "create_container" in spawner.mesh_state.mesh_failure
     status = await wait_for(spawner.poll, message="poll to report the server down")
     assert "sidecar" in str(status)
     await hub_stop(spawner)

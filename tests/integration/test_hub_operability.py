@@ -94,7 +94,7 @@ async def test_hub_metrics_count_two_spawns_and_two_stops(hub_runner, user_name,
     events = [json.loads(line) for line in audit_log.read_text().splitlines()]
     by_kind = sorted((e["event"], e["hub_user"]) for e in events)
     expected = [
-        (kind, user) for user in users for kind in ("grant", "revoke", "teardown", "token-delete", "token-mint")
+        (kind, user) for user in users for kind in ("grant", "revoke", "teardown", "token-login", "token-logout")
     ]
     assert by_kind == sorted(expected)
     text = audit_log.read_text()

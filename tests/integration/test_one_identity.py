@@ -206,7 +206,9 @@ async def test_a_failing_trino_user_callable_fails_the_spawn_naming_the_setting(
 
 
 async def test_concurrent_polls_with_a_token_due_only_read(make_spawner, admin, mesh_consul, user_name):
-    spawner = make_spawner(user_name, token_rotation_margin=3599, keeper_interval=3600, check_ttl=7200, intention_ttl=7200)
+    spawner = make_spawner(
+        user_name, token_rotation_margin=3599, keeper_interval=3600, check_ttl=7200, intention_ttl=7200
+    )
     await spawner.start()
     name = f"jupyter-{user_name}"
     [token] = (await mesh_objects(admin, name))["tokens"]

@@ -22,7 +22,9 @@ async def upstream_answers(docker_client, spawner):
 async def test_token_rotation_keeps_the_server_usable_with_one_live_token(
     make_spawner, admin, docker_client, user_name
 ):
-    spawner = make_spawner(user_name, token_rotation_margin=3599, keeper_interval=3600, check_ttl=7200, intention_ttl=7200)
+    spawner = make_spawner(
+        user_name, token_rotation_margin=3599, keeper_interval=3600, check_ttl=7200, intention_ttl=7200
+    )
     await spawner.start()
     name = f"jupyter-{user_name}"
     [first] = (await mesh_objects(admin, name))["tokens"]
