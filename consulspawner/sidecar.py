@@ -164,11 +164,11 @@ class SidecarContainer(Room):
         await self.sidecar_docker("start", self.sidecar_container_id)
         self.log.info("Started sidecar %s for %s", self.sidecar_container_name, plan.service_id)
 
-    async def _read_sidecar_token(self, service_id: str) -> str | None:
+    async def _read_sidecar_token(self, service_name: str) -> str | None:
         """The token secret in this server's sidecar (``/consul/token``), once its labels prove
         the container is this server's; None when there is no such sidecar or file."""
-        info = await self._inspect(self.sidecar_container_id or f"{service_id}.consul-sidecar")
-        if info is None or not self._is_our_sidecar(info, service_id):
+        info = await self._inspect(self.sidecar_container_id or f"{service_name}.consul-sidecar")
+        if info is None or not self._is_our_sidecar(info, service_name):
             return None
         try:
             return await self.sidecar_docker(_token_from_archive, info["Id"])
@@ -193,7 +193,7 @@ class SidecarContainer(Room):
     async def _recover_token_secret(self, state: MeshState) -> str | None:
         """After a hub restart: take the current token's secret back from the sidecar into this
         process's memory (``state.secrets``), so it can be checked, rotated and logged out."""
-        secret = await self._read_sidecar_token(state.service_id)
+        secret = await self._read_sidecar_token(state.service_name or state.service_id)
         if secret and state.token_accessor:
             state.secrets[state.token_accessor] = secret
             self._client_and_writer()[0].remember_secret(secret)
