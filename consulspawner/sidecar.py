@@ -176,6 +176,20 @@ class SidecarContainer(Room):
             self.log.info("Could not read the token file of sidecar %s: %s", info.get("Name", "?"), type(e).__name__)
             return None
 
+    async def _logout_leftover_token(self) -> None:
+        """A stop without state (a hub killed mid-spawn): log out the token the server's sidecar
+        holds, once its labels prove it is this server's, before the sidecar is removed."""
+        secret = await self._read_sidecar_token(self._service_name())
+        if not secret:
+            return
+        client = self._client_and_writer()[0]
+        client.remember_secret(secret)
+        try:
+            if await client.logout(secret):
+                self.log.info("Logged out the token an earlier start of %s left", self._log_name)
+        except ConsulError as e:
+            self.log.info("Could not log out the token an earlier start of %s left: %s", self._log_name, e)
+
     async def _logout_sidecar_token(self, container: str) -> None:
         """Log out the token an orphaned sidecar holds (best effort: it expires anyway)."""
         try:

@@ -262,23 +262,25 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         self.mesh_state = MeshState()
         plan = self._plan = await self._make_plan(new_incarnation())
         mesh = self._mesh(plan)
-        if plan.settings.intention_mode == L7:
-            await check_trino_user_free(
-                self._client_and_writer()[0],
-                list(self.intention_destinations),
-                trino_user=plan.trino_user,
-                hub_user=self.user.name,
-            )
-            await check_l7_destinations(
-                self._client_and_writer()[0],
-                self.intention_destinations,
-                hub_instance=self.hub_instance,
-                manage_service_defaults=self.manage_l7_service_defaults,
-                log=self.log,
-            )
         step = "token"
         try:
+            # Checks before anything is created: the hub token's rights, the destinations'
+            # protocol and the Trino user's holder (counted as the identity step).
             await self._check_hub_token()
+            if plan.settings.intention_mode == L7:
+                await check_trino_user_free(
+                    self._client_and_writer()[0],
+                    list(self.intention_destinations),
+                    trino_user=plan.trino_user,
+                    hub_user=self.user.name,
+                )
+                await check_l7_destinations(
+                    self._client_and_writer()[0],
+                    self.intention_destinations,
+                    hub_instance=self.hub_instance,
+                    manage_service_defaults=self.manage_l7_service_defaults,
+                    log=self.log,
+                )
             self._report(10, f"Getting a Consul token for {plan.service_name} (JWT login)")
             with metrics.step("spawn", "token"):
                 token_secret = await self._login(mesh)

@@ -104,6 +104,8 @@ class Teardown(Room):
         # needs no read first; what goes to the background (run later) still verifies it.
         steps = steps_left(state)
         leftovers = [self._bounded(self._leftovers(), deadline)] if state.empty and not state.mesh_failure else []
+        if leftovers:
+            await self._logout_leftover_token()  # before the sidecar that holds it is removed
         results = await asyncio.gather(
             self._remove_containers(stop_notebook, now),
             *(self._bounded(undo(mesh, [step], lock_held=True), deadline) for step in steps),

@@ -89,6 +89,7 @@ async def test_a_servers_token_reaches_only_its_own_identity(make_spawner, mesh_
 
 
 async def test_l7_without_http_protocol_is_refused_before_anything_is_created(make_spawner, admin, user_name):
+    await admin.delete_config("service-defaults", "trino-coordinator")  # a site that never set it
     spawner = make_spawner(user_name, intention_mode="L7")
     with pytest.raises(RuntimeError, match=r'service-defaults.*"Name": "trino-coordinator", "Protocol": "http"'):
         await spawner.start()
@@ -99,6 +100,7 @@ async def test_l7_without_http_protocol_is_refused_before_anything_is_created(ma
 async def test_l7_service_defaults_managed_on_request_and_never_over_a_foreign_entry(
     make_spawner, admin, mesh_consul, user_name
 ):
+    await admin.delete_config("service-defaults", "trino-coordinator")  # a site that never set it
     # The hub's policy has no service:write on the destination; a site that opts in grants it.
     await admin.request(
         "PUT",

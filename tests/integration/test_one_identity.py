@@ -298,7 +298,7 @@ async def test_a_long_name_in_any_script_spawns_beside_others(mesh_consul, admin
     from consulspawner.mesh import MeshState, ServerMesh, new_incarnation
     from consulspawner.plan import MeshSettings, build_plan
 
-    settings = MeshSettings(hub_instance="hub-bytes")
+    settings = MeshSettings(hub_instance="hub-bytes", intention_mode="L4")
     names = [f"user{i}" for i in range(13)] + ["界" * 255, "🙂" * 255, "É" * 255]
     client = ConsulClient(mesh_consul.url, MASTER_TOKEN)
     try:
@@ -352,6 +352,9 @@ async def test_another_hubs_sidecars_survive_the_orphan_sweep(
         async with ConsulClient(other_consul.url, MASTER_TOKEN) as other_admin:
             other_token = await policy_token(other_admin, "hub")
             await bootstrap_identity(other_admin, hub_instance="jupyterhub", key_file=jwt_key_file)
+            assert await other_admin.set_config(
+                {"Kind": "service-defaults", "Name": "trino-coordinator", "Protocol": "http"}
+            )
         other_hub = make_spawner(
             user_name, consul_address=other_consul.url, consul_token=other_token, hub_instance="jupyterhub"
         )
