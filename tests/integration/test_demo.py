@@ -31,8 +31,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from consulspawner import ownership
 from consulspawner.consul import ConsulClient, ConsulError
+from consulspawner_dev.admin import AdminClient
 from consulspawner_dev.fakeconsul import FakeConsul
 
 from .conftest import NAME_PREFIX, container_ids, remove_containers, wait_for
@@ -223,8 +223,13 @@ async def consul_objects(consul: ConsulClient, instance: str) -> dict[str, list[
     tokens = await consul.list_tokens()
     policies = (await consul.request("GET", "/v1/acl/policies")).body or []
     return {
-        "services": sorted(services),
-        "tokens": sorted(t["AccessorID"] for t in tokens if "consulspawner" in (t.get("Description") or "")),
+        "services": sorted(s.get("Service", i) for i, s in services.items()),  # by name: IDs are per start
+        "tokens": sorted(
+            t["AccessorID"]
+            for t in tokens
+            if "consulspawner" in (t.get("Description") or "")
+            or (t.get("AuthMethod") or "").startswith("consulspawner")
+        ),
         "policies": sorted(p["Name"] for p in policies if p["Name"].startswith("consulspawner")),
         "intentions": sorted(
             f"{s['Name']} -> {e['Name']}"
@@ -232,9 +237,8 @@ async def consul_objects(consul: ConsulClient, instance: str) -> dict[str, list[
             for s in e.get("Sources") or []
         ),
         "service-defaults": sorted(e["Name"] for e in await consul.list_config("service-defaults")),
-        "ours": sorted(
-            t["AccessorID"] for t in tokens if (o := ownership.parse(t.get("Description"))) and o.hub == instance
-        ),
+        # The servers' login tokens: made at this hub instance's auth method.
+        "ours": sorted(t["AccessorID"] for t in tokens if t.get("AuthMethod") == f"consulspawner-{instance}"),
     }
 
 
@@ -285,9 +289,9 @@ async def drive(tmp_path, docker_client, *, mode: str, external: FakeConsul | No
         if external is None:
             consul_url = demo.find(r"^\s+Consul:\s+(\S+)").group(1)
             management = (state / "secrets" / "management-token").read_text().strip()
-            consul = ConsulClient(consul_url, management)
+            consul = AdminClient(consul_url, management)
         else:
-            consul = ConsulClient(external.url, MANAGEMENT_TOKEN)
+            consul = AdminClient(external.url, MANAGEMENT_TOKEN)
 
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             token = await login(session, url, admin_user, password)
