@@ -15,6 +15,7 @@ import asyncio
 import inspect
 
 from dockerspawner import DockerSpawner
+from tornado import web
 
 from . import audit, failures, hubwide, metrics, naming
 from .config.traits import ConsulSpawnerConfig
@@ -321,7 +322,9 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             # stops the server, and refuses that stop while the spawn is still pending. The
             # teardown goes on; whatever touches this server next waits for it (_stop_keeper).
             await self._teardown_to_the_end(wait=not isinstance(e, asyncio.CancelledError))
-            if isinstance(e, Exception):
+            # JupyterHub's own answers (DockerSpawner's 400 for an image not allowed, say) reach
+            # the user as they are; everything else is told as the mesh step that failed.
+            if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
                 raise failures.failed(step, e, self._log_name, self.log) from e
             raise
         self._start_keeper()
