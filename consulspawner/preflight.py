@@ -20,7 +20,7 @@ class TrinoUserTaken(RuntimeError):
 
 
 async def check_trino_user_free(
-    client: ConsulClient, destinations: list[str], *, trino_user: str, hub_user: str
+    client: ConsulClient, destinations: list[str], *, trino_user: str, hub_user: str, retry_budget: float = 0.0
 ) -> None:
     """Refuse a spawn whose Trino user another hub user's live server already holds in a
     destination's intentions (e.g. a ``trino_user`` mapping that sends two people to one

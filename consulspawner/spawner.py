@@ -274,6 +274,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
                     list(self.intention_destinations),
                     trino_user=plan.trino_user,
                     hub_user=self.user.name,
+                    retry_budget=self.consul_retry_budget,
                 )
                 await check_l7_destinations(
                     self._client_and_writer()[0],
