@@ -198,3 +198,33 @@ async def test_consul_restarted_with_state_kept_running_servers_keep_working(
 
 async def _nothing(admin, name):
     return await mesh_objects(admin, name) == NOTHING
+
+
+async def test_a_failed_rotation_keeps_the_server_on_its_old_token_and_is_retried(
+    make_spawner, admin, mesh_consul, user_name
+):
+    """Issue 16: a rotation whose login fails is not recorded; the server stays on its old, still
+    valid token (same sidecar), poll says healthy, and the next round rotates."""
+    spawner = make_spawner(
+        user_name,
+        token_rotation_margin=3599,
+        keeper_interval=3600,
+        check_ttl=7200,
+        intention_ttl=7200,
+        consul_retry_budget=1,
+    )
+    await spawner.start()
+    name = f"jupyter-{user_name}"
+    [first] = (await mesh_objects(admin, name))["tokens"]
+    sidecar = spawner.sidecar_container_id
+    mesh_consul.fail("POST", r"^/v1/acl/login$", status=500, times=1000)
+    await spawner.keep_now()
+    assert spawner.mesh_state.token_accessor == first and spawner.sidecar_container_id == sidecar
+    assert (await mesh_objects(admin, name))["tokens"] == [first]
+    assert await spawner.poll() is None
+    mesh_consul.clear_faults()
+    await spawner.keep_now()
+    [second] = (await mesh_objects(admin, name))["tokens"]
+    assert second != first and spawner.mesh_state.token_accessor == second
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, name) == NOTHING
