@@ -27,7 +27,12 @@ async def check_trino_user_free(
     account): otherwise both would act as one Trino user."""
     for destination in destinations:
         holder = entries.holder_of(
-            await client.get_config(entries.KIND, destination), trino_user, hub_user, time.time()
+            await client.retrying(
+                lambda destination=destination: client.get_config(entries.KIND, destination), budget=retry_budget
+            ),
+            trino_user,
+            hub_user,
+            time.time(),
         )
         if holder is not None:
             raise TrinoUserTaken(
