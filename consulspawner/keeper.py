@@ -209,7 +209,8 @@ class Keeper(Room):
             await self._wait_for_sidecar(mesh)
         except Exception as e:
             return await self._rotation_failed(mesh, before, sidecar_replaced, e)
-        await mesh.logout_retired()
+        if await mesh.logout_retired():
+            audit.emit_for("token-logout", plan.owner, trino_user=plan.trino_user, cause="token rotation")
         self._save_state()
         self.log.info("Rotated the Consul token of %s", plan.service_id)
         return True

@@ -243,10 +243,12 @@ class ServerMesh:
         # incarnation matches only that.
         return self.state.owns(ownership.service_owner(self.state.service_id, service))
 
-    async def logout_token(self, accessor: str) -> None:
-        """Give back one token of this server (``POST /v1/acl/logout`` with its own secret).
-        A token whose secret this process does not know (a hub restarted without its sidecar)
-        cannot be logged out: it has no intention and ends at its expiry."""
+    async def logout_token(self, accessor: str) -> bool:
+        """Give back one token of this server (``POST /v1/acl/logout`` with its own secret);
+        True when this call logged it out. A token whose secret this process does not know (a
+        hub restarted without its sidecar) cannot be logged out: it has no intention and ends at
+        its expiry."""
+        logged_out = False
         secret = self.state.secrets.get(accessor)
         if secret is None:
             self.log.info(
@@ -260,6 +262,7 @@ class ServerMesh:
         else:
             try:
                 if await self._retry(lambda: self.consul.logout(secret)):
+                    logged_out = True
                     self.log.info("Logged out Consul token %s (user %r)", accessor, self.user)
                 else:
                     self.log.debug("Consul token %s was already gone", accessor)
@@ -274,6 +277,7 @@ class ServerMesh:
         self.state.secrets.pop(accessor, None)
         if accessor in self.state.retired_accessors:
             self.state.retired_accessors.remove(accessor)
+        return logged_out
 
     # -- teardown: state alone ------------------------------------------------------------------
 
@@ -340,9 +344,9 @@ class ServerMesh:
         self.state.token_expires_at = 0.0
         self.state.token_lifetime = 0.0
 
-    async def logout_retired(self) -> None:
-        for accessor in list(self.state.retired_accessors):
-            await self.logout_token(accessor)
+    async def logout_retired(self) -> int:
+        """Log out the tokens a rotation replaced; how many this call logged out."""
+        return sum([await self.logout_token(accessor) for accessor in list(self.state.retired_accessors)])
 
 
 def _go_time(text: str | None) -> float:

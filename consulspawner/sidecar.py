@@ -353,11 +353,26 @@ class SidecarContainer(Room):
 
     async def _keeper_nap(self, seconds: float) -> None:
         """Sleep until the keeper's next round, or less: until Docker reports this server's
-        sidecar dead (its ``die`` event), so the round that acts on it runs at once."""
-        sidecar = self.sidecar_container_id
-        if not sidecar:
-            await asyncio.sleep(seconds)
-            return
+        sidecar dead (its ``die`` event), so the round that acts on it runs at once. A sidecar
+        the spawner replaced itself meanwhile (a rotation, ``keep_now``) dying is no death of
+        this server's sidecar: the nap goes on, watching the new one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (remaining := deadline - loop.time()) > 0:
+            sidecar = self.sidecar_container_id
+            if not sidecar:
+                await asyncio.sleep(remaining)
+                return
+            if not await self._sidecar_death_within(sidecar, remaining):
+                return
+            async with self._lock():  # a replacement in progress (under the lock) ends first
+                replaced = self.sidecar_container_id != sidecar
+            if not replaced:
+                self.log.info("Docker reports the sidecar of %s died; checking it now", self._log_name)
+                return
+
+    async def _sidecar_death_within(self, sidecar: str, seconds: float) -> bool:
+        """Whether Docker reports ``sidecar``'s ``die`` event within ``seconds``."""
         key = (type(self), self.hub_instance)
         if key not in _sidecar_deaths:
             labels = [f"{LABEL_PREFIX}.role=sidecar", f"{LABEL_PREFIX}.hub-instance={self.hub_instance}"]
@@ -370,9 +385,9 @@ class SidecarContainer(Room):
             # Forgotten once acted on: a sidecar Docker restarts keeps its ID, and must not wake
             # every later nap.
             deaths.forget(sidecar)
-            self.log.info("Docker reports the sidecar of %s died; checking it now", self._log_name)
+            return True
         except asyncio.TimeoutError:
-            pass
+            return False
         finally:
             deaths.forget(sidecar, death=False)
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 
 import docker
@@ -195,6 +196,17 @@ async def wait_for(condition, timeout=60.0, interval=0.2, message="condition"):
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+async def token_due(spawner):
+    """Wait until the keeper's next round would rotate ``spawner``'s token: its expiry within
+    ``token_rotation_margin`` (a round run earlier would find nothing to do and prove nothing)."""
+
+    def due():
+        state = spawner.mesh_state
+        return state.token_expires_at and state.token_expires_at - time.time() <= spawner.token_rotation_margin
+
+    await wait_for(due, timeout=30, interval=0.05, message="the token to be due for rotation")
 
 
 def container_exec(docker_client, container, *command):

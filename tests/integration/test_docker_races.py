@@ -9,7 +9,7 @@ import requests
 
 from consulspawner import hubwide
 
-from .conftest import NOTEBOOK_COMMAND, NOTHING, container_ids, hub_stop, mesh_objects, wait_for
+from .conftest import NOTEBOOK_COMMAND, NOTHING, container_ids, hub_stop, mesh_objects, token_due, wait_for
 
 # A layer with many files takes Docker a while to remove, which holds the old name meanwhile.
 FILL_THEN_SERVE = (
@@ -56,6 +56,37 @@ async def test_a_killed_sidecar_is_acted_on_long_before_the_keepers_next_round(
     assert "sidecar" in str(status)
     await hub_stop(spawner)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_sidecar_the_spawner_replaced_itself_does_not_wake_the_keeper(make_spawner, docker_client, user_name):
+    """A rotation replaces the sidecar on purpose: the old one's die event is not a death of
+    this server's sidecar, so the napping keeper sleeps on (with the new sidecar watched) and
+    runs no extra round (one ran before and, with a margin that makes every token due, rotated
+    again at once)."""
+    spawner = make_spawner(
+        user_name, token_rotation_margin=3599, keeper_interval=3600, check_ttl=7200, intention_ttl=7200
+    )
+    await spawner.start()
+    old_sidecar = spawner.sidecar_container_id
+    deaths_key = (type(spawner), spawner.hub_instance)
+    await wait_for(
+        lambda: old_sidecar in getattr(hubwide._sidecar_deaths.get(deaths_key), "_waiters", {}),
+        message="the keeper to nap watching its sidecar",
+    )
+    deaths = hubwide._sidecar_deaths[deaths_key]
+    await token_due(spawner)
+    await spawner.keep_now()  # rotates: a new sidecar, the old one stopped and removed
+    new_sidecar = spawner.sidecar_container_id
+    assert new_sidecar != old_sidecar
+
+    def napping_on_the_new_sidecar():
+        with deaths._lock:
+            watched = spawner.sidecar_container_id in deaths._waiters
+            return old_sidecar not in deaths._waiters and old_sidecar not in deaths._died and watched
+
+    await wait_for(napping_on_the_new_sidecar, message="the keeper to take note of the old sidecar's die event")
+    assert spawner.keeper_rounds == 0 and spawner.sidecar_container_id == new_sidecar
+    await hub_stop(spawner)
 
 
 async def test_a_slow_notebook_stop_does_not_hold_other_users_docker_calls(

@@ -29,6 +29,7 @@ from .conftest import (
     mesh_objects,
     policy_token,
     service_named,
+    token_due,
     wait_for,
 )
 
@@ -213,6 +214,7 @@ async def test_concurrent_polls_with_a_token_due_only_read(make_spawner, admin, 
     name = f"jupyter-{user_name}"
     [token] = (await mesh_objects(admin, name))["tokens"]
     sidecar = spawner.sidecar_container_id
+    await token_due(spawner)
     writes_before = len([r for r in mesh_consul.requests if r[0] in ("PUT", "POST", "DELETE")])
 
     assert await asyncio.gather(*(spawner.poll() for _ in range(4))) == [None] * 4

@@ -3,11 +3,12 @@ stop (every call failing once), Consul down or slow, and Consul restarted with s
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
 
-from .conftest import NOTHING, container_exec, containers_gone, hub_stop, mesh_objects, wait_for
+from .conftest import NOTHING, container_exec, containers_gone, hub_stop, mesh_objects, token_due, wait_for
 
 # The sidecar's upstream listener is bound in the notebook's network namespace (the connectproxy
 # sidecar accepts, then dials the upstream; no Trino is needed to prove the listener).
@@ -20,15 +21,17 @@ async def upstream_answers(docker_client, spawner):
 
 
 async def test_token_rotation_keeps_the_server_usable_with_one_live_token(
-    make_spawner, admin, docker_client, user_name
+    make_spawner, admin, docker_client, user_name, caplog
 ):
     spawner = make_spawner(
         user_name, token_rotation_margin=3599, keeper_interval=3600, check_ttl=7200, intention_ttl=7200
     )
+    caplog.set_level(logging.INFO, logger="consulspawner.audit")
     await spawner.start()
     name = f"jupyter-{user_name}"
     [first] = (await mesh_objects(admin, name))["tokens"]
     first_sidecar = spawner.sidecar_container_id
+    await token_due(spawner)
 
     # Measure the upstream's gap: probe it from inside the notebook while the keeper rotates.
     gap = await _upstream_gap_during(docker_client, spawner, spawner.keep_now())
@@ -39,6 +42,13 @@ async def test_token_rotation_keeps_the_server_usable_with_one_live_token(
     assert second != first and await admin.read_token(first) is None
     assert spawner.mesh_state.token_accessor == second
     assert spawner.sidecar_container_id != first_sidecar
+    # The audit trail says both halves of the rotation: the new login and the old token's logout.
+    rotation = [
+        json.loads(r.getMessage())["event"]
+        for r in caplog.records
+        if r.name == "consulspawner.audit" and '"cause":"token rotation"' in r.getMessage()
+    ]
+    assert rotation == ["token-login", "token-logout"]
     await wait_for(lambda: upstream_answers(docker_client, spawner), timeout=30, message="upstream after rotation")
     print(f"\nrotation and upstream back in {time.monotonic() - rotated_at:.1f}s")
     # The new sidecar holds the new token, and only it.
@@ -217,8 +227,11 @@ async def test_a_failed_rotation_keeps_the_server_on_its_old_token_and_is_retrie
     name = f"jupyter-{user_name}"
     [first] = (await mesh_objects(admin, name))["tokens"]
     sidecar = spawner.sidecar_container_id
+    await token_due(spawner)
     mesh_consul.fail("POST", r"^/v1/acl/login$", status=500, times=1000)
+    logins_tried = mesh_consul.attempts.count(("POST", "/v1/acl/login"))
     await spawner.keep_now()
+    assert mesh_consul.attempts.count(("POST", "/v1/acl/login")) > logins_tried  # the round did try
     assert spawner.mesh_state.token_accessor == first and spawner.sidecar_container_id == sidecar
     assert (await mesh_objects(admin, name))["tokens"] == [first]
     assert await spawner.poll() is None

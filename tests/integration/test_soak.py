@@ -96,12 +96,18 @@ async def test_soak_start_stop_cycles_with_random_consul_faults(
     print(f"soak: {counts} in {time.monotonic() - began:.0f}s")
     assert counts["started"] >= CYCLES // 4, counts  # the faults left room for real work
 
-    async def clean():
-        if spawner_module._pending_teardowns:
-            return False
-        return all([await mesh_objects(admin, f"jupyter-{user}") == NOTHING for user in users])
+    left = {}
 
-    await wait_for(clean, timeout=180, interval=1, message="Consul to hold nothing of the stopped servers")
+    async def clean():
+        left.clear()
+        left.update({user: await mesh_objects(admin, f"jupyter-{user}") for user in users})
+        left["pending teardowns"] = len(spawner_module._pending_teardowns)
+        return not left["pending teardowns"] and all(left[user] == NOTHING for user in users)
+
+    try:
+        await wait_for(clean, timeout=180, interval=1, message="Consul to hold nothing of the stopped servers")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; left: {left}") from None
     await wait_for(
         lambda: not container_ids(docker_client, name=f"jupyter-{NAME_PREFIX}"),
         timeout=60,
