@@ -93,18 +93,28 @@ async def check_l7_destinations(
     hub_instance: str,
     manage_service_defaults: bool,
     log: logging.Logger | logging.LoggerAdapter,
+    retry_budget: float = 0.0,
 ) -> None:
     """L7 intentions need each destination's protocol to be http (Consul refuses the write
     otherwise: agent/structs/config_entry_intentions.go). Check it before creating anything,
-    once per destination and hub process, and say which entry to write."""
+    once per destination and hub process, and say which entry to write. Consul's 5xx and
+    silences are retried within ``retry_budget`` like every other spawn call."""
     for destination in destinations:
         if (client.address, destination) in _l7_ready:
             continue
         try:
-            entry = await client.get_config("service-defaults", destination)
-            protocol = (entry or {}).get("Protocol") or await _global_protocol(client)
+            entry = await client.retrying(
+                lambda destination=destination: client.get_config("service-defaults", destination),
+                budget=retry_budget,
+            )
+            protocol = (entry or {}).get("Protocol") or await client.retrying(
+                lambda: _global_protocol(client), budget=retry_budget
+            )
             if not protocol and entry is None and manage_service_defaults:
-                await _write_service_defaults(client, destination, hub_instance, log)
+                await client.retrying(
+                    lambda destination=destination: _write_service_defaults(client, destination, hub_instance, log),
+                    budget=retry_budget,
+                )
                 protocol = "http"
         except ConsulError as e:
             raise RuntimeError(f"Could not check the protocol of {destination!r} for L7 intentions: {e}") from e
@@ -121,7 +131,9 @@ async def check_l7_destinations(
 async def _global_protocol(client: ConsulClient) -> str:
     try:
         entry = await client.get_config("proxy-defaults", "global")
-    except ConsulError:
+    except ConsulError as e:
+        if e.retryable:
+            raise  # Consul did not answer: asked again, not taken for "no global protocol"
         return ""  # not readable with this token: only service-defaults counts
     return ((entry or {}).get("Config") or {}).get("protocol", "")
 

@@ -282,6 +282,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
                     hub_instance=self.hub_instance,
                     manage_service_defaults=self.manage_l7_service_defaults,
                     log=self.log,
+                    retry_budget=self.consul_retry_budget,
                 )
             self._report(10, f"Getting a Consul token for {plan.service_name} (JWT login)")
             with metrics.step("spawn", "token"):

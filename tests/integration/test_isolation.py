@@ -97,6 +97,19 @@ async def test_l7_without_http_protocol_is_refused_before_anything_is_created(ma
     assert not await admin.list_tokens(service_name=f"jupyter-{user_name}")
 
 
+async def test_the_l7_protocol_check_rides_out_a_consul_blip_like_the_other_spawn_calls(
+    make_spawner, admin, mesh_consul, user_name
+):
+    """The first L7 spawn of a hub process reads the destination's service-defaults (and the
+    global proxy-defaults): a 500 there is retried within consul_retry_budget, not a failed spawn."""
+    spawner = make_spawner(user_name, intention_mode="L7", consul_retry_budget=10)
+    mesh_consul.fail("GET", r"^/v1/config/service-defaults/trino-coordinator$", status=500, times=2)
+    await spawner.start()
+    assert (await mesh_objects(admin, f"jupyter-{user_name}"))["sources"] == [f"jupyter-{user_name}"]
+    assert mesh_consul.attempts.count(("GET", "/v1/config/service-defaults/trino-coordinator")) >= 3
+    await hub_stop(spawner)
+
+
 async def test_l7_service_defaults_managed_on_request_and_never_over_a_foreign_entry(
     make_spawner, admin, mesh_consul, user_name
 ):
