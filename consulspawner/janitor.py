@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from . import metrics, ownership
+from . import cli, metrics, ownership
 from .consul import ConsulClient, ConsulError
 from .entries import KIND
 from .intentions import IntentionWriter
@@ -236,13 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Remove expired and orphaned consulspawner objects (intentions, services) "
         "from Consul. The Consul token comes from $CONSUL_HTTP_TOKEN or --token-file, never the command line.",
     )
-    parser.add_argument(
-        "--consul-address",
-        default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"),
-        help="Consul agent address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)",
-    )
-    parser.add_argument("--token-file", help="file holding the janitor's Consul token")
-    parser.add_argument("--ca-file", default=os.environ.get("CONSUL_CACERT"), help="CA bundle for HTTPS")
+    cli.add_consul_arguments(parser, token_help="file holding the janitor's Consul token")
     parser.add_argument("--hub-instance", help="only clean objects of this hub (default: every consulspawner hub)")
     parser.add_argument("--once", action="store_true", help="run one pass and exit")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between passes (default 30)")
@@ -269,13 +262,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.interval <= 0 or args.grace < 0 or args.critical_limit < 0:
         parser.error("--interval must be positive, --grace and --critical-limit not negative")
     return args
-
-
-def read_token(args: argparse.Namespace) -> str | None:
-    if args.token_file:
-        with open(args.token_file) as f:
-            return f.read().strip() or None
-    return os.environ.get("CONSUL_HTTP_TOKEN") or None
 
 
 async def run(args: argparse.Namespace, token: str | None) -> int:
@@ -318,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    sys.exit(asyncio.run(run(args, read_token(args))))
+    sys.exit(asyncio.run(run(args, cli.read_token(args, "consulspawner-janitor"))))
 
 
 if __name__ == "__main__":

@@ -29,12 +29,11 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 
-from . import ownership
+from . import cli, ownership
 from .consul import ConsulClient, ConsulError
 from .entries import KIND, TRINO_USER_HEADER
 
@@ -185,25 +184,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Who can reach which destination now, since when and until when, from Consul alone. "
         "Needs intentions:read and service:read. The token comes from --token-file or $CONSUL_HTTP_TOKEN.",
     )
-    parser.add_argument(
-        "--consul-address",
-        default=os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"),
-        help="Consul agent address (default: $CONSUL_HTTP_ADDR or http://127.0.0.1:8500)",
-    )
-    parser.add_argument("--token-file", help="file holding a Consul token with read privileges")
-    parser.add_argument("--ca-file", default=os.environ.get("CONSUL_CACERT"), help="CA bundle for HTTPS")
+    cli.add_consul_arguments(parser, token_help="file holding a Consul token with read privileges")
     parser.add_argument("--hub-instance", help="only this hub's grants (default: every source, foreign ones too)")
     parser.add_argument("--destination", help="only this destination")
     parser.add_argument("--user", help="only this hub user")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
-
-
-def read_token(args: argparse.Namespace) -> str | None:
-    if args.token_file:
-        with open(args.token_file) as f:
-            return f.read().strip() or None
-    return os.environ.get("CONSUL_HTTP_TOKEN") or None
 
 
 async def run(args: argparse.Namespace, token: str | None) -> int:
@@ -231,11 +217,7 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        token = read_token(args)
-    except OSError as e:
-        sys.exit(f"consulspawner-reach: cannot read --token-file: {e.strerror}")
-    sys.exit(asyncio.run(run(args, token)))
+    sys.exit(asyncio.run(run(args, cli.read_token(args, "consulspawner-reach"))))
 
 
 if __name__ == "__main__":
