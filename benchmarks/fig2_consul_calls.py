@@ -79,13 +79,14 @@ async def count(fake: FakeConsul, cls, settings: dict, runs: int) -> tuple[list[
     spawns, stops = [], []
     for i in range(runs):
         spawner = make(cls, f"{common.PREFIX}c{i}{uuid.uuid4().hex[:4]}", settings)
-        mark = len(fake.requests)
+        # Every request received (answered 404 too: a read of an absent entry is a request).
+        mark = len(fake.attempts)
         await spawner.start()
-        after = fake.requests
+        after = fake.attempts
         spawns.append(Counter(endpoint(m, p) for m, p in after[mark:]))
         mark = len(after)
         await spawner.stop()
-        stops.append(Counter(endpoint(m, p) for m, p in fake.requests[mark:]))
+        stops.append(Counter(endpoint(m, p) for m, p in fake.attempts[mark:]))
         await spawner.forget()
     await common.close_shared_clients()
     return spawns, stops

@@ -180,6 +180,17 @@ def bound_trino_user(source: dict) -> str | None:
     return None
 
 
+class TrinoUserTaken(RuntimeError):
+    """The Trino user a grant would bind is held by a live server of another hub user."""
+
+
+def taken_message(trino_user: str, holder: ownership.Owner) -> str:
+    return (
+        f"Trino user {trino_user!r} is held by a live server of hub user {holder.user!r} (hub {holder.hub}); "
+        "check c.ConsulSpawner.trino_user: each hub user needs a Trino user of their own"
+    )
+
+
 def holder_of(entry: dict | None, trino_user: str, hub_user: str, now: float) -> ownership.Owner | None:
     """Another hub user's live source (of any hub) in ``entry`` that binds ``trino_user``, if any:
     one Trino user must never be two hub users' at once."""

@@ -37,14 +37,25 @@ it with ``cas=0`` without reading (a wrong guess only costs a refused CAS and a 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import metrics
 from .consul import ConsulClient, ConsulError
-from .entries import KIND, owned_by, source_owner, validate_source
+from .entries import (
+    KIND,
+    TrinoUserTaken,
+    bound_trino_user,
+    holder_of,
+    owned_by,
+    source_owner,
+    taken_message,
+    validate_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,9 @@ _RAFT_FIELDS = ("CreateIndex", "ModifyIndex", "Hash")
 # come back through the RPC layer as 500). Those concern some change in the batch, so the batch
 # is split; 401/403 (ACL), 429 and 502..504 or no answer concern every change alike.
 _SPLIT_STATUSES = frozenset({400, 413, 422, 500})
+# How long an entry offered by remember() may stand in for a read (s): a spawn's check and its
+# grant are seconds apart; an older view would more likely cost a refused write than save a read.
+REMEMBERED_FOR = 60.0
 
 
 class IntentionConflict(Exception):
@@ -110,6 +124,26 @@ class IntentionWriter:
         # Destinations whose entry this writer itself deleted last: known absent, until a write
         # (ours or, as a refused cas=0 shows, anyone's) says otherwise.
         self._known_absent: set[str] = set()
+        # Entries read moments ago by someone else (a spawn's up-front check): the next write
+        # CAS-writes against one instead of reading it again, if it is recent enough.
+        self._remembered: dict[str, tuple[float, dict | None]] = {}
+
+    def remember(self, destination: str, entry: dict | None) -> None:
+        """Offer an entry just read (None: absent) as the view the next write of
+        ``destination`` starts from. Harmless if stale: its CAS index no longer matches, the
+        write is refused and the writer reads, as after any conflict."""
+        self._remembered[destination] = (time.monotonic(), copy.deepcopy(entry))
+
+    def _recalled(self, destination: str) -> tuple[bool, dict | None]:
+        """(True, entry) for a view to start from without reading; (False, None) for none."""
+        if destination in self._known_absent:
+            self._known_absent.discard(destination)
+            self._remembered.pop(destination, None)
+            return True, None
+        at, entry = self._remembered.pop(destination, (0.0, None))
+        if time.monotonic() - at <= REMEMBERED_FOR:
+            return True, entry
+        return False, None
 
     def owns(self, source: dict) -> bool:
         return owned_by(source, self.hub_instance)
@@ -228,12 +262,9 @@ class IntentionWriter:
         no longer held, or the exception that refused the change.
         """
         for attempt in range(1, self.max_attempts + 1):
-            # Believed absent (we deleted it last): try to create without reading first.
-            assumed = destination in self._known_absent
-            self._known_absent.discard(destination)
-            if assumed:
-                current = None
-            else:
+            # Believed absent (we deleted it last) or just read by someone else: no read first.
+            assumed, current = self._recalled(destination)
+            if not assumed:
                 current = await self.consul.retrying(
                     lambda: self.consul.get_config(KIND, destination), budget=self.retry_budget
                 )
@@ -268,6 +299,8 @@ class IntentionWriter:
                     # False: not ours to remove any more (a newer grant, perhaps earlier in this
                     # very batch); its caller hears so rather than a success.
                     outcomes.append(due)
+                elif (taken := self._trino_user_taken(change.entry, sources)) is not None:
+                    outcomes.append(taken)
                 elif index is None:
                     by_name[name] = len(sources)
                     sources.append(change.entry)
@@ -320,6 +353,19 @@ class IntentionWriter:
             409,
             f"gave up after {self.max_attempts} CAS conflicts",
         )
+
+    @staticmethod
+    def _trino_user_taken(entry: dict, sources: list[dict | None]) -> TrinoUserTaken | None:
+        """Refuse an L7 grant whose Trino user another hub user's live source holds in the
+        entry as this write would leave it (earlier changes of the batch included): checked in
+        the CAS cycle, so two spawns that passed the up-front check side by side cannot both
+        land."""
+        trino_user, owner = bound_trino_user(entry), source_owner(entry)
+        if trino_user is None or owner is None:
+            return None
+        others = {"Sources": [s for s in sources if s is not None and s.get("Name") != entry.get("Name")]}
+        holder = holder_of(others, trino_user, owner.user, time.time())
+        return None if holder is None else TrinoUserTaken(taken_message(trino_user, holder))
 
     async def _create(self, destination: str, sources: list[dict]) -> bool:
         self.writes += 1

@@ -8,37 +8,38 @@ import time
 
 from . import entries, ownership
 from .consul import ConsulClient, ConsulError
+from .entries import TrinoUserTaken
 from .hubwide import _l7_ready
+from .intentions import IntentionWriter
 
 
 class HubTokenRefused(RuntimeError):
     """The hub's own Consul token is too powerful, or lacks a rule the configuration needs."""
 
 
-class TrinoUserTaken(RuntimeError):
-    """The Trino user a spawn would bind is held by a live server of another hub user."""
-
-
 async def check_trino_user_free(
-    client: ConsulClient, destinations: list[str], *, trino_user: str, hub_user: str, retry_budget: float = 0.0
+    client: ConsulClient,
+    destinations: list[str],
+    *,
+    trino_user: str,
+    hub_user: str,
+    retry_budget: float = 0.0,
+    writer: IntentionWriter | None = None,
 ) -> None:
     """Refuse a spawn whose Trino user another hub user's live server already holds in a
     destination's intentions (e.g. a ``trino_user`` mapping that sends two people to one
-    account): otherwise both would act as one Trino user."""
+    account): otherwise both would act as one Trino user. Up front, so nothing is created for a
+    refused spawn; the grant checks again in its CAS cycle (two spawns side by side both pass
+    here). The entry read is handed to ``writer``, whose grant then needs no read of its own."""
     for destination in destinations:
-        holder = entries.holder_of(
-            await client.retrying(
-                lambda destination=destination: client.get_config(entries.KIND, destination), budget=retry_budget
-            ),
-            trino_user,
-            hub_user,
-            time.time(),
+        entry = await client.retrying(
+            lambda destination=destination: client.get_config(entries.KIND, destination), budget=retry_budget
         )
+        if writer is not None:
+            writer.remember(destination, entry)
+        holder = entries.holder_of(entry, trino_user, hub_user, time.time())
         if holder is not None:
-            raise TrinoUserTaken(
-                f"Trino user {trino_user!r} is held by a live server of hub user {holder.user!r} "
-                f"(hub {holder.hub}); check c.ConsulSpawner.trino_user: each hub user needs a Trino user of their own"
-            )
+            raise TrinoUserTaken(entries.taken_message(trino_user, holder))
 
 
 async def check_hub_token(client: ConsulClient, *, service_prefix: str, destinations: list[str]) -> None:

@@ -269,15 +269,17 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             # protocol and the Trino user's holder (counted as the identity step).
             await self._check_hub_token()
             if plan.settings.intention_mode == L7:
+                client, writer = self._client_and_writer()
                 await check_trino_user_free(
-                    self._client_and_writer()[0],
+                    client,
                     list(self.intention_destinations),
                     trino_user=plan.trino_user,
                     hub_user=self.user.name,
                     retry_budget=self.consul_retry_budget,
+                    writer=writer,
                 )
                 await check_l7_destinations(
-                    self._client_and_writer()[0],
+                    client,
                     self.intention_destinations,
                     hub_instance=self.hub_instance,
                     manage_service_defaults=self.manage_l7_service_defaults,

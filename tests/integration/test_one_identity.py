@@ -382,3 +382,23 @@ async def test_a_trino_user_held_by_another_hub_users_live_server_is_refused(mak
     await hub_stop(first)
     await second.start()  # free again once the first server is gone
     await hub_stop(second)
+
+
+async def test_two_hub_users_spawning_side_by_side_onto_one_trino_user_get_it_once(
+    make_spawner, admin, docker_client, user_name
+):
+    """Both spawns pass the up-front holder check (neither has granted yet); the grant's CAS
+    cycle refuses the later one, which is rolled back whole."""
+    shared = {"trino_user": lambda spawner: "shared.account"}
+    spawners = [make_spawner(user_name, **shared), make_spawner(f"{user_name}b", **shared)]
+    results = await asyncio.gather(*(s.start() for s in spawners), return_exceptions=True)
+    refused = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+    assert len(refused) == 1, results
+    [loser] = refused
+    winner = 1 - loser
+    assert "'shared.account' is held by a live server of hub user" in str(results[loser])
+    assert await mesh_objects(admin, f"jupyter-{spawners[loser].user.name}") == NOTHING
+    # (Anchored: one user's name is a prefix of the other's.)
+    await containers_gone(docker_client, rf"^/{spawners[loser].container_name}(\.consul-sidecar)?$")
+    assert (await mesh_objects(admin, f"jupyter-{spawners[winner].user.name}"))["sources"]
+    await hub_stop(spawners[winner])

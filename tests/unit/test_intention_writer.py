@@ -16,6 +16,7 @@ from consulspawner.entries import (
     KIND,
     L7,
     IntentionRefused,
+    TrinoUserTaken,
     source_entry,
     validate_source,
 )
@@ -351,3 +352,68 @@ async def test_a_broken_condition_fails_only_its_own_revoke():
     )
     assert isinstance(results[0], RuntimeError) and results[1] is True
     assert consul.sources() == ["jupyter-a"]
+
+
+# -- one Trino user, one hub user: checked in the CAS cycle that writes the grant ------------------
+
+
+def l7_entry(service, trino_user, user, expires_at=2_000_000_000, hub="hub-a"):
+    marker = ownership.Owner(
+        hub=hub, user=user, server="", service=service, incarnation=INCARNATION, expires_at=expires_at
+    )
+    return source_entry(service, marker, L7, trino_user)
+
+
+async def test_two_hub_users_granted_one_trino_user_in_one_batch_the_second_is_refused():
+    """Two spawns that passed the up-front holder check side by side (neither had granted yet):
+    the write itself, seeing the first grant, refuses the second."""
+    consul = StubConsul()
+    writer = IntentionWriter(consul, "hub-a")
+    results = await asyncio.gather(
+        writer.grant(DEST, l7_entry("jupyter-alice", "analyst", "alice")),
+        writer.grant(DEST, l7_entry("jupyter-bob", "analyst", "bob")),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert isinstance(results[1], TrinoUserTaken) and "'alice'" in str(results[1])
+    assert consul.sources() == ["jupyter-alice"]
+
+
+async def test_a_trino_user_held_in_consul_is_refused_at_the_write_unless_its_holder_expired():
+    consul = StubConsul()
+    other_hub = IntentionWriter(consul, "hub-b")
+    await other_hub.grant(DEST, l7_entry("jupyter-carol", "analyst", "carol", hub="hub-b"))
+    await other_hub.grant(DEST, l7_entry("jupyter-dave", "reporter", "dave", expires_at=1, hub="hub-b"))
+    writer = IntentionWriter(consul, "hub-a")
+    with pytest.raises(TrinoUserTaken, match="'carol'"):
+        await writer.grant(DEST, l7_entry("jupyter-bob", "analyst", "bob"))
+    await writer.grant(DEST, l7_entry("jupyter-erin", "reporter", "erin"))  # dave's grant has expired
+    # The same hub user's own earlier grant (a restart of their server) is no conflict.
+    await writer.grant(DEST, l7_entry("jupyter-erin", "reporter", "erin"))
+    assert consul.sources() == ["jupyter-carol", "jupyter-dave", "jupyter-erin"]
+
+
+async def test_a_view_read_just_before_is_written_against_without_a_second_read():
+    """The spawn's up-front holder check reads the entry; the grant moments later CAS-writes
+    against that view instead of reading again (a stale view costs a conflict, as any)."""
+    consul = StubConsul()
+    await IntentionWriter(consul, "hub-b").grant(DEST, entry_for("jupyter-x", hub="hub-b"))
+    writer = IntentionWriter(consul, "hub-a")
+    writer.remember(DEST, await consul.get_config(KIND, DEST))
+    consul.calls.clear()
+    await writer.grant(DEST, entry_for("jupyter-a"))
+    assert [c[0] for c in consul.calls] == ["set"]
+    assert consul.sources() == ["jupyter-a", "jupyter-x"]
+    # Used once: the next write reads (the writer cannot know the index its own write made).
+    consul.calls.clear()
+    await writer.grant(DEST, entry_for("jupyter-b"))
+    assert [c[0] for c in consul.calls] == ["get", "set"]
+
+
+async def test_a_remembered_view_that_went_stale_costs_a_conflict_never_a_lost_source():
+    consul = StubConsul()
+    writer = IntentionWriter(consul, "hub-a")
+    writer.remember(DEST, await consul.get_config(KIND, DEST))  # absent
+    await IntentionWriter(consul, "hub-b").grant(DEST, entry_for("jupyter-x", hub="hub-b"))
+    await writer.grant(DEST, entry_for("jupyter-a"))
+    assert consul.sources() == ["jupyter-a", "jupyter-x"] and writer.conflicts == 1
