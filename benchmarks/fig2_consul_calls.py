@@ -26,9 +26,12 @@ from consulspawner_dev.fakeconsul import FakeConsul
 _SIDECAR_ID = re.compile(r"jupyter-[a-z0-9-]+-sidecar-proxy")
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|jupyter-[a-z0-9-]+[a-z0-9]")
 # What the sidecar asks its agent (its registration, certificates, upstream endpoints,
-# intentions), never the hub: with real Docker the fake serves the sidecar's requests too.
+# intentions, its own service's protocol and the global proxy-defaults), never the hub: with
+# real Docker the fake serves the sidecar's requests too. (The hub reads proxy-defaults only
+# when the destination's service-defaults has no protocol, which is not the case here.)
 SIDECAR_ENDPOINTS = re.compile(
-    r"^GET /v1/(agent/service/:sidecar-id|agent/connect/|health/connect/|connect/intentions/match)"
+    r"^GET /v1/(agent/service/:sidecar-id|agent/connect/|health/connect/|connect/intentions/match"
+    r"|config/service-defaults/:id$|config/proxy-defaults/global$)"
 )
 
 
