@@ -31,7 +31,12 @@ What the writer remembers: Consul's ``PUT /v1/config`` answers only ``true``/``f
 index (hashicorp/consul agent/config_endpoint.go, ``ConfigApply``), so after its own write the
 writer cannot know the entry's new ModifyIndex and must read before the next write. After its
 own successful *delete* it does know the state: the entry is absent, so the next grant creates
-it with ``cas=0`` without reading (a wrong guess only costs a refused CAS and a read).
+it with ``cas=0`` without reading (a wrong guess only costs a refused CAS and a read). Likewise
+an entry a spawn's up-front check has just read (``remember``) stands in for the read once.
+
+One Trino user, one hub user: an L7 grant whose Trino user another hub user's live source holds
+is refused in the CAS cycle that would write it (``entries.TrinoUserTaken``), so two spawns that
+passed the up-front check side by side cannot both be granted.
 """
 
 from __future__ import annotations
