@@ -12,6 +12,7 @@ the median under 10 concurrent spawns within 2x the median of lone spawns.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,11 @@ def main() -> dict:
     parser.add_argument("--users", type=int, default=10, help="concurrent spawns")
     parser.add_argument("--lone", type=int, default=3, help="lone spawns, one after the other")
     parser.add_argument("--smoke", action="store_true", help="2 concurrent, 1 lone")
+    parser.add_argument(
+        "--minimal-notebook",
+        action="store_true",
+        help="notebooks that are a minimal HTTP server, not jupyterhub-singleuser (no CPU to start)",
+    )
     args = parser.parse_args()
     users, lone_runs = (2, 1) if args.smoke else (args.users, args.lone)
     images = common.images()
@@ -87,8 +93,11 @@ def main() -> dict:
     results: dict = {}
     with common.docker_network(client) as gateway:
         with FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake:
-            hub = BenchHub(MESH, images, gateway, fake.url)
+            identity = common.hub_identity(fake.url, "csbench-hub")  # hub_config.py's hub_instance
+            hub = BenchHub(MESH, images, gateway, fake.url, identity)
             hub.env["CSBENCH_START_TIMEOUT"] = "300"  # ten jupyterhub-singleuser on two cores
+            if args.minimal_notebook:
+                hub.env["CSBENCH_NOTEBOOK_CMD"] = json.dumps(common.MINIMAL_NOTEBOOK)
             try:
                 hub.start()
                 lone_users = [f"{common.PREFIX}l{i}" for i in range(lone_runs)]
@@ -150,9 +159,8 @@ def main() -> dict:
         title="Figure 6: the mesh's own time per spawn (notebook running -> grant written), real hub",
     )
     targets = {"mesh_median_le_2x_lone": common.target(ratio <= 2.0, ratio, 2.0, "concurrent/lone median mesh time")}
-    return common.emit(
-        "6-concurrent-spawns", {"users": users, "lone": lone_runs, "smoke": args.smoke}, results, targets
-    )
+    run_args = {"users": users, "lone": lone_runs, "smoke": args.smoke, "minimal_notebook": args.minimal_notebook}
+    return common.emit("6-concurrent-spawns", run_args, results, targets)
 
 
 if __name__ == "__main__":

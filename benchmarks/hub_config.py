@@ -16,7 +16,9 @@ c.JupyterHub.hub_port = int(env("CSBENCH_HUB_PORT"))
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env('CSBENCH_PROXY_API_PORT')}"
 c.JupyterHub.cleanup_servers = True
 c.DockerSpawner.image = env("CSBENCH_NOTEBOOK_IMAGE")
-c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
+# Figure 6's --minimal-notebook: a server that costs no CPU to start (JSON list), to tell the
+# mesh's own time apart from ten jupyterhub-singleuser starts competing for two cores.
+c.DockerSpawner.cmd = json.loads(env("CSBENCH_NOTEBOOK_CMD") or '["jupyterhub-singleuser"]')
 c.DockerSpawner.network_name = env("CSBENCH_NETWORK")
 c.DockerSpawner.use_internal_ip = True
 c.DockerSpawner.remove = True
