@@ -126,11 +126,9 @@ class IntentionWriter:
         self.conflicts = 0
         self.splits = 0  # refused batches split to isolate the change Consul refused
         self._queues: dict[str, _Queue] = {}
-        # Destinations whose entry this writer itself deleted last: known absent, until a write
-        # (ours or, as a refused cas=0 shows, anyone's) says otherwise.
-        self._known_absent: set[str] = set()
-        # Entries read moments ago by someone else (a spawn's up-front check): the next write
-        # CAS-writes against one instead of reading it again, if it is recent enough.
+        # Entries known moments ago (None: absent, as after this writer's own delete; or read by
+        # a spawn's up-front check): the next write of that destination starts from one instead
+        # of reading, if it is recent enough. A wrong view only costs a refused CAS and a read.
         self._remembered: dict[str, tuple[float, dict | None]] = {}
 
     def remember(self, destination: str, entry: dict | None) -> None:
@@ -140,11 +138,7 @@ class IntentionWriter:
         self._remembered[destination] = (time.monotonic(), copy.deepcopy(entry))
 
     def _recalled(self, destination: str) -> tuple[bool, dict | None]:
-        """(True, entry) for a view to start from without reading; (False, None) for none."""
-        if destination in self._known_absent:
-            self._known_absent.discard(destination)
-            self._remembered.pop(destination, None)
-            return True, None
+        """(True, entry) for a view to start from without reading, used once; (False, None)."""
         at, entry = self._remembered.pop(destination, (0.0, None))
         if time.monotonic() - at <= REMEMBERED_FOR:
             return True, entry
@@ -341,7 +335,7 @@ class IntentionWriter:
                     ok = await self.consul.delete_config(KIND, destination, cas=current["ModifyIndex"])
                     if ok:
                         metrics.observe_entry(destination, None)
-                        self._known_absent.add(destination)
+                        self.remember(destination, None)
             except ConsulError as e:
                 if e.status is None:
                     raise  # no answer: the write may or may not have landed; nothing to split
