@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -25,6 +24,8 @@ from hubs import BenchHub
 from consulspawner_dev.fakeconsul import FakeConsul
 
 MESH = "ConsulSpawner"
+# Ten jupyterhub-singleuser starting on two cores take a while; the hub is asked every 0.1 s.
+TIMEOUT, POLL = 300.0, 0.1
 # JupyterHub's log line: "[I 2026-12-03 05:50:01.123 JupyterHub spawner:269] <user>: <message>"
 LOG_LINE = re.compile(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) [^\]]*\] (\S+): (.*)$")
 FIRST, LAST = "Registering ", "Connected to the service mesh"
@@ -55,27 +56,6 @@ def step_rows(label: str, times: dict[str, dict[str, float]]) -> list:
     return [[label, step, common.summary([t[step] for t in times.values()])["median"]] for step in STEPS]
 
 
-def spawn(hub: BenchHub, user: str, timeout: float = 300) -> float:
-    """POST the server, wait until the hub calls it ready; seconds taken."""
-    hub.call("POST", f"/users/{user}", ok=(201, 409))
-    started = time.perf_counter()
-    hub.call("POST", f"/users/{user}/server", ok=(201, 202))
-    while not ((server := hub.server(user)) and server.get("ready")):
-        if time.perf_counter() - started > timeout:
-            raise TimeoutError(f"{user}'s server not ready after {timeout}s:\n{hub.log_tail()}")
-        time.sleep(0.1)
-    return time.perf_counter() - started
-
-
-def stop(hub: BenchHub, user: str, timeout: float = 300) -> None:
-    hub.call("DELETE", f"/users/{user}/server", ok=(202, 204))
-    started = time.perf_counter()
-    while hub.server(user) is not None:
-        if time.perf_counter() - started > timeout:
-            raise TimeoutError(f"{user}'s server not gone after {timeout}s")
-        time.sleep(0.1)
-
-
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10, help="concurrent spawns")
@@ -103,14 +83,14 @@ def main() -> dict:
                 lone_users = [f"{common.PREFIX}l{i}" for i in range(lone_runs)]
                 lone_wall = []
                 for user in lone_users:
-                    lone_wall.append(spawn(hub, user))
-                    stop(hub, user)
+                    lone_wall.append(hub.spawn(user, TIMEOUT, POLL))
+                    hub.stop(user, TIMEOUT, POLL)
                 many = [f"{common.PREFIX}c{i}" for i in range(users)]
                 with ThreadPoolExecutor(users) as pool:
-                    many_wall = list(pool.map(lambda u: spawn(hub, u), many))
+                    many_wall = list(pool.map(lambda u: hub.spawn(u, TIMEOUT, POLL), many))
                 log = (hub.workdir / "jupyterhub.log").read_text()
                 with ThreadPoolExecutor(users) as pool:
-                    list(pool.map(lambda u: stop(hub, u), many))
+                    list(pool.map(lambda u: hub.stop(u, TIMEOUT, POLL), many))
             finally:
                 hub.close()
     client.close()

@@ -100,22 +100,29 @@ class BenchHub:
     def server(self, user: str):
         return (self.call("GET", f"/users/{user}") or {}).get("servers", {}).get("")
 
-    def spawn_and_stop(self, user: str, timeout: float = 180) -> tuple[float, float]:
+    def spawn(self, user: str, timeout: float = 180, poll: float = 0.02) -> float:
+        """POST the server, wait until the hub calls it ready; seconds taken."""
         self.call("POST", f"/users/{user}", ok=(201, 409))
         started = time.perf_counter()
         self.call("POST", f"/users/{user}/server", ok=(201, 202))
         while not ((server := self.server(user)) and server.get("ready")):
             if time.perf_counter() - started > timeout:
-                raise TimeoutError(f"{self.kind}: {user}'s server not ready after {timeout}s")
-            time.sleep(0.02)
-        spawn_s = time.perf_counter() - started
+                raise TimeoutError(f"{self.kind}: {user}'s server not ready after {timeout}s:\n{self.log_tail()}")
+            time.sleep(poll)
+        return time.perf_counter() - started
+
+    def stop(self, user: str, timeout: float = 180, poll: float = 0.02) -> float:
+        """DELETE the server, wait until the hub has no server for the user; seconds taken."""
         started = time.perf_counter()
         self.call("DELETE", f"/users/{user}/server", ok=(202, 204))
         while self.server(user) is not None:
             if time.perf_counter() - started > timeout:
                 raise TimeoutError(f"{self.kind}: {user}'s server not gone after {timeout}s")
-            time.sleep(0.02)
-        return spawn_s, time.perf_counter() - started
+            time.sleep(poll)
+        return time.perf_counter() - started
+
+    def spawn_and_stop(self, user: str, timeout: float = 180) -> tuple[float, float]:
+        return self.spawn(user, timeout), self.stop(user, timeout)
 
     def close(self) -> None:
         if self.process and self.process.poll() is None:
