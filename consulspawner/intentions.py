@@ -42,7 +42,6 @@ passed the up-front check side by side cannot both be granted.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import random
 import time
@@ -134,8 +133,10 @@ class IntentionWriter:
     def remember(self, destination: str, entry: dict | None) -> None:
         """Offer an entry just read (None: absent) as the view the next write of
         ``destination`` starts from. Harmless if stale: its CAS index no longer matches, the
-        write is refused and the writer reads, as after any conflict."""
-        self._remembered[destination] = (time.monotonic(), copy.deepcopy(entry))
+        write is refused and the writer reads, as after any conflict. Kept as given, not copied
+        (an entry can be megabytes): the writer never changes an entry it read, and callers hand
+        over one they are done with."""
+        self._remembered[destination] = (time.monotonic(), entry)
 
     def _recalled(self, destination: str) -> tuple[bool, dict | None]:
         """(True, entry) for a view to start from without reading, used once; (False, None)."""
