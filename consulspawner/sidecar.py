@@ -19,7 +19,7 @@ from jupyterhub.utils import exponential_backoff
 
 from .consul import ConsulError
 from .dockerevents import SidecarDeaths
-from .dockerpool import DockerPool, DockerUnreachable
+from .dockerpool import DockerPool, DockerUnreachable, awaited_to_its_answer
 from .hubwide import _sidecar_deaths, _sidecar_dockers
 from .mesh import ServerMesh, SidecarNotReady
 from .plan import MeshPlan
@@ -146,7 +146,7 @@ class SidecarContainer(Room):
             # Delivered like the token (a file in the sidecar alone), so CONSUL_CACERT works.
             ca_pem = await asyncio.to_thread(_read_bytes, self.consul_ca_file)
             environment.setdefault("CONSUL_CACERT", SIDECAR_CA_FILE)
-        container = await self.sidecar_docker(
+        create = self.sidecar_docker(
             "create_container",
             image=self.sidecar_image,
             command=plan.sidecar_args(self.sidecar_command, token_file=SIDECAR_TOKEN_FILE),
@@ -155,7 +155,8 @@ class SidecarContainer(Room):
             labels=self.container_labels(plan),
             host_config=host_config,
         )
-        self.sidecar_container_id = container["Id"]
+        # Recorded even when a stop cancels this meanwhile, so that stop's teardown removes it.
+        await awaited_to_its_answer(create, lambda container: setattr(self, "sidecar_container_id", container["Id"]))
         self._restart_marks = [(time.monotonic(), 0)]
         # The token goes in as a file copied into this container alone, so it is in no
         # container config (docker inspect), no environment and no mount of the notebook's.

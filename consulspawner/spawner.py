@@ -20,6 +20,7 @@ from tornado import web
 from . import audit, failures, hubwide, metrics, naming
 from .config.traits import ConsulSpawnerConfig
 from .consul import ConsulClient
+from .dockerpool import awaited_to_its_answer
 from .entries import L7
 from .hubwide import _client_closers, _pending_teardowns, _shared_clients  # noqa: F401 (tests, benchmarks)
 from .intentions import IntentionWriter
@@ -236,6 +237,19 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             # other user's spawn and stop queue on.
             return self.sidecar_docker(method, *args, **kwargs)
         return super().docker(method, *args, **kwargs)
+
+    async def create_object(self):
+        # Awaited to Docker's answer even when the spawn is cancelled meanwhile (start_timeout,
+        # the user's cancel): the create runs on a thread that goes on regardless, and a
+        # container it made after the cancelled spawn's teardown looked for it would stay.
+        # Recorded here, the teardown removes it.
+        create = asyncio.ensure_future(super().create_object())
+        return await awaited_to_its_answer(create, self._record_created_notebook)
+
+    def _record_created_notebook(self, obj) -> None:
+        # (Whatever create_container answers: DockerSpawner's own tests hand back their arguments.)
+        if isinstance(obj, dict) and obj.get(self.object_id_key):
+            self.object_id = obj[self.object_id_key]
 
     def _harden(self, host_config: dict) -> dict:
         dropped = list(host_config.get("CapDrop") or [])

@@ -8,7 +8,7 @@ import pytest
 from docker.errors import DockerException
 
 from consulspawner import hubwide
-from consulspawner.dockerpool import DockerUnreachable
+from consulspawner.dockerpool import DockerUnreachable, awaited_to_its_answer
 from consulspawner.spawner import ConsulSpawner
 from consulspawner_dev.standalone import standalone_spawner
 
@@ -65,3 +65,43 @@ async def test_a_client_the_daemon_refused_once_is_built_again(spawner_on):
             await spawner._inspect("nope")
         # A daemon that was starting answers now: the refused construction is not remembered.
         assert await spawner._inspect("nope") is None
+
+
+async def _cancelled_while(call: asyncio.Future, answer) -> tuple[list, BaseException | None]:
+    """Await ``call`` through awaited_to_its_answer, cancel the awaiting task while the call is
+    in flight, then let the call answer (``answer(call)``)."""
+    recorded: list = []
+    task = asyncio.ensure_future(awaited_to_its_answer(call, recorded.append))
+    await asyncio.sleep(0)  # the task is now awaiting the call
+    task.cancel()
+    await asyncio.sleep(0)
+    assert not task.done(), "the cancellation ended the wait before the call answered"
+    answer(call)
+    try:
+        await task
+    except BaseException as e:  # what it raised is the result
+        return recorded, e
+    return recorded, None
+
+
+async def test_a_create_answered_after_a_cancellation_is_recorded_then_the_cancellation_raised():
+    call = asyncio.get_running_loop().create_future()
+    recorded, raised = await _cancelled_while(call, lambda c: c.set_result({"Id": "abc"}))
+    assert recorded == [{"Id": "abc"}]
+    assert isinstance(raised, asyncio.CancelledError)
+
+
+async def test_a_create_that_fails_after_a_cancellation_records_nothing_and_raises_the_cancellation():
+    call = asyncio.get_running_loop().create_future()
+    recorded, raised = await _cancelled_while(call, lambda c: c.set_exception(DockerUnreachable("gone")))
+    assert recorded == []
+    assert isinstance(raised, asyncio.CancelledError)
+
+
+async def test_a_create_that_fails_uncancelled_raises_its_own_error():
+    call = asyncio.get_running_loop().create_future()
+    call.set_exception(DockerUnreachable("Docker create_container failed"))
+    recorded: list = []
+    with pytest.raises(DockerUnreachable, match="create_container"):
+        await awaited_to_its_answer(call, recorded.append)
+    assert recorded == []

@@ -3,7 +3,9 @@ same name is still being removed, a sidecar's death as Docker reports it, a slow
 another user's calls."""
 
 import asyncio
+import contextlib
 import os
+import threading
 
 import requests
 
@@ -144,6 +146,80 @@ async def test_a_rotation_the_daemon_drops_after_the_old_sidecar_is_gone_takes_t
     status = await wait_for(spawner.poll, message="poll to report the server down")
     assert "sidecar" in str(status)
     await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_stop_that_cancels_a_rotation_mid_create_still_removes_the_new_sidecar(
+    make_spawner, admin, docker_client, user_name
+):
+    """The sidecar's Docker calls run on threads, which no cancellation stops: a stop that
+    cancels the keeper while Docker is still creating the rotation's new sidecar must not
+    finish before that create has answered, or the container lands after the teardown looked
+    for it by name and stays (seen in CI: the new sidecar, created and never started, left)."""
+    spawner = make_spawner(user_name, token_rotation_margin=3599, keeper_interval=0.2)
+    await spawner.start()
+    pool = hubwide._sidecar_dockers[type(spawner)]
+    creating, released, created = threading.Event(), threading.Event(), threading.Event()
+
+    class SlowCreate:
+        def __init__(self, client):
+            self._client = client
+
+        def create_container(self, *args, **kwargs):
+            creating.set()
+            released.wait(timeout=5)  # the stop gets its chance to run first
+            try:
+                return self._client.create_container(*args, **kwargs)
+            finally:
+                created.set()
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+    real = pool.client
+    pool.client = lambda: SlowCreate(real())  # type: ignore[method-assign]
+    try:
+        await wait_for(creating.is_set, message="the keeper's rotation to create the new sidecar")
+        await hub_stop(spawner)
+        released.set()
+        await wait_for(created.is_set, message="Docker's create to answer")
+    finally:
+        released.set()
+        del pool.client
+    assert not container_ids(docker_client, name=spawner.sidecar_container_name), "the new sidecar was left"
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_spawn_cancelled_mid_notebook_create_leaves_no_notebook(make_spawner, admin, docker_client, user_name):
+    """As for the sidecar: a spawn cancelled (start_timeout, the user's cancel) while Docker is
+    still creating the notebook must record it, so the teardown removes it."""
+    spawner = make_spawner(user_name)
+    creating, released, created = threading.Event(), threading.Event(), threading.Event()
+    real_docker = spawner._docker
+
+    def slow_create(method, *args, **kwargs):
+        if method != "create_container":
+            return real_docker(method, *args, **kwargs)
+        creating.set()
+        released.wait(timeout=5)  # the cancellation and the stop get their chance first
+        try:
+            return real_docker(method, *args, **kwargs)
+        finally:
+            created.set()
+
+    spawner._docker = slow_create
+    starting = asyncio.ensure_future(spawner.start())
+    try:
+        await wait_for(creating.is_set, message="the spawn to create the notebook")
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await hub_stop(spawner)
+        released.set()
+        await wait_for(created.is_set, message="Docker's create to answer")
+    finally:
+        released.set()
+    assert not container_ids(docker_client, name=spawner.container_name), "the notebook was left"
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
 
 
