@@ -11,7 +11,7 @@ setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["consulspawner", "consulspawner.*"]),
     # The development stand-ins (fake Consul agent, Connect proxy, Trino) are a second
     # distribution, dev/setup.py: the demo and the test command install both.

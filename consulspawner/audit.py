@@ -69,11 +69,7 @@ def looks_secret(value: str) -> bool:
 
 
 def _iso(unix: float) -> str:
-    return (
-        datetime.datetime.fromtimestamp(unix, datetime.timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def build(

@@ -218,8 +218,11 @@ class ConsulClient:
                 return response.status, await response.text(), response.headers
 
         try:
-            status, text, response_headers = await asyncio.wait_for(exchange(), deadline)
-        except (asyncio.TimeoutError, TimeoutError) as e:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+            # arrives as the call finishes (a stop cancelling the keeper then waits forever).
+            async with asyncio.timeout(deadline):
+                status, text, response_headers = await exchange()
+        except TimeoutError as e:
             raise ConsulError(call, None, f"no answer within {deadline:g}s") from e
         except (aiohttp.ClientError, OSError, ssl.SSLError) as e:
             raise ConsulError(call, None, _redact(f"{type(e).__name__}: {e}", self._secrets)) from e

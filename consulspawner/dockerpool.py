@@ -23,30 +23,6 @@ from docker.errors import APIError, DockerException
 SIDECAR_DOCKER_THREADS = 4
 
 
-async def awaited_to_its_answer(call: asyncio.Future, record: Callable[[Any], None]) -> Any:
-    """Await a Docker call that creates something, to Docker's answer even when the awaiting
-    task is cancelled meanwhile; ``record`` is handed a successful result before a
-    cancellation is raised on.
-
-    The call runs on a thread, which no cancellation stops: without this, a stop that
-    cancels a spawn or a keeper round mid-create would tear the server down before Docker
-    answered, and the container would land afterwards, recorded nowhere, and stay. A create is
-    short, and docker-py's own timeout bounds it."""
-    cancelled = False
-    while not call.done():
-        try:
-            await asyncio.shield(call)
-        except asyncio.CancelledError:
-            cancelled = True  # (the call itself is shielded: it goes on)
-        except Exception:
-            break  # told below
-    if not call.cancelled() and call.exception() is None:
-        record(call.result())
-    if cancelled:
-        raise asyncio.CancelledError
-    return call.result()
-
-
 class DockerUnreachable(RuntimeError):
     """A Docker call that got no answer from the daemon (connection refused or dropped, a
     timeout): docker-py raises ``requests``' own errors for these, not ``APIError``."""

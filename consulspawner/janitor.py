@@ -293,9 +293,10 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
             if args.once or stop.is_set():
                 return 0
             try:
-                await asyncio.wait_for(stop.wait(), timeout=args.interval)
+                async with asyncio.timeout(args.interval):  # (not wait_for: see consul.py)
+                    await stop.wait()
                 return 0
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

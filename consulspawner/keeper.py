@@ -19,6 +19,7 @@ from .hubwide import signer_for
 from .intentions import IntentionConflict
 from .mesh import ServerMesh
 from .room import Room
+from .uninterrupted import awaited_to_its_answer
 
 # Keeper rounds in a row refused by Consul (not merely unanswered) before the server is taken down.
 KEEPER_REFUSALS_LIMIT = 3
@@ -31,6 +32,10 @@ def _lasting(error: Exception) -> bool:
         # (429 is Consul's rate limit: it passes.)
         return error.status is not None and 400 <= error.status < 500 and error.status != 429
     return isinstance(error, IntentionConflict)
+
+
+# Seconds a stop waits for a cancelled keeper before cancelling it again.
+KEEPER_CANCEL_AGAIN = 1.0
 
 
 class Keeper(Room):
@@ -60,11 +65,14 @@ class Keeper(Room):
         begun finish before anything else touches this server."""
         keeper, self._keeper = self._keeper, None
         if keeper is not None and keeper is not asyncio.current_task():
-            keeper.cancel()
-            try:
-                await keeper
-            except (asyncio.CancelledError, Exception):
-                pass
+            # Cancelled again until it ends: a cancellation can be lost on the way (Python
+            # 3.11's asyncio.wait_for, in a library, drops one that arrives as the call it
+            # waits for finishes), and a keeper that lost it would nap and go on for good.
+            while not keeper.done():
+                keeper.cancel()
+                await asyncio.wait({keeper}, timeout=KEEPER_CANCEL_AGAIN)
+            if not keeper.cancelled() and keeper.exception() is not None:
+                self.log.warning("The keeper of %s ended with %r", self._log_name, keeper.exception())
         unfinished, self._unfinished_teardown = self._unfinished_teardown, None
         if unfinished is not None:
             try:
@@ -121,6 +129,8 @@ class Keeper(Room):
             return False  # the notebook is gone: poll reports it and JupyterHub stops the server
         plan = self._running_plan()
         mesh = self._mesh(plan)
+        if reconcile:
+            await self._find_current_sidecar()
         if not await self._sidecar_alive():
             if not reconcile:
                 await self._fail_server(f"sidecar {self.sidecar_container_name} stopped and stayed down")
@@ -184,8 +194,16 @@ class Keeper(Room):
         """Whether the current token still works; after a hub restart its secret is read back
         from the sidecar first (the only place it is kept)."""
         state = mesh.state
-        secret = state.secrets.get(state.token_accessor) or await self._recover_token_secret(state)
-        return bool(secret) and await mesh.token_alive(secret)
+        secret = state.secrets.get(state.token_accessor)
+        if secret:
+            return await mesh.token_alive(secret)
+        secret = await self._read_sidecar_token(state.service_name or state.service_id)
+        if not secret:
+            return False
+        # Whichever token the sidecar holds is the one the server runs on; Consul says which
+        # it is (a hub that died mid-rotation may have saved the other).
+        token = await mesh.token_of(secret)
+        return token is not None and mesh.adopt_token(token, secret)
 
     async def _rotate_token(self, mesh: ServerMesh) -> bool:
         """Log in again, restart the sidecar with the new token, wait until it is ready, then
@@ -199,21 +217,29 @@ class Keeper(Room):
         plan = mesh.need_plan()
         state = mesh.state
         before = (state.token_accessor, state.token_expires_at, state.token_lifetime, list(state.retired_accessors))
-        sidecar_replaced = False
+        progress: list[str] = []
         try:
-            secret = await self._login(mesh)
-            audit.emit_for("token-login", plan.owner, trino_user=plan.trino_user, cause="token rotation")
-            self._save_state()  # the new accessor is known before anything else can fail
-            sidecar_replaced = True
-            await self._start_sidecar(plan, secret)
+            # Not cut by a cancellation (a stop, the hub's shutdown): the new token's secret is
+            # in this process alone until the new sidecar holds it.
+            replacing = asyncio.ensure_future(self._new_token_into_new_sidecar(mesh, progress))
+            await awaited_to_its_answer(replacing, lambda _: None)
             await self._wait_for_sidecar(mesh)
         except Exception as e:
-            return await self._rotation_failed(mesh, before, sidecar_replaced, e)
+            return await self._rotation_failed(mesh, before, "sidecar" in progress, e)
         if await mesh.logout_retired():
             audit.emit_for("token-logout", plan.owner, trino_user=plan.trino_user, cause="token rotation")
         self._save_state()
         self.log.info("Rotated the Consul token of %s", plan.service_id)
         return True
+
+    async def _new_token_into_new_sidecar(self, mesh: ServerMesh, progress: list[str]) -> None:
+        plan = mesh.need_plan()
+        secret = await self._login(mesh)
+        audit.emit_for("token-login", plan.owner, trino_user=plan.trino_user, cause="token rotation")
+        self._save_state()  # the new accessor is known before anything else can fail
+        progress.append("sidecar")
+        await self._start_sidecar(plan, secret)
+        self._save_state()  # and the sidecar that holds it (a restarted hub reads it back there)
 
     async def _rotation_failed(self, mesh: ServerMesh, before: tuple, sidecar_replaced: bool, error: Exception) -> bool:
         state = mesh.state

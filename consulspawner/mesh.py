@@ -232,6 +232,42 @@ class ServerMesh:
         """Whether Consul still knows the token ``secret`` (not expired, not logged out)."""
         return await self._retry(lambda: self.consul.token_self(secret)) is not None
 
+    async def token_of(self, secret: str) -> dict | None:
+        """What Consul knows of the token ``secret`` (``token/self``), None when it is gone."""
+        return await self._retry(lambda: self.consul.token_self(secret))
+
+    def adopt_token(self, token: dict, secret: str) -> bool:
+        """After a hub restart: record the token this server's sidecar holds (``token``, as
+        ``token/self`` answered for ``secret``) as its current one; False, recording nothing,
+        when it is not this service's identity.
+
+        A hub that died mid-rotation saved the new token before the sidecar had it (the sidecar
+        still runs on the old one), or the new sidecar after it was saved: either way the token
+        the state named and the sidecar does not hold is retired; its secret died with that hub,
+        so it ends at its expiry."""
+        state = self.state
+        if [i.get("ServiceName") for i in token.get("ServiceIdentities") or []] != [state.service_name]:
+            self.log.warning("The sidecar of %s holds a token of another identity; not adopted", state.service_id)
+            return False
+        accessor = token.get("AccessorID") or ""
+        if accessor and accessor != state.token_accessor:
+            self.log.warning(
+                "The sidecar of %s runs on Consul token %s, not %s as saved (a hub stopped mid-rotation)",
+                state.service_id,
+                accessor,
+                state.token_accessor or "none",
+            )
+            if state.token_accessor:
+                state.retired_accessors.append(state.token_accessor)
+            state.retired_accessors = [a for a in state.retired_accessors if a != accessor]
+            state.token_accessor = accessor
+            created, expires = _go_time(token.get("CreateTime")), _go_time(token.get("ExpirationTime"))
+            state.token_expires_at = expires or 0.0
+            state.token_lifetime = max(0.0, expires - created) if expires and created else 0.0
+        state.secrets[state.token_accessor] = secret
+        self.consul.remember_secret(secret)
+        return True
+
     def token_due(self, margin: float) -> bool:
         """Whether the token expires within ``margin`` seconds (Consul cannot extend a token)."""
         return bool(self.state.token_accessor and self.state.token_expires_at) and (
@@ -366,8 +402,9 @@ async def _listening(address: str | None, port: int | None, timeout: float = 1.0
     if not address or not port:
         return False
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
-    except (OSError, asyncio.TimeoutError):
+        async with asyncio.timeout(timeout):  # (not wait_for: see consul.py)
+            _, writer = await asyncio.open_connection(address, port)
+    except (OSError, TimeoutError):
         return False
     writer.close()
     try:

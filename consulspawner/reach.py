@@ -145,7 +145,7 @@ async def survey(consul: ConsulClient, *, hub_instance: str | None = None, clock
 def _iso(unix: int | float | None) -> str | None:
     if unix is None:
         return None
-    stamp = datetime.datetime.fromtimestamp(unix, datetime.timezone.utc)
+    stamp = datetime.datetime.fromtimestamp(unix, datetime.UTC)
     return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

@@ -19,12 +19,13 @@ from jupyterhub.utils import exponential_backoff
 
 from .consul import ConsulError
 from .dockerevents import SidecarDeaths
-from .dockerpool import DockerPool, DockerUnreachable, awaited_to_its_answer
+from .dockerpool import DockerPool, DockerUnreachable
 from .hubwide import _sidecar_deaths, _sidecar_dockers
 from .mesh import ServerMesh, SidecarNotReady
 from .plan import MeshPlan
 from .room import Room
 from .state import MeshState
+from .uninterrupted import awaited_to_its_answer
 
 SIDECAR_TOKEN_DIR = "consul"
 SIDECAR_TOKEN_FILE = "/consul/token"
@@ -117,7 +118,7 @@ class SidecarContainer(Room):
 
         try:
             await exponential_backoff(free, "", start_wait=0.1, max_wait=1.0, timeout=REMOVAL_WAIT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(
                 f"Docker is still removing the old container {name!r} after {REMOVAL_WAIT:g}s (docker inspect)"
             ) from None
@@ -168,14 +169,30 @@ class SidecarContainer(Room):
     async def _read_sidecar_token(self, service_name: str) -> str | None:
         """The token secret in this server's sidecar (``/consul/token``), once its labels prove
         the container is this server's; None when there is no such sidecar or file."""
-        info = await self._inspect(self.sidecar_container_id or f"{service_name}.consul-sidecar")
-        if info is None or not self._is_our_sidecar(info, service_name):
-            return None
-        try:
-            return await self.sidecar_docker(_token_from_archive, info["Id"])
-        except (NotFound, APIError, DockerUnreachable, KeyError, tarfile.TarError) as e:
-            self.log.info("Could not read the token file of sidecar %s: %s", info.get("Name", "?"), type(e).__name__)
-            return None
+        # The recorded one, else the one under this server's name (a hub that died mid-rotation
+        # saved the sidecar it was replacing).
+        for target in dict.fromkeys(t for t in (self.sidecar_container_id, f"{service_name}.consul-sidecar") if t):
+            info = await self._inspect(target)
+            if info is None or not self._is_our_sidecar(info, service_name):
+                continue
+            try:
+                return await self.sidecar_docker(_token_from_archive, info["Id"])
+            except (NotFound, APIError, DockerUnreachable, KeyError, tarfile.TarError) as e:
+                self.log.info(
+                    "Could not read the token file of sidecar %s: %s", info.get("Name", "?"), type(e).__name__
+                )
+        return None
+
+    async def _find_current_sidecar(self) -> None:
+        """After a hub restart: when the recorded sidecar is gone, take the one under this
+        server's name, once its labels prove it is this server's (a hub that died mid-rotation
+        saved the sidecar it was replacing)."""
+        if await self._inspect(self.sidecar_container_id):
+            return
+        info = await self._inspect(self.sidecar_container_name)
+        if info is not None and self._is_our_sidecar(info, self._service_name()):
+            self.log.info("Found the sidecar of %s under its name (%s)", self._log_name, info["Id"][:12])
+            self.sidecar_container_id = info["Id"]
 
     async def _logout_leftover_token(self) -> None:
         """A stop without state (a hub killed mid-spawn): log out the token the server's sidecar
@@ -282,7 +299,7 @@ class SidecarContainer(Room):
             await exponential_backoff(
                 ready, "", start_wait=0.1, scale_factor=1.5, max_wait=1.0, timeout=self.sidecar_ready_timeout
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SidecarNotReady(
                 f"sidecar {self.sidecar_container_name} not ready after {self.sidecar_ready_timeout:g}s: "
                 f"{self._last_probe_output}"
@@ -330,7 +347,7 @@ class SidecarContainer(Room):
             found = await exponential_backoff(
                 verdict, "", start_wait=1.0, scale_factor=1, max_wait=1.0, timeout=SIDECAR_DOWN_GRACE
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         if found == "crashing":
             self.log.warning(
@@ -382,12 +399,13 @@ class SidecarContainer(Room):
         woken = asyncio.Event()
         deaths.wake_on_death(sidecar, woken)
         try:
-            await asyncio.wait_for(woken.wait(), seconds)
+            async with asyncio.timeout(seconds):  # (not wait_for: see consul.py)
+                await woken.wait()
             # Forgotten once acted on: a sidecar Docker restarts keeps its ID, and must not wake
             # every later nap.
             deaths.forget(sidecar)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             deaths.forget(sidecar, death=False)

@@ -20,7 +20,6 @@ from tornado import web
 from . import audit, failures, hubwide, metrics, naming
 from .config.traits import ConsulSpawnerConfig
 from .consul import ConsulClient
-from .dockerpool import awaited_to_its_answer
 from .entries import L7
 from .hubwide import _client_closers, _pending_teardowns, _shared_clients  # noqa: F401 (tests, benchmarks)
 from .intentions import IntentionWriter
@@ -32,6 +31,7 @@ from .preflight import check_hub_token, check_l7_destinations, check_trino_user_
 from .sidecar import SidecarContainer
 from .state import MeshState, new_incarnation
 from .teardown import Teardown
+from .uninterrupted import awaited_to_its_answer
 
 
 class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarContainer, DockerSpawner):
@@ -195,8 +195,9 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
                 sent += 1
             self._progress_changed.clear()
             try:
-                await asyncio.wait_for(self._progress_changed.wait(), timeout=1)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(1):  # (not wait_for: see consul.py)
+                    await self._progress_changed.wait()
+            except TimeoutError:
                 pass
 
     def get_env(self):

@@ -163,8 +163,9 @@ class Teardown(Room):
         if deadline is not None:
             timeout = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            errors = await asyncio.wait_for(steps, timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # (not wait_for: see consul.py)
+                errors = await steps
+        except TimeoutError:
             self.log.warning(
                 "Consul did not finish a teardown step of %s within %gs; continuing in the background",
                 self._log_name,
@@ -206,7 +207,7 @@ class Teardown(Room):
                 self.log.info(
                     "Background teardown of %s (%s) completed", state.service_id, ", ".join(s.value for s in steps)
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.log.error(
                     "Gave up retrying %s for %s; the janitor removes them after expiry",
                     [s.value for s in remaining],

@@ -110,7 +110,6 @@ def test_unknown_steps_are_refused_so_labels_stay_a_fixed_set():
 @pytest.mark.parametrize(
     ("error", "cause"),
     [
-        (asyncio.TimeoutError(), "timeout"),
         (TimeoutError(), "timeout"),
         (ConsulError("PUT /v1/acl/token", None, "no answer within 10s"), "timeout"),
         (ConsulError("PUT /v1/acl/token", None, "ClientConnectorError: refused"), "consul"),

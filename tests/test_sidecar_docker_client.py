@@ -8,8 +8,9 @@ import pytest
 from docker.errors import DockerException
 
 from consulspawner import hubwide
-from consulspawner.dockerpool import DockerUnreachable, awaited_to_its_answer
+from consulspawner.dockerpool import DockerUnreachable
 from consulspawner.spawner import ConsulSpawner
+from consulspawner.uninterrupted import awaited_to_its_answer
 from consulspawner_dev.standalone import standalone_spawner
 
 from .slowdocker import SlowDocker

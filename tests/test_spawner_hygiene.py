@@ -91,3 +91,26 @@ async def test_each_spawner_class_gets_its_own_sidecar_client_with_its_client_kw
     finally:
         for cls in (OneDaemon, OtherDaemon):
             hubwide._sidecar_dockers.pop(cls).shutdown()
+
+
+async def test_a_stop_ends_a_keeper_that_lost_its_cancellation():
+    """Python 3.11's asyncio.wait_for drops a cancellation that arrives as the call it waits for
+    finishes (in a library as much as in ours): seen in CI as a stop waiting for ever on a keeper
+    that went back to its hour-long nap. The stop cancels again until the keeper has ended."""
+    spawner = standalone_spawner("alice")
+    lost = []
+
+    async def keeper_that_drops_one_cancellation():
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            lost.append(True)  # dropped, as wait_for does; then the next nap
+        await asyncio.sleep(3600)
+
+    spawner._keeper = asyncio.ensure_future(keeper_that_drops_one_cancellation())
+    keeper = spawner._keeper
+    await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(spawner._stop_keeper())
+    await asyncio.wait({stopping}, timeout=30)  # a generous deadline, left alone (not cancelled)
+    assert stopping.done(), "the stop still waits for the keeper"
+    assert lost and keeper.cancelled()

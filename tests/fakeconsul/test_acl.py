@@ -181,7 +181,7 @@ async def test_token_cannot_delete_itself(acl_fake, admin, raw):
 async def test_explicit_expiration_time_and_update(acl_fake, admin, raw):
     import datetime as dt
 
-    exp = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    exp = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     token = await admin.acl.token.create(service_identities=[{"ServiceName": "web"}], expiration_time=exp)
     assert token["ExpirationTime"] == exp
     acc = token["AccessorID"]

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -61,7 +61,7 @@ class HubAPI:
             )
 
     async def touch(self, user):
-        now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         await self.call(
             "POST", f"/users/{user}/activity", {"last_activity": now, "servers": {"": {"last_activity": now}}}
         )

@@ -7,13 +7,15 @@ notebook with it; stop is bounded when Consul hangs.
 """
 
 import asyncio
+import json
 import os
+import threading
 import time
 
 import pytest
 from traitlets import TraitError
 
-from consulspawner import ownership
+from consulspawner import hubwide, ownership
 from consulspawner import spawner as spawner_module
 from consulspawner.consul import ConsulClient
 from consulspawner.entries import KIND, L7
@@ -402,3 +404,118 @@ async def test_two_hub_users_spawning_side_by_side_onto_one_trino_user_get_it_on
     await containers_gone(docker_client, rf"^/{spawners[loser].container_name}(\.consul-sidecar)?$")
     assert (await mesh_objects(admin, f"jupyter-{spawners[winner].user.name}"))["sources"]
     await hub_stop(spawners[winner])
+
+
+# -- a hub that dies mid-rotation (CI: a graceful restart during the reconcile's rotation left a
+# second token whose secret the next hub could not find, so it logged in a third time) ---------
+
+KEPT = dict(keeper_interval=3600, check_ttl=7200, intention_ttl=7200)
+
+
+async def reconcile_restored(make_spawner, user_name, state):
+    """A restarted hub's first keeper round for ``state`` (the hub database's last save)."""
+    restored = make_spawner(user_name, **KEPT)
+    restored.load_state(json.loads(json.dumps(state)))
+    async with restored._lock():
+        assert await restored._keep(reconcile=True)
+    return restored
+
+
+async def test_a_hub_dead_after_a_rotations_new_sidecar_started_is_reconciled_without_another_login(
+    make_spawner, admin, user_name
+):
+    """Saved: the new token (after its login), not yet the new sidecar: the restarted hub
+    finds the sidecar by name and runs on the token it holds."""
+    first = make_spawner(user_name, **KEPT)
+    await first.start()
+    name, old = f"jupyter-{user_name}", first.mesh_state.token_accessor
+    mesh = first._mesh(first._running_plan())
+    secret = await first._login(mesh)
+    saved, new = first.get_state(), first.mesh_state.token_accessor
+    await first._start_sidecar(first._running_plan(), secret)
+    await first.forget()
+
+    restored = await reconcile_restored(make_spawner, user_name, saved)
+    assert sorted((await mesh_objects(admin, name))["tokens"]) == sorted([old, new]), "a third login"
+    assert restored.mesh_state.token_accessor == new
+    assert restored.sidecar_container_id == first.sidecar_container_id
+    await admin.delete_token(old)  # its secret died with the first hub: it would last to its TTL
+    await hub_stop(restored)
+    assert await mesh_objects(admin, name) == NOTHING
+
+
+async def test_a_hub_dead_between_a_rotations_login_and_its_new_sidecar_keeps_the_old_token_on_record(
+    make_spawner, admin, user_name
+):
+    """Saved: the new token, but the old sidecar still runs on the old one. The restored state
+    must name the token the server really runs on, with that token's expiry (rotation is timed
+    by it), not the new token whose secret died with the hub."""
+    first = make_spawner(user_name, **KEPT)
+    await first.start()
+    name = f"jupyter-{user_name}"
+    old, old_expiry, sidecar = (
+        first.mesh_state.token_accessor,
+        first.mesh_state.token_expires_at,
+        first.sidecar_container_id,
+    )
+    await first._login(first._mesh(first._running_plan()))
+    saved, new = first.get_state(), first.mesh_state.token_accessor
+    await first.forget()
+
+    restored = await reconcile_restored(make_spawner, user_name, saved)
+    assert restored.mesh_state.token_accessor == old
+    assert restored.mesh_state.token_expires_at == pytest.approx(old_expiry, abs=1)
+    assert new in restored.mesh_state.retired_accessors
+    assert restored.sidecar_container_id == sidecar
+    await admin.delete_token(new)  # its secret died with the first hub: it would last to its TTL
+    await hub_stop(restored)
+    assert await mesh_objects(admin, name) == NOTHING
+
+
+async def test_a_hub_shut_down_mid_rotation_leaves_the_new_token_in_the_sidecar_it_saved(
+    make_spawner, admin, user_name
+):
+    """JupyterHub's shutdown cancels every task: a rotation cancelled between its login and the
+    new sidecar would lose the new token's secret (it lives only in this process until it is
+    in the sidecar). The login-to-sidecar stretch finishes first, saved."""
+    first = make_spawner(user_name, token_rotation_margin=3599, keeper_interval=0.2)
+    saved: dict = {}
+    first._save_state = lambda: saved.update(first.get_state())
+    await first.start()
+    name, old = f"jupyter-{user_name}", first.mesh_state.token_accessor
+    pool = hubwide._sidecar_dockers[type(first)]
+    creating, released = threading.Event(), threading.Event()
+
+    class SlowCreate:
+        def __init__(self, client):
+            self._client = client
+
+        def create_container(self, *args, **kwargs):
+            creating.set()
+            released.wait(timeout=30)
+            return self._client.create_container(*args, **kwargs)
+
+        def __getattr__(self, attr):
+            return getattr(self._client, attr)
+
+    real = pool.client
+    pool.client = lambda: SlowCreate(real())  # type: ignore[method-assign]
+    try:
+        await wait_for(creating.is_set, message="the keeper's rotation to create the new sidecar")
+        keeper = first._keeper
+        keeper.cancel()  # as JupyterHub's shutdown_cancel_tasks
+        released.set()
+        with pytest.raises(asyncio.CancelledError):
+            await keeper
+    finally:
+        released.set()
+        del pool.client
+    new = saved["consul"]["token_accessor"]
+    assert new != old
+
+    restored = await reconcile_restored(make_spawner, user_name, saved)
+    assert sorted((await mesh_objects(admin, name))["tokens"]) == sorted([old, new]), "a third login"
+    assert restored.mesh_state.token_accessor == new
+    await admin.delete_token(old)  # its secret died with the first hub: it would last to its TTL
+    await hub_stop(restored)
+    assert await mesh_objects(admin, name) == NOTHING

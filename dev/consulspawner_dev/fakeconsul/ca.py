@@ -43,7 +43,7 @@ def _key_id(public_key) -> bytes:
 
 
 def _dt_utc(ts: float) -> _dt.datetime:
-    return _dt.datetime.fromtimestamp(int(ts), tz=_dt.timezone.utc)
+    return _dt.datetime.fromtimestamp(int(ts), tz=_dt.UTC)
 
 
 def serial_text(serial: int) -> str:

@@ -104,7 +104,7 @@ def format_time(ts: float) -> str:
     if frac_ns >= 1_000_000_000:
         whole += 1
         frac_ns -= 1_000_000_000
-    base = _dt.datetime.fromtimestamp(whole, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    base = _dt.datetime.fromtimestamp(whole, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if frac_ns:
         base += "." + f"{frac_ns:09d}".rstrip("0")
     return base + "Z"
@@ -112,7 +112,7 @@ def format_time(ts: float) -> str:
 
 def format_time_seconds(ts: float) -> str:
     """RFC 3339 without fractional seconds (certificate validity times are whole seconds)."""
-    return _dt.datetime.fromtimestamp(int(ts), tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.fromtimestamp(int(ts), tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> float:

@@ -267,7 +267,7 @@ class App(AclRoutes):
                         return result
                     try:
                         await asyncio.wait_for(event.wait(), min(remaining, CLIENT_POLL))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
             finally:
                 self.state.remove_waiter(waiter)

@@ -150,7 +150,7 @@ class FakeConsul:
         host = host.strip("[]")
         try:
             _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
-        except (OSError, asyncio.TimeoutError, ValueError) as err:
+        except (TimeoutError, OSError, ValueError) as err:
             reason = "i/o timeout" if isinstance(err, asyncio.TimeoutError) else "connect: connection refused"
             self.state.set_tcp_result(cid, False, f"dial tcp {addr}: {reason}")
             return
