@@ -6,16 +6,19 @@ the reason, never a skip: these tests are the core path.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 
 import docker
 import pytest
 
+from consulspawner import hubwide
 from consulspawner.entries import KIND
 from consulspawner_dev.admin import AdminClient
 from consulspawner_dev.bootstrap import bootstrap_identity, write_signing_key
@@ -312,3 +315,42 @@ async def close_shared_consul_clients():
     for closer in list(spawner._client_closers):  # as the hub's shutdown cancels its tasks
         closer.cancel()
     spawner._client_closers.clear()
+
+
+class HeldCreate:
+    """Events of a sidecar create held on its Docker thread (see ``sidecar_create_held``)."""
+
+    def __init__(self):
+        self.creating, self.released, self.created = threading.Event(), threading.Event(), threading.Event()
+
+
+@contextlib.contextmanager
+def sidecar_create_held(spawner, hold: float):
+    """Hold every sidecar ``create_container`` of ``spawner``'s class on its Docker thread until
+    ``released`` is set (at most ``hold`` seconds): a create still in flight when a stop or a
+    shutdown cancels the keeper, as Docker's thread goes on regardless."""
+    held = HeldCreate()
+    pool = hubwide._sidecar_dockers[type(spawner)]
+
+    class SlowCreate:
+        def __init__(self, client):
+            self._client = client
+
+        def create_container(self, *args, **kwargs):
+            held.creating.set()
+            held.released.wait(timeout=hold)
+            try:
+                return self._client.create_container(*args, **kwargs)
+            finally:
+                held.created.set()
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+    real = pool.client
+    pool.client = lambda: SlowCreate(real())
+    try:
+        yield held
+    finally:
+        held.released.set()
+        del pool.client

@@ -11,7 +11,16 @@ import requests
 
 from consulspawner import hubwide
 
-from .conftest import NOTEBOOK_COMMAND, NOTHING, container_ids, hub_stop, mesh_objects, token_due, wait_for
+from .conftest import (
+    NOTEBOOK_COMMAND,
+    NOTHING,
+    container_ids,
+    hub_stop,
+    mesh_objects,
+    sidecar_create_held,
+    token_due,
+    wait_for,
+)
 
 # A layer with many files takes Docker a while to remove, which holds the old name meanwhile.
 FILL_THEN_SERVE = (
@@ -158,34 +167,11 @@ async def test_a_stop_that_cancels_a_rotation_mid_create_still_removes_the_new_s
     for it by name and stays (seen in CI: the new sidecar, created and never started, left)."""
     spawner = make_spawner(user_name, token_rotation_margin=3599, keeper_interval=0.2)
     await spawner.start()
-    pool = hubwide._sidecar_dockers[type(spawner)]
-    creating, released, created = threading.Event(), threading.Event(), threading.Event()
-
-    class SlowCreate:
-        def __init__(self, client):
-            self._client = client
-
-        def create_container(self, *args, **kwargs):
-            creating.set()
-            released.wait(timeout=5)  # the stop gets its chance to run first
-            try:
-                return self._client.create_container(*args, **kwargs)
-            finally:
-                created.set()
-
-        def __getattr__(self, name):
-            return getattr(self._client, name)
-
-    real = pool.client
-    pool.client = lambda: SlowCreate(real())  # type: ignore[method-assign]
-    try:
-        await wait_for(creating.is_set, message="the keeper's rotation to create the new sidecar")
+    with sidecar_create_held(spawner, hold=5) as held:  # the stop gets its chance to run first
+        await wait_for(held.creating.is_set, message="the keeper's rotation to create the new sidecar")
         await hub_stop(spawner)
-        released.set()
-        await wait_for(created.is_set, message="Docker's create to answer")
-    finally:
-        released.set()
-        del pool.client
+        held.released.set()
+        await wait_for(held.created.is_set, message="Docker's create to answer")
     assert not container_ids(docker_client, name=spawner.sidecar_container_name), "the new sidecar was left"
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
 

@@ -9,13 +9,12 @@ notebook with it; stop is bounded when Consul hangs.
 import asyncio
 import json
 import os
-import threading
 import time
 
 import pytest
 from traitlets import TraitError
 
-from consulspawner import hubwide, ownership
+from consulspawner import ownership
 from consulspawner import spawner as spawner_module
 from consulspawner.consul import ConsulClient
 from consulspawner.entries import KIND, L7
@@ -31,6 +30,7 @@ from .conftest import (
     mesh_objects,
     policy_token,
     service_named,
+    sidecar_create_held,
     token_due,
     wait_for,
 )
@@ -483,33 +483,13 @@ async def test_a_hub_shut_down_mid_rotation_leaves_the_new_token_in_the_sidecar_
     first._save_state = lambda: saved.update(first.get_state())
     await first.start()
     name, old = f"jupyter-{user_name}", first.mesh_state.token_accessor
-    pool = hubwide._sidecar_dockers[type(first)]
-    creating, released = threading.Event(), threading.Event()
-
-    class SlowCreate:
-        def __init__(self, client):
-            self._client = client
-
-        def create_container(self, *args, **kwargs):
-            creating.set()
-            released.wait(timeout=30)
-            return self._client.create_container(*args, **kwargs)
-
-        def __getattr__(self, attr):
-            return getattr(self._client, attr)
-
-    real = pool.client
-    pool.client = lambda: SlowCreate(real())  # type: ignore[method-assign]
-    try:
-        await wait_for(creating.is_set, message="the keeper's rotation to create the new sidecar")
+    with sidecar_create_held(first, hold=30) as held:
+        await wait_for(held.creating.is_set, message="the keeper's rotation to create the new sidecar")
         keeper = first._keeper
         keeper.cancel()  # as JupyterHub's shutdown_cancel_tasks
-        released.set()
+        held.released.set()
         with pytest.raises(asyncio.CancelledError):
             await keeper
-    finally:
-        released.set()
-        del pool.client
     new = saved["consul"]["token_accessor"]
     assert new != old
 
