@@ -217,27 +217,25 @@ class Keeper(Room):
         plan = mesh.need_plan()
         state = mesh.state
         before = (state.token_accessor, state.token_expires_at, state.token_lifetime, list(state.retired_accessors))
-        progress: list[str] = []
         try:
             # Not cut by a cancellation (a stop, the hub's shutdown): the new token's secret is
             # in this process alone until the new sidecar holds it.
-            replacing = asyncio.ensure_future(self._new_token_into_new_sidecar(mesh, progress))
-            await awaited_to_its_answer(replacing, lambda _: None)
+            await awaited_to_its_answer(asyncio.ensure_future(self._new_token_into_new_sidecar(mesh)))
             await self._wait_for_sidecar(mesh)
         except Exception as e:
-            return await self._rotation_failed(mesh, before, "sidecar" in progress, e)
+            # Once the login succeeded, the old sidecar may be gone: restarted on the old token.
+            return await self._rotation_failed(mesh, before, state.token_accessor != before[0], e)
         if await mesh.logout_retired():
             audit.emit_for("token-logout", plan.owner, trino_user=plan.trino_user, cause="token rotation")
         self._save_state()
         self.log.info("Rotated the Consul token of %s", plan.service_id)
         return True
 
-    async def _new_token_into_new_sidecar(self, mesh: ServerMesh, progress: list[str]) -> None:
+    async def _new_token_into_new_sidecar(self, mesh: ServerMesh) -> None:
         plan = mesh.need_plan()
         secret = await self._login(mesh)
         audit.emit_for("token-login", plan.owner, trino_user=plan.trino_user, cause="token rotation")
         self._save_state()  # the new accessor is known before anything else can fail
-        progress.append("sidecar")
         await self._start_sidecar(plan, secret)
         self._save_state()  # and the sidecar that holds it (a restarted hub reads it back there)
 

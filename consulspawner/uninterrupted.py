@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-async def awaited_to_its_answer(call: asyncio.Future, record: Callable[[Any], None]) -> Any:
+async def awaited_to_its_answer(call: asyncio.Future, record: Callable[[Any], None] | None = None) -> Any:
     """Await ``call`` (a future or task that creates something) to its end even when the
     awaiting task is cancelled meanwhile; ``record`` is handed a successful result before the
     cancellation is raised on.
@@ -27,7 +27,7 @@ async def awaited_to_its_answer(call: asyncio.Future, record: Callable[[Any], No
             cancelled = True  # (the call itself is shielded: it goes on)
         except Exception:
             break  # told below
-    if not call.cancelled() and call.exception() is None:
+    if record is not None and not call.cancelled() and call.exception() is None:
         record(call.result())
     if cancelled:
         raise asyncio.CancelledError
