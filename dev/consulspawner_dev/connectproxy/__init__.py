@@ -99,13 +99,13 @@ In-process use (tests)::
     proxy.stop()
 """
 
-from .admin import DEFAULT_ADMIN_SOCKET, probe_ready
 from .agent import Agent, ConsulHTTPError, ProxyError, TokenRefused
 from .authorization import Request, evaluate
 from .certificates import Material, build_material, serial_of, spiffe_of
 from .cli import main, parse_args, read_token
 from .http1 import Stream, body_framing, parse_head, wants_close
 from .proxy import ConnectProxy
+from .ready import DEFAULT_ADMIN_SOCKET, probe_ready
 from .relay import ListenerSpec, listener_specs
 
 __all__ = [

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from .admin import DEFAULT_ADMIN_SOCKET, probe_ready, unbound_listeners
+from . import ready
 from .agent import Agent, ProxyError, TokenRefused
 from .proxy import DEFAULT_DRAIN_TIME, DEFAULT_REAUTHORIZE_INTERVAL, ConnectProxy
 
@@ -51,7 +51,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     _flag(
         parser, "ca-file", default=os.environ.get("CONSUL_CACERT"), help="CA bundle for https (default $CONSUL_CACERT)"
     )
-    _flag(parser, "admin-socket", default=DEFAULT_ADMIN_SOCKET, help="unix socket of the admin endpoint (%(default)s)")
+    _flag(
+        parser,
+        "admin-socket",
+        default=ready.DEFAULT_ADMIN_SOCKET,
+        help="unix socket of the admin endpoint (%(default)s)",
+    )
     _flag(
         parser,
         "reauthorize-interval",
@@ -79,22 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def ready_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="connectproxy ready",
-        description="Exit 0 if the proxy's /ready says LIVE and every listener it reports is bound.",
-    )
-    _flag(parser, "admin-socket", default=DEFAULT_ADMIN_SOCKET, help="unix socket of the admin endpoint (%(default)s)")
-    args = parser.parse_args(argv)
-    status, body = probe_ready(args.admin_socket)
-    if status != 200:
-        print(body or status)
-        return 1
-    missing = unbound_listeners(args.admin_socket)
-    if missing is None or missing:
-        print("; ".join(missing or ["the admin endpoint did not answer /status"]))
-        return 1
-    print(body)
-    return 0
+    """``connectproxy ready``: the image's ``sidecar-ready`` (ready.py), reached through the CLI."""
+    return ready.main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,11 +13,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .admin import DEFAULT_ADMIN_SOCKET, _AdminServer, _bind_admin
+from .admin import _AdminServer, _bind_admin
 from .agent import BLOCKING_WAIT, Agent, ConsulHTTPError, ProxyError, TokenRefused, _check_refused
 from .authorization import Authorizer
 from .certificates import Material, build_material
 from .http_path import HTTPPath
+from .ready import DEFAULT_ADMIN_SOCKET
 from .relay import Inbound, Listener, ListenerSpec, Relay, listener_specs
 
 log = logging.getLogger("connectproxy")
