@@ -60,6 +60,8 @@ def spawner_class(stub: StubDockerAPI | None):
         def sidecar_docker(self, method, *args, **kwargs):  # the mesh's own Docker client, if any
             return asyncio.wrap_future(mesh_thread.submit(getattr(stub, method), *args, **kwargs))
 
+        sidecar_ready_wait = sidecar_docker  # (the stub's exec answers at once)
+
     return StubbedConsulSpawner
 
 

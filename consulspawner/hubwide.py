@@ -36,6 +36,8 @@ _orphan_sweeps: dict[tuple, asyncio.Task] = {}
 # One Docker client (built on a thread of its pool) and a few threads per spawner class, for
 # the sidecars.
 _sidecar_dockers: dict[type, DockerPool] = {}
+# Per spawner class, the threads on which readiness commands wait in their sidecars.
+_sidecar_ready_waits: dict[type, DockerPool] = {}
 # One watcher of Docker's events for dead sidecars per spawner class (daemon) and hub instance.
 _sidecar_deaths: dict[tuple, SidecarDeaths] = {}
 

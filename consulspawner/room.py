@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         _plan: MeshPlan | None
         _keeper: asyncio.Task | None
         _unfinished_teardown: asyncio.Future | None
+        _early_sidecar: asyncio.Future | None
         _last_probe_output: str
         _restart_marks: list[tuple[float, int]]
         keeper_rounds: int
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         def _service_name(self) -> str: ...
         async def _remove_leftovers(self) -> None: ...
         async def _logout_leftover_token(self) -> None: ...
+        async def _settle_early_sidecar(self) -> None: ...
 
 else:
     Room = object

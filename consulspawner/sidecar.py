@@ -20,7 +20,7 @@ from jupyterhub.utils import exponential_backoff
 from .consul import ConsulError
 from .dockerevents import SidecarDeaths
 from .dockerpool import DockerPool, DockerUnreachable
-from .hubwide import _sidecar_deaths, _sidecar_dockers
+from .hubwide import _sidecar_deaths, _sidecar_dockers, _sidecar_ready_waits
 from .mesh import ServerMesh, SidecarNotReady
 from .plan import MeshPlan
 from .room import Room
@@ -36,6 +36,15 @@ LABEL_PREFIX = "org.jupyter.consulspawner"
 SIDECAR_DOWN_GRACE = 3.0
 # How long a start waits for Docker to finish removing an old container of the same name.
 REMOVAL_WAIT = 60.0
+# The readiness command may wait inside the sidecar until the proxy is ready, up to the seconds
+# in this variable (the images in docker/ do): one exec per spawn instead of one process started
+# per try, which under many spawns at once took the CPU the proxies needed to become ready.
+READY_WAIT_ENV = "SIDECAR_READY_WAIT"
+# At most this long in one exec, so that a notebook dying meanwhile is noticed soon after.
+READY_WAIT_PER_EXEC = 5.0
+# Threads for those waits (each blocks in exec_start while its command waits), apart from the
+# sidecars' few threads that every other call of theirs needs: servers spawning at once.
+READY_WAIT_THREADS = 32
 
 
 class SidecarContainer(Room):
@@ -80,6 +89,18 @@ class SidecarContainer(Room):
         if cls not in _sidecar_dockers:
             _sidecar_dockers[cls] = DockerPool(self._sidecar_client_kwargs, f"consulspawner-sidecar-{cls.__name__}")
         return _sidecar_dockers[cls].call(method, *args, **kwargs)
+
+    def sidecar_ready_wait(self, method, *args, **kwargs):
+        """A Docker call that blocks while a readiness command waits in the sidecar, on threads
+        (and a client) of its own: a few servers waiting never hold up the others' calls."""
+        cls = type(self)
+        if cls not in _sidecar_ready_waits:
+            _sidecar_ready_waits[cls] = DockerPool(
+                lambda: {**self._sidecar_client_kwargs(), "max_pool_size": READY_WAIT_THREADS},
+                f"consulspawner-ready-{cls.__name__}",
+                threads=READY_WAIT_THREADS,
+            )
+        return _sidecar_ready_waits[cls].call(method, *args, **kwargs)
 
     def _sidecar_client_kwargs(self) -> dict:
         """As DockerSpawner.client's (run on a pool thread: TLSConfig reads the files)."""
@@ -126,6 +147,14 @@ class SidecarContainer(Room):
     # -- create and remove ----------------------------------------------------------------------
 
     async def _start_sidecar(self, plan: MeshPlan, token_secret: str) -> None:
+        """Create the sidecar with its token in it, and start it."""
+        await self._create_sidecar(plan, token_secret)
+        await self._run_created_sidecar(plan)
+
+    async def _create_sidecar(self, plan: MeshPlan, token_secret: str) -> None:
+        """Create the sidecar (not started) with its token copied in. It needs only the notebook
+        container to exist (it joins its network namespace), not to run: a spawn does this
+        while the notebook starts (ConsulSpawner.start_object)."""
         await self._remove_sidecar()
         await self._wait_while_removed(self.sidecar_container_name)
         if self.sidecar_container_name == self.container_name:
@@ -163,6 +192,23 @@ class SidecarContainer(Room):
         # container config (docker inspect), no environment and no mount of the notebook's.
         archive = sidecar_archive(token_secret, ca_pem, self._sidecar_file_owner)
         await self.sidecar_docker("put_archive", self.sidecar_container_id, "/", archive)
+
+    async def _settle_early_sidecar(self) -> None:
+        """A start that failed or was cancelled while its sidecar was being made: that creation
+        ends first (its container recorded), so the teardown that follows removes it. Run by
+        the teardown, which no cancellation interrupts. Its own failure is the teardown's
+        business no more: what it made is found by name."""
+        early, self._early_sidecar = self._early_sidecar, None
+        if early is not None:
+            await asyncio.wait([early])
+            if not early.cancelled() and early.exception() is not None:
+                self.log.info("The sidecar of %s was not made: %s", self._log_name, early.exception())
+
+    async def _run_created_sidecar(self, plan: MeshPlan) -> None:
+        """Start the sidecar ``_create_sidecar`` made, once the notebook (whose network namespace
+        it joins) runs and the service is registered: ``consul connect envoy -sidecar-for``
+        exits at once without a sidecar registration (LookupProxyIDForSidecar: "No sidecar
+        proxy registered for ...")."""
         await self.sidecar_docker("start", self.sidecar_container_id)
         self.log.info("Started sidecar %s for %s", self.sidecar_container_name, plan.service_id)
 
@@ -283,9 +329,12 @@ class SidecarContainer(Room):
             await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
             return
         self._last_probe_output = ""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.sidecar_ready_timeout
 
         async def ready() -> bool:
-            if await self._probe_sidecar_ready():
+            wait = min(READY_WAIT_PER_EXEC, max(0.0, deadline - loop.time()))
+            if await self._probe_sidecar_ready(wait):
                 return True
             # Not ready yet: only now ask whether it (or the notebook) died meanwhile.
             if not await self._sidecar_and_notebook_running():
@@ -293,9 +342,9 @@ class SidecarContainer(Room):
             return False
 
         try:
-            # Each probe is three Docker calls (exec create, start, inspect): first after 0.05 s
-            # on average, growing to 0.5 s (full jitter up to 1 s), so servers spawning side by
-            # side do not fill the sidecar's Docker threads with probes.
+            # A command that waits (READY_WAIT_ENV) is run once per READY_WAIT_PER_EXEC; one that
+            # answers at once is run again first after 0.05 s on average, growing to 0.5 s (full
+            # jitter up to 1 s): three Docker calls and a process started in the sidecar each.
             await exponential_backoff(
                 ready, "", start_wait=0.1, scale_factor=1.5, max_wait=1.0, timeout=self.sidecar_ready_timeout
             )
@@ -306,15 +355,21 @@ class SidecarContainer(Room):
             ) from None
         self.log.info("Sidecar %s is ready", self.sidecar_container_name)
 
-    async def _probe_sidecar_ready(self) -> bool:
-        """Run ``sidecar_ready_command`` in the sidecar once; False unless it exits 0. Docker
-        refuses an exec into a container that is not running (409 or 500, at create or start):
-        that is "not ready" too, and the caller's liveness check says whether it died."""
+    async def _probe_sidecar_ready(self, wait: float = 0.0) -> bool:
+        """Run ``sidecar_ready_command`` in the sidecar once, letting it wait up to ``wait``
+        seconds for readiness; False unless it exits 0. Docker refuses an exec into a container
+        that is not running (409 or 500, at create or start): that is "not ready" too, and the
+        caller's liveness check says whether it died (an exec ends when its container dies)."""
         try:
             created = await self.sidecar_docker(
-                "exec_create", self.sidecar_container_id, self.sidecar_ready_command, stdout=True, stderr=True
+                "exec_create",
+                self.sidecar_container_id,
+                self.sidecar_ready_command,
+                stdout=True,
+                stderr=True,
+                environment={READY_WAIT_ENV: f"{wait:.1f}"},
             )
-            output = await self.sidecar_docker("exec_start", created["Id"])
+            output = await self.sidecar_ready_wait("exec_start", created["Id"])
             self._last_probe_output = output.decode(errors="replace").strip()[-200:]
             return (await self.sidecar_docker("exec_inspect", created["Id"]))["ExitCode"] == 0
         except APIError as e:

@@ -138,6 +138,7 @@ class Teardown(Room):
 
     async def _remove_containers(self, stop_notebook: bool, now: bool) -> None:
         async def sidecar():
+            await self._settle_early_sidecar()  # (a failed start's sidecar still being made)
             try:
                 await self._remove_sidecar()
             except Exception as e:

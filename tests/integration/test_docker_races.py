@@ -7,6 +7,7 @@ import contextlib
 import os
 import threading
 
+import pytest
 import requests
 
 from consulspawner import hubwide
@@ -206,6 +207,29 @@ async def test_a_spawn_cancelled_mid_notebook_create_leaves_no_notebook(make_spa
     finally:
         released.set()
     assert not container_ids(docker_client, name=spawner.container_name), "the notebook was left"
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_notebook_that_fails_to_start_while_its_sidecar_is_made_leaves_no_sidecar(
+    make_spawner, admin, docker_client, user_name
+):
+    """The sidecar is created while the notebook starts. A notebook whose start fails (here:
+    its command does not exist) sends the spawn to its teardown while Docker still creates the
+    sidecar: the teardown must wait for that create, or the sidecar lands after it and stays."""
+    spawner = make_spawner(user_name, cmd=["/no/such/notebook"])
+    await spawner._inspect("no-such-container")  # (the sidecars' Docker pool now exists)
+    with sidecar_create_held(spawner, hold=30) as held:
+        starting = asyncio.ensure_future(spawner.start())
+        await wait_for(held.creating.is_set, message="the spawn to create the sidecar")
+        await wait_for(
+            lambda: not container_ids(docker_client, name=spawner.container_name),
+            message="the failed notebook to be removed by the teardown",
+        )
+        held.released.set()
+        with pytest.raises(RuntimeError, match="no/such/notebook"):
+            await starting
+    await wait_for(held.created.is_set, message="Docker's create to answer")
+    assert not container_ids(docker_client, name=spawner.sidecar_container_name), "the sidecar was left"
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
 
 

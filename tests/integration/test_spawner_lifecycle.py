@@ -8,8 +8,11 @@ import json
 
 import pytest
 
+from consulspawner import sidecar as sidecar_module
+
 from .conftest import (
     NOTHING,
+    SIDECAR_COMMAND,
     container_exec,
     container_ids,
     containers_gone,
@@ -160,6 +163,33 @@ async def test_a_sidecar_that_never_listens_times_out_and_rolls_back(make_spawne
         await spawner.start()
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
     await containers_gone(docker_client, f"jupyter-{user_name}")
+
+
+async def test_readiness_is_one_exec_that_waits_in_the_sidecar(
+    make_spawner, admin, docker_client, user_name, monkeypatch
+):
+    """Each try of the readiness command used to start a process in the sidecar (0.1 s of CPU
+    for the dev proxy's): ten spawns at once spent the CPU their proxies needed to get ready.
+    The image's sidecar-ready now waits inside (SIDECAR_READY_WAIT): one exec per spawn, even
+    for a proxy that takes seconds to come up."""
+    monkeypatch.setattr(sidecar_module, "READY_WAIT_PER_EXEC", 50.0)  # (a loaded machine: no second exec)
+    slow = ["sh", "-c", 'sleep 2; exec "$@"', "slow-proxy", *SIDECAR_COMMAND]
+    spawner = make_spawner(user_name, sidecar_command=slow)
+    execs = []
+    real = spawner.sidecar_docker
+
+    def counting(method, *args, **kwargs):
+        if method == "exec_create":
+            execs.append(kwargs.get("environment"))
+        return real(method, *args, **kwargs)
+
+    spawner.sidecar_docker = counting
+    await spawner.start()
+    assert execs == [{"SIDECAR_READY_WAIT": "50.0"}]
+    code, out = container_exec(docker_client, spawner.sidecar_container_id, "sidecar-ready")
+    assert code == 0 and "LIVE" in out, out
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
 
 
 async def test_l7_grant_keeps_the_trino_user_across_a_hub_restart(make_spawner, admin, user_name):
