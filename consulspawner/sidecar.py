@@ -169,6 +169,8 @@ class SidecarContainer(Room):
             # No MaximumRetryCount: Docker never resets its count, so the budget is counted
             # here, over sidecar_restart_window (_sidecar_alive).
             restart_policy={"Name": "on-failure"},
+            # Ahead of notebooks booting when the CPU is contended (sidecar_cpu_shares).
+            cpu_shares=self.sidecar_cpu_shares or None,
         )
         environment = {**self.sidecar_env, "CONSUL_HTTP_ADDR": self.sidecar_consul_address}
         ca_pem = None

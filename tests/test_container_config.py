@@ -1,6 +1,6 @@
-"""The sidecar's readiness deadline against JupyterHub's start_timeout (issue 17): a sidecar
-that is never ready must fail the spawn with the mesh's own message, before JupyterHub gives up
-on the whole spawn with a bare timeout."""
+"""The sidecar container's settings. Its readiness deadline against JupyterHub's start_timeout
+(issue 17): a sidecar that is never ready must fail the spawn with the mesh's own message,
+before JupyterHub gives up on the whole spawn with a bare timeout. Its CPU weight."""
 
 import pytest
 from traitlets import TraitError
@@ -17,3 +17,14 @@ def test_the_default_readiness_deadline_is_within_the_start_timeout():
 def test_a_readiness_deadline_not_within_the_start_timeout_is_refused_naming_both():
     with pytest.raises(TraitError, match=r"sidecar_ready_timeout.*start_timeout"):
         standalone_spawner("alice", start_timeout=60, sidecar_ready_timeout=60)
+
+
+@pytest.mark.parametrize("shares", [-1, 1, 262145])
+def test_a_sidecar_cpu_weight_docker_cannot_take_is_refused_naming_the_setting(shares):
+    with pytest.raises(TraitError, match=r"c\.ConsulSpawner\.sidecar_cpu_shares must be 0 .* or 2\.\.262144"):
+        standalone_spawner("alice", sidecar_cpu_shares=shares)
+
+
+@pytest.mark.parametrize("shares", [0, 2, 4096, 262144])
+def test_a_sidecar_cpu_weight_in_range_is_kept(shares):
+    assert standalone_spawner("alice", sidecar_cpu_shares=shares).sidecar_cpu_shares == shares

@@ -63,7 +63,23 @@ class ContainerConfig(HasTraits):
         """,
     ).tag(config=True)
 
-    @validate("sidecar_port", "sidecar_restart_attempts")
+    sidecar_cpu_shares = Int(
+        4096,
+        help="""The sidecar container's CPU weight (Docker's ``CpuShares``; a container's default
+        is 1024). Only a weight: it reserves and limits nothing, and matters only while the CPU
+        is contended.
+
+        Every spawn waits for its sidecar to boot, and every query to Trino passes through it;
+        when many notebooks start at once their servers' boot takes the CPU, and a sidecar at
+        the default weight waited its turn among them (ten spawns at once on two cores: the
+        mesh's part of a spawn took about 1.5 times as long; benchmarks/README.md, figure 6). 0 leaves
+        Docker's default.
+
+            c.ConsulSpawner.sidecar_cpu_shares = 0
+        """,
+    ).tag(config=True)
+
+    @validate("sidecar_port", "sidecar_restart_attempts", "sidecar_cpu_shares")
     def _valid_limited(self, proposal):
         return checked(proposal)
 

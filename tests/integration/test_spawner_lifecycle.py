@@ -47,6 +47,9 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
     # notebook's 127.0.0.1.
     sidecar = docker_client.containers.get(spawner.sidecar_container_id)
     assert sidecar.attrs["HostConfig"]["NetworkMode"] == f"container:{spawner.container_id}"
+    # Ahead of notebooks (Docker's default weight) when the CPU is contended.
+    assert sidecar.attrs["HostConfig"]["CpuShares"] == 4096
+    assert docker_client.containers.get(spawner.container_id).attrs["HostConfig"]["CpuShares"] == 0
     code, out = container_exec(
         docker_client,
         spawner.container_id,
