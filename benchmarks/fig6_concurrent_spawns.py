@@ -1,12 +1,14 @@
 """Figure 6 (issue 17, item 10): the mesh's own time per spawn when 10 users spawn at once,
 against a lone spawn, through a real JupyterHub (benchmarks/hubs.py, jupyterhub-singleuser).
 
-    python benchmarks/fig6_concurrent_spawns.py [--users 10] [--lone 3] [--smoke]
+    python benchmarks/fig6_concurrent_spawns.py [--users 10] [--lone 3] [--smoke] [--minimal-notebook]
 
 The mesh's own time of a spawn is read from the hub's log: from ConsulSpawner's progress step
 "Registering ... in Consul" (the notebook container is running) to "Connected to the service
-mesh" (the grant is written): registration, sidecar create and start, readiness, grant. Target:
-the median under 10 concurrent spawns within 2x the median of lone spawns.
+mesh" (the grant is written): registration, sidecar start (since the sidecar is created while
+the notebook starts, what is left of its create), readiness, grant. Target: the median under 10
+concurrent spawns within 2x the median of lone spawns. For scale, the same spawns then run
+through a hub of plain DockerSpawner (whole spawns: it has no mesh).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from hubs import BenchHub
 
 from consulspawner_dev.fakeconsul import FakeConsul
 
-MESH = "ConsulSpawner"
-# Ten jupyterhub-singleuser starting on two cores take a while; the hub is asked every 0.1 s.
+MESH, PLAIN = "ConsulSpawner", "DockerSpawner"
+# Ten jupyterhub-singleuser starting on two cores take a while. A spawn is followed on its
+# progress event stream, as a browser's spawn page does: ten clients asking the hub's REST API
+# every 0.1 s were load on the hub's event loop that no real hub sees. Stops are polled.
 TIMEOUT, POLL = 300.0, 0.1
 # JupyterHub's log line: "[I 2026-12-03 05:50:01.123 JupyterHub spawner:269] <user>: <message>"
 LOG_LINE = re.compile(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) [^\]]*\] (\S+): (.*)$")
@@ -56,6 +60,31 @@ def step_rows(label: str, times: dict[str, dict[str, float]]) -> list:
     return [[label, step, common.summary([t[step] for t in times.values()])["median"]] for step in STEPS]
 
 
+def spawns(kind: str, images: dict, gateway: str, consul_url: str, identity: dict, args, users: int, lone_runs: int):
+    """Through one real hub of ``kind``: ``lone_runs`` spawns one after the other, then ``users``
+    at once; (lone users, their spawn times, concurrent users, theirs, the hub's log)."""
+    hub = BenchHub(kind, images, gateway, consul_url, identity)
+    hub.env["CSBENCH_START_TIMEOUT"] = "300"  # ten jupyterhub-singleuser on two cores
+    if args.minimal_notebook:
+        hub.env["CSBENCH_NOTEBOOK_CMD"] = json.dumps(common.MINIMAL_NOTEBOOK)
+    try:
+        hub.start()
+        lone_users = [f"{common.PREFIX}l{i}" for i in range(lone_runs)]
+        lone_wall = []
+        for user in lone_users:
+            lone_wall.append(hub.spawn_following_progress(user, TIMEOUT))
+            hub.stop(user, TIMEOUT, POLL)
+        many = [f"{common.PREFIX}c{i}" for i in range(users)]
+        with ThreadPoolExecutor(users) as pool:
+            many_wall = list(pool.map(lambda u: hub.spawn_following_progress(u, TIMEOUT), many))
+        log = (hub.workdir / "jupyterhub.log").read_text()
+        with ThreadPoolExecutor(users) as pool:
+            list(pool.map(lambda u: hub.stop(u, TIMEOUT, POLL), many))
+    finally:
+        hub.close()
+    return lone_users, lone_wall, many, many_wall, log
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10, help="concurrent spawns")
@@ -74,26 +103,12 @@ def main() -> dict:
     with common.docker_network(client) as gateway:
         with FakeConsul(acl_master_token=common.MASTER_TOKEN, host=gateway, check_interval_override=None) as fake:
             identity = common.hub_identity(fake.url, "csbench-hub")  # hub_config.py's hub_instance
-            hub = BenchHub(MESH, images, gateway, fake.url, identity)
-            hub.env["CSBENCH_START_TIMEOUT"] = "300"  # ten jupyterhub-singleuser on two cores
-            if args.minimal_notebook:
-                hub.env["CSBENCH_NOTEBOOK_CMD"] = json.dumps(common.MINIMAL_NOTEBOOK)
-            try:
-                hub.start()
-                lone_users = [f"{common.PREFIX}l{i}" for i in range(lone_runs)]
-                lone_wall = []
-                for user in lone_users:
-                    lone_wall.append(hub.spawn(user, TIMEOUT, POLL))
-                    hub.stop(user, TIMEOUT, POLL)
-                many = [f"{common.PREFIX}c{i}" for i in range(users)]
-                with ThreadPoolExecutor(users) as pool:
-                    many_wall = list(pool.map(lambda u: hub.spawn(u, TIMEOUT, POLL), many))
-                log = (hub.workdir / "jupyterhub.log").read_text()
-                with ThreadPoolExecutor(users) as pool:
-                    list(pool.map(lambda u: hub.stop(u, TIMEOUT, POLL), many))
-            finally:
-                hub.close()
+            runs = {
+                kind: spawns(kind, images, gateway, fake.url, identity, args, users, lone_runs)
+                for kind in (MESH, PLAIN)
+            }
     client.close()
+    lone_users, lone_wall, many, many_wall, log = runs[MESH]
     lone_steps, many_steps = mesh_times(log, lone_users), mesh_times(log, many)
     lone = [t[LAST] for t in lone_steps.values()]
     concurrent = [t[LAST] for t in many_steps.values()]
@@ -113,7 +128,13 @@ def main() -> dict:
         "concurrent_mesh_runs_s": [round(v, 3) for v in concurrent],
         "lone_steps_median_s": step_rows("lone", lone_steps),
         "concurrent_steps_median_s": step_rows("concurrent", many_steps),
+        # For scale: the same spawns through plain DockerSpawner (the whole spawn; it has no mesh).
+        "plain_lone_spawn_s": common.summary(runs[PLAIN][1]),
+        "plain_concurrent_spawn_s": common.summary(runs[PLAIN][3]),
     }
+    results["plain_spawn_ratio_median"] = common.ratio(
+        results["plain_concurrent_spawn_s"]["median"], results["plain_lone_spawn_s"]["median"]
+    )
     ratio = common.ratio(results["concurrent_mesh_s"]["median"], results["lone_mesh_s"]["median"])
     results["ratio_median"] = ratio
     common.table(
@@ -134,6 +155,22 @@ def main() -> dict:
                 results["concurrent_mesh_s"]["p90"],
                 results["concurrent_spawn_s"]["median"],
                 results["concurrent_spawn_s"]["p90"],
+            ],
+            [
+                "plain lone",
+                lone_runs,
+                "-",
+                "-",
+                results["plain_lone_spawn_s"]["median"],
+                results["plain_lone_spawn_s"]["p90"],
+            ],
+            [
+                f"plain {users} at once",
+                users,
+                "-",
+                "-",
+                results["plain_concurrent_spawn_s"]["median"],
+                results["plain_concurrent_spawn_s"]["p90"],
             ],
         ],
         title="Figure 6: the mesh's own time per spawn (notebook running -> grant written), real hub",

@@ -111,6 +111,28 @@ class BenchHub:
             time.sleep(poll)
         return time.perf_counter() - started
 
+    def spawn_following_progress(self, user: str, timeout: float = 180) -> float:
+        """POST the server and follow its progress event stream, as the spawn page in a browser
+        does (one streaming request, no polling), until the hub sends ready; seconds taken."""
+        self.call("POST", f"/users/{user}", ok=(201, 409))
+        started = time.perf_counter()
+        self.call("POST", f"/users/{user}/server", ok=(201, 202))
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.proxy_port}/hub/api/users/{user}/server/progress",
+            headers={"Authorization": f"token {self.token}", "Accept": "text/event-stream"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as stream:
+            for raw in stream:
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[len("data:") :])
+                if event.get("ready"):
+                    return time.perf_counter() - started
+                if event.get("failed"):
+                    raise RuntimeError(f"{self.kind}: {user}'s spawn failed: {event.get('message')}")
+        raise RuntimeError(f"{self.kind}: {user}'s progress stream ended before ready:\n{self.log_tail()}")
+
     def stop(self, user: str, timeout: float = 180, poll: float = 0.02) -> float:
         """DELETE the server, wait until the hub has no server for the user; seconds taken."""
         started = time.perf_counter()
