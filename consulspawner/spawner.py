@@ -331,6 +331,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
             self._report(25, "Starting the notebook container")
             step = "notebook"
             await self._wait_while_removed(self.container_name)
+            await self._settle_early_sidecar()  # (one left by a start whose teardown broke off)
             self._sidecar_to_create = (plan, token_secret)
             try:
                 ip, port = await super().start()
