@@ -255,7 +255,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarC
         # The sidecar needs the notebook container to exist, not to run: it is created, and
         # gets its token, while the notebook starts; it is started once the service is
         # registered (_run_created_sidecar). Under many spawns at once, Docker's create and
-        # copy were a third of the mesh's time after the notebook ran.
+        # copy were a fifth to a third of the mesh's time after the notebook ran.
         if self._sidecar_to_create is not None and self._early_sidecar is None:
             plan, token_secret = self._sidecar_to_create
             self._early_sidecar = asyncio.ensure_future(self._create_sidecar(plan, token_secret))
