@@ -4,7 +4,7 @@ the server.
 This module is JupyterHub's Spawner API (start, stop, poll, the post-stop hook, state,
 environment, progress) and the order of the steps; each step lives in its own room:
 traits in :mod:`.config`, Consul work in :mod:`.mesh` from a :mod:`.plan`, the sidecar
-container in :mod:`.sidecar`, upkeep in :mod:`.keeper`, undoing in :mod:`.teardown`,
+container in :mod:`.sidecar` and :mod:`.sidecarhealth`, upkeep in :mod:`.keeper`, undoing in :mod:`.teardown`,
 leftovers in :mod:`.orphans`. See CONTRIBUTING.md ("Where things are") and the README's
 lifecycle table.
 """
@@ -28,13 +28,13 @@ from .mesh import ServerMesh
 from .orphans import OrphanSweep, sweep_orphans  # noqa: F401 (sweep_orphans: tests)
 from .plan import MeshPlan, build_plan
 from .preflight import check_hub_token, check_l7_destinations, check_trino_user_free
-from .sidecar import SidecarContainer
+from .sidecarhealth import SidecarHealth
 from .state import MeshState, new_incarnation
 from .teardown import Teardown
 from .uninterrupted import awaited_to_its_answer
 
 
-class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarContainer, DockerSpawner):
+class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarHealth, DockerSpawner):
     """A DockerSpawner whose servers join a Consul Connect service mesh.
 
     On start: mint a least-privilege ACL token, register the server as a Consul service with a

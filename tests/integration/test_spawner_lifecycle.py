@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from consulspawner import sidecar as sidecar_module
+from consulspawner import sidecarhealth
 
 from .conftest import (
     NOTHING,
@@ -175,7 +175,7 @@ async def test_readiness_is_one_exec_that_waits_in_the_sidecar(
     for the dev proxy's): ten spawns at once spent the CPU their proxies needed to get ready.
     The image's sidecar-ready now waits inside (SIDECAR_READY_WAIT): one exec per spawn, even
     for a proxy that takes seconds to come up."""
-    monkeypatch.setattr(sidecar_module, "READY_WAIT_PER_EXEC", 50.0)  # (a loaded machine: no second exec)
+    monkeypatch.setattr(sidecarhealth, "READY_WAIT_PER_EXEC", 50.0)  # (a loaded machine: no second exec)
     slow = ["sh", "-c", 'sleep 2; exec "$@"', "slow-proxy", *SIDECAR_COMMAND]
     spawner = make_spawner(user_name, sidecar_command=slow)
     execs = []
