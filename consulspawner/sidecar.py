@@ -172,13 +172,14 @@ class SidecarContainer(Room):
     async def _settle_early_sidecar(self) -> None:
         """A start that failed or was cancelled while its sidecar was being made: that creation
         ends first (its container recorded), so the teardown that follows removes it. Run by
-        the teardown, which no cancellation interrupts. Its own failure is the teardown's
-        business no more: what it made is found by name."""
+        the teardown, and by the next start; awaited to its end even if that start is cancelled
+        meanwhile. Its own failure is no one's business any more: what it made is found by name."""
         early, self._early_sidecar = self._early_sidecar, None
         if early is not None:
-            await asyncio.wait([early])
-            if not early.cancelled() and early.exception() is not None:
-                self.log.info("The sidecar of %s was not made: %s", self._log_name, early.exception())
+            try:
+                await awaited_to_its_answer(early)
+            except Exception as e:
+                self.log.info("The sidecar of %s was not made: %s", self._log_name, e)
 
     async def _run_created_sidecar(self, plan: MeshPlan) -> None:
         """Start the sidecar ``_create_sidecar`` made, once the notebook (whose network namespace

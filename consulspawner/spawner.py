@@ -4,8 +4,8 @@ the server.
 This module is JupyterHub's Spawner API (start, stop, poll, the post-stop hook, state,
 environment, progress) and the order of the steps; each step lives in its own room:
 traits in :mod:`.config`, Consul work in :mod:`.mesh` from a :mod:`.plan`, the sidecar
-container in :mod:`.sidecar` and :mod:`.sidecarhealth`, upkeep in :mod:`.keeper`, undoing in :mod:`.teardown`,
-leftovers in :mod:`.orphans`. See CONTRIBUTING.md ("Where things are") and the README's
+container in :mod:`.sidecar` and :mod:`.sidecarhealth`, upkeep in :mod:`.keeper`, undoing in
+:mod:`.teardown`, leftovers in :mod:`.orphans`. See CONTRIBUTING.md ("Where things are") and the README's
 lifecycle table.
 """
 
