@@ -55,10 +55,12 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarH
         self._keeper: asyncio.Task | None = None
         self.keeper_rounds = 0  # rounds the keeper completed, for logs and tests
         self._unfinished_teardown: asyncio.Future | None = None
-        # During a start: what the sidecar is created from once the notebook container exists,
-        # and that creation, which runs while the notebook starts (start_object).
-        self._sidecar_to_create: tuple[MeshPlan, str] | None = None
+        # During a start: what the server joins the mesh with once its notebook container
+        # exists (the sidecar is created then) and runs (the rest): see start_object. And that
+        # creation, which runs while the notebook starts; and the start's step, for its error.
+        self._joining: tuple[MeshPlan, ServerMesh, str] | None = None
         self._early_sidecar: asyncio.Future | None = None
+        self._start_step = ""
         self._last_probe_output = ""  # what the sidecar's readiness command said last
         # (when, Docker's RestartCount of the sidecar) seen within sidecar_restart_window
         self._restart_marks: list[tuple[float, int]] = []
@@ -253,13 +255,43 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarH
 
     async def start_object(self):
         # The sidecar needs the notebook container to exist, not to run: it is created, and
-        # gets its token, while the notebook starts; it is started once the service is
-        # registered (_run_created_sidecar). Under many spawns at once, Docker's create and
-        # copy were a fifth to a third of the mesh's time after the notebook ran.
-        if self._sidecar_to_create is not None and self._early_sidecar is None:
-            plan, token_secret = self._sidecar_to_create
+        # gets its token, while the notebook starts. Under many spawns at once, Docker's create
+        # and copy were a fifth to a third of the mesh's time after the notebook ran.
+        joining = self._joining
+        if joining is not None and self._early_sidecar is None:
+            plan, _, token_secret = joining
             self._early_sidecar = asyncio.ensure_future(self._create_sidecar(plan, token_secret))
         await super().start_object()
+        # The server joins the mesh as soon as its notebook runs, not once DockerSpawner has
+        # also asked for its address: that inspection waits on DockerSpawner's one Docker
+        # thread behind every other spawn's create and start, and under ten spawns at once it
+        # held the mesh back 1 to 3 s, then released nine spawns' mesh steps in the same 40 ms.
+        # (DockerSpawner's post_start_cmd, which runs next, so finds the mesh up.)
+        if joining is not None and joining is self._joining:
+            self._joining = None
+            await self._join_mesh(*joining)
+            self._start_step = "notebook"  # (DockerSpawner's own steps that follow)
+
+    async def _join_mesh(self, plan: MeshPlan, mesh: ServerMesh, token_secret: str) -> None:
+        """Register the running notebook, start its sidecar, wait until it is ready, grant."""
+        self._report(45, f"Registering {plan.service_name} in Consul")
+        self._start_step = "register"
+        with metrics.step("spawn", "register"):
+            await mesh.register(await self._mesh_address())
+        self._report(55, "Starting the Connect sidecar")
+        self._start_step = "sidecar"
+        with metrics.step("spawn", "sidecar"):
+            await self._sidecar_created(plan, token_secret)
+            await self._run_created_sidecar(plan)
+        self._report(70, "Waiting for the Connect sidecar to be ready")
+        self._start_step = "ready"
+        with metrics.step("spawn", "ready"):
+            await self._wait_for_sidecar(mesh)
+        self._report(85, "Granting access to " + ", ".join(self.intention_destinations))
+        self._start_step = "grant"
+        with metrics.step("spawn", "grant"):
+            await mesh.grant()
+        self._report(95, "Connected to the service mesh")
 
     async def _sidecar_created(self, plan: MeshPlan, token_secret: str) -> None:
         """The sidecar made while the notebook started, or made now (a start that did not go
@@ -301,7 +333,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarH
         self.mesh_state = MeshState()
         plan = self._plan = await self._make_plan(new_incarnation())
         mesh = self._mesh(plan)
-        step = "token"
+        self._start_step = "token"
         try:
             # Checks before anything is created: the hub token's rights, the destinations'
             # protocol and the Trino user's holder (counted as the identity step).
@@ -329,32 +361,17 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarH
                 token_secret = await self._login(mesh)
             audit.emit_for("token-login", plan.owner, trino_user=plan.trino_user)
             self._report(25, "Starting the notebook container")
-            step = "notebook"
+            self._start_step = "notebook"
             await self._wait_while_removed(self.container_name)
             await self._settle_early_sidecar()  # (one left by a start whose teardown broke off)
-            self._sidecar_to_create = (plan, token_secret)
+            self._joining = (plan, mesh, token_secret)
             try:
                 ip, port = await super().start()
+                if self._joining is not None:  # (a start that did not go through start_object)
+                    joining, self._joining = self._joining, None
+                    await self._join_mesh(*joining)
             finally:
-                self._sidecar_to_create = None
-            self._report(45, f"Registering {plan.service_name} in Consul")
-            step = "register"
-            with metrics.step("spawn", "register"):
-                await mesh.register(await self._mesh_address())
-            self._report(55, "Starting the Connect sidecar")
-            step = "sidecar"
-            with metrics.step("spawn", "sidecar"):
-                await self._sidecar_created(plan, token_secret)
-                await self._run_created_sidecar(plan)
-            self._report(70, "Waiting for the Connect sidecar to be ready")
-            step = "ready"
-            with metrics.step("spawn", "ready"):
-                await self._wait_for_sidecar(mesh)
-            self._report(85, "Granting access to " + ", ".join(self.intention_destinations))
-            step = "grant"
-            with metrics.step("spawn", "grant"):
-                await mesh.grant()
-            self._report(95, "Connected to the service mesh")
+                self._joining = None
         except BaseException as e:
             if isinstance(e, asyncio.CancelledError):
                 # (Its text is empty: say what happened, not "failed ()".)
@@ -373,7 +390,7 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarH
             # JupyterHub's own answers (DockerSpawner's 400 for an image not allowed, say) reach
             # the user as they are; everything else is told as the mesh step that failed.
             if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
-                raise failures.failed(step, e, self._log_name, self.log) from e
+                raise failures.failed(self._start_step, e, self._log_name, self.log) from e
             raise
         self._start_keeper()
         return ip, port

@@ -195,6 +195,50 @@ async def test_readiness_is_one_exec_that_waits_in_the_sidecar(
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
 
 
+async def test_the_mesh_joins_before_dockerspawner_asks_for_the_address(make_spawner, admin, user_name):
+    """DockerSpawner asks for the notebook's address on its one Docker thread, queued behind
+    every other spawn's create and start; the mesh used to wait for that answer (ten spawns at
+    once: held back 1 to 3 s, then nine spawns' mesh steps released in the same 40 ms). The
+    server now joins as soon as its notebook runs: registered, sidecar up, access granted
+    before DockerSpawner's address lookup."""
+    spawner = make_spawner(user_name)
+    name = f"jupyter-{user_name}"
+    seen = []
+    real = spawner.get_ip_and_port
+
+    async def recording():
+        seen.append(await mesh_objects(admin, name))
+        return await real()
+
+    spawner.get_ip_and_port = recording
+    await spawner.start()
+    [objects] = seen
+    assert objects["services"] == [name, f"{name}-sidecar-proxy"] and objects["sources"] == [name], objects
+    assert [e["message"] for e in spawner._progress_events][-1] == "Connected to the service mesh"
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, name) == NOTHING
+
+
+async def test_a_failure_after_the_mesh_joined_is_the_notebook_steps_and_undoes_all(
+    make_spawner, admin, docker_client, user_name
+):
+    """DockerSpawner's own steps after the notebook runs (its address lookup, post_start_cmd)
+    now follow the mesh's: one that fails is told as the notebook container's step, not the
+    grant's, and leaves nothing behind."""
+    spawner = make_spawner(user_name)
+
+    async def no_address():
+        raise RuntimeError("Docker inspect_container: 500 (daemon busy)")
+
+    spawner.get_ip_and_port = no_address
+    with pytest.raises(RuntimeError) as failed:
+        await spawner.start()
+    assert failed.value.step == "notebook", failed.value
+    name = f"jupyter-{user_name}"
+    assert await mesh_objects(admin, name) == NOTHING
+    await containers_gone(docker_client, name)
+
+
 async def test_l7_grant_keeps_the_trino_user_across_a_hub_restart(make_spawner, admin, user_name):
     assert await admin.set_config({"Kind": "service-defaults", "Name": "trino-coordinator", "Protocol": "http"})
     settings = {"intention_mode": "L7", "trino_user": lambda spawner: f"{spawner.user.name}_trino"}
