@@ -81,6 +81,11 @@ class StubDockerAPI:
         self._find(container)
         return True
 
+    def update_container(self, container, **kwargs):
+        self._record("update_container")
+        self._find(container)
+        return {"Warnings": None}
+
     def exec_create(self, container, cmd, **kwargs):
         self._record("exec_create")
         self._find(container)

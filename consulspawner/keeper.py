@@ -138,6 +138,9 @@ class Keeper(Room):
             self.log.warning("The sidecar of %s is gone; logging in again and restarting it", self._log_name)
             if not await self._rotate_token(mesh):
                 return False
+        # A weight left high: lowering it failed, or a hub that restarted cannot know.
+        self._sidecar_boosted = self._sidecar_boosted or (reconcile and self.sidecar_start_cpu_shares != 0)
+        await self._end_start_boost()
         if reconcile or not await self._heartbeat_or_restore(mesh):
             if not await mesh.registered_in_consul():
                 self.log.warning("Consul lost %s; registering it again", plan.service_id)

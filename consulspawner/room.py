@@ -25,6 +25,8 @@ if TYPE_CHECKING:
         _early_sidecar: asyncio.Future | None
         _last_probe_output: str
         _restart_marks: list[tuple[float, int]]
+        _sidecar_boosted: bool
+        _boost_failure_told: bool
         keeper_rounds: int
 
         def _service_name(self) -> str: ...

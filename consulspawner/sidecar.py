@@ -143,8 +143,9 @@ class SidecarContainer(Room):
             # No MaximumRetryCount: Docker never resets its count, so the budget is counted
             # here, over sidecar_restart_window (_sidecar_alive).
             restart_policy={"Name": "on-failure"},
-            # Ahead of notebooks booting when the CPU is contended (sidecar_cpu_shares).
-            cpu_shares=self.sidecar_cpu_shares or None,
+            # Ahead of notebooks booting while it starts (sidecar_start_cpu_shares), lowered to
+            # sidecar_cpu_shares once it is ready (SidecarHealth._end_start_boost).
+            cpu_shares=self.sidecar_start_cpu_shares or self.sidecar_cpu_shares or None,
         )
         environment = {**self.sidecar_env, "CONSUL_HTTP_ADDR": self.sidecar_consul_address}
         ca_pem = None
@@ -163,6 +164,7 @@ class SidecarContainer(Room):
         )
         # Recorded even when a stop cancels this meanwhile, so that stop's teardown removes it.
         await awaited_to_its_answer(create, lambda container: setattr(self, "sidecar_container_id", container["Id"]))
+        self._sidecar_boosted = self.sidecar_start_cpu_shares not in (0, self.sidecar_cpu_shares)
         self._restart_marks = [(time.monotonic(), 0)]
         # The token goes in as a file copied into this container alone, so it is in no
         # container config (docker inspect), no environment and no mount of the notebook's.

@@ -14,7 +14,7 @@ from docker.errors import APIError
 from jupyterhub.utils import exponential_backoff
 
 from .dockerevents import SidecarDeaths
-from .dockerpool import DockerPool
+from .dockerpool import DockerPool, DockerUnreachable
 from .hubwide import _sidecar_deaths, _sidecar_ready_waits
 from .mesh import ServerMesh, SidecarNotReady
 from .sidecar import LABEL_PREFIX, SidecarContainer
@@ -31,6 +31,8 @@ READY_WAIT_PER_EXEC = 5.0
 # Threads for those waits (each blocks in exec_start while its command waits), apart from the
 # sidecars' few threads that every other call of theirs needs: servers spawning at once.
 READY_WAIT_THREADS = 32
+# What Docker gives a container without CpuShares (a sidecar_cpu_shares of 0).
+DOCKER_DEFAULT_CPU_SHARES = 1024
 
 
 class SidecarHealth(SidecarContainer):
@@ -55,6 +57,7 @@ class SidecarHealth(SidecarContainer):
         its Consul checks pass; failing fast if the sidecar or the notebook dies."""
         if not self.sidecar_ready_command:
             await mesh.wait_until_ready(self.sidecar_ready_timeout, self._sidecar_and_notebook_running)
+            await self._end_start_boost()
             return
         self._last_probe_output = ""
         loop = asyncio.get_running_loop()
@@ -82,6 +85,27 @@ class SidecarHealth(SidecarContainer):
                 f"{self._last_probe_output}"
             ) from None
         self.log.info("Sidecar %s is ready", self.sidecar_container_name)
+        await self._end_start_boost()
+
+    async def _end_start_boost(self) -> None:
+        """Lower the sidecar's CPU weight from sidecar_start_cpu_shares to sidecar_cpu_shares
+        (its boot is done; what it uses from now on is its user's traffic). A failure leaves
+        the server up: it is logged, once as a warning, and the keeper tries again each round."""
+        if not self._sidecar_boosted or not self.sidecar_container_id:
+            return
+        shares = self.sidecar_cpu_shares or DOCKER_DEFAULT_CPU_SHARES
+        try:
+            await self.sidecar_docker("update_container", self.sidecar_container_id, cpu_shares=shares)
+        except (APIError, DockerUnreachable) as e:
+            told, self._boost_failure_told = self._boost_failure_told, True
+            (self.log.debug if told else self.log.warning)(
+                "Docker update_container (CPU weight %d) of sidecar %s failed: %s; the keeper tries again",
+                shares,
+                self.sidecar_container_name,
+                e,
+            )
+            return
+        self._sidecar_boosted = False
 
     async def _probe_sidecar_ready(self, wait: float = 0.0) -> bool:
         """Run ``sidecar_ready_command`` in the sidecar once, letting it wait up to ``wait``

@@ -64,6 +64,10 @@ class ConsulSpawner(ConsulSpawnerConfig, Keeper, Teardown, OrphanSweep, SidecarH
         self._last_probe_output = ""  # what the sidecar's readiness command said last
         # (when, Docker's RestartCount of the sidecar) seen within sidecar_restart_window
         self._restart_marks: list[tuple[float, int]] = []
+        # The sidecar still has sidecar_start_cpu_shares (lowered once it is ready); whether a
+        # failure to lower it was logged as a warning already.
+        self._sidecar_boosted = False
+        self._boost_failure_told = False
         # At hub start (JupyterHub builds every spawner then, on its loop): sweep what a hub
         # killed mid-spawn left, without waiting for someone's first spawn. Once per process.
         self._schedule_orphan_sweep()

@@ -1,6 +1,6 @@
 """The sidecar container's settings. Its readiness deadline against JupyterHub's start_timeout
 (issue 17): a sidecar that is never ready must fail the spawn with the mesh's own message,
-before JupyterHub gives up on the whole spawn with a bare timeout. Its CPU weight."""
+before JupyterHub gives up on the whole spawn with a bare timeout. Its CPU weights."""
 
 import pytest
 from traitlets import TraitError
@@ -28,3 +28,14 @@ def test_a_sidecar_cpu_weight_docker_cannot_take_is_refused_naming_the_setting(s
 @pytest.mark.parametrize("shares", [0, 2, 4096, 262144])
 def test_a_sidecar_cpu_weight_in_range_is_kept(shares):
     assert standalone_spawner("alice", sidecar_cpu_shares=shares).sidecar_cpu_shares == shares
+
+
+@pytest.mark.parametrize("shares", [-1, 1, 262145])
+def test_a_start_cpu_weight_docker_cannot_take_is_refused_naming_the_setting(shares):
+    with pytest.raises(TraitError, match=r"c\.ConsulSpawner\.sidecar_start_cpu_shares must be 0 .* or 2\.\.262144"):
+        standalone_spawner("alice", sidecar_start_cpu_shares=shares)
+
+
+@pytest.mark.parametrize("shares", [0, 2, 65536, 262144])
+def test_a_start_cpu_weight_in_range_is_kept(shares):
+    assert standalone_spawner("alice", sidecar_start_cpu_shares=shares).sidecar_start_cpu_shares == shares

@@ -65,21 +65,36 @@ class ContainerConfig(HasTraits):
 
     sidecar_cpu_shares = Int(
         4096,
-        help="""The sidecar container's CPU weight (Docker's ``CpuShares``; a container's default
+        help="""The running sidecar's CPU weight (Docker's ``CpuShares``; a container's default
         is 1024). Only a weight: it reserves and limits nothing, and matters only while the CPU
         is contended.
 
-        Every spawn waits for its sidecar to boot, and every query to Trino passes through it;
-        when many notebooks start at once their servers' boot takes the CPU, and a sidecar at
-        the default weight waited its turn among them (ten spawns at once on two cores: the
-        mesh's part of a spawn took about 1.5 times as long; benchmarks/README.md, figure 6). 0 leaves
-        Docker's default.
+        Every query to Trino passes through the sidecar. Its CPU use follows its user's
+        traffic, so a weight far above the notebooks' would let one user's traffic crowd out
+        other users' notebooks (a proxy like Envoy uses every core by default): while it starts,
+        the sidecar has sidecar_start_cpu_shares instead. 0 leaves Docker's default.
 
             c.ConsulSpawner.sidecar_cpu_shares = 0
         """,
     ).tag(config=True)
 
-    @validate("sidecar_port", "sidecar_restart_attempts", "sidecar_cpu_shares")
+    sidecar_start_cpu_shares = Int(
+        65536,
+        help="""The sidecar's CPU weight from its creation until it is ready; then it is lowered
+        to sidecar_cpu_shares (if that fails, the keeper lowers it at its next round).
+
+        Every spawn waits for its sidecar to boot, and when many notebooks start at once their
+        servers' boot takes the CPU: ten spawns at once on two cores, the mesh's part of a spawn
+        took about 2 to 2.5 times a lone spawn's at 4096, 1.4 to 1.7 times at 65536
+        (benchmarks/README.md, figure 6). The boot is short (a tenth of a second of CPU for the
+        development proxy), so the weight favours only that. 0: no boost, the sidecar starts at
+        sidecar_cpu_shares.
+
+            c.ConsulSpawner.sidecar_start_cpu_shares = 0
+        """,
+    ).tag(config=True)
+
+    @validate("sidecar_port", "sidecar_restart_attempts", "sidecar_cpu_shares", "sidecar_start_cpu_shares")
     def _valid_limited(self, proposal):
         return checked(proposal)
 

@@ -74,6 +74,7 @@ LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "sidecar_restart_attempts": (lambda v: v >= 0, "must not be negative"),
     # Docker's CpuShares: 2..262144 on cgroup v1 (the kernel's cpu.shares range), 0 for its default.
     "sidecar_cpu_shares": (lambda v: v == 0 or 2 <= v <= 262144, "must be 0 (Docker's default) or 2..262144"),
+    "sidecar_start_cpu_shares": (lambda v: v == 0 or 2 <= v <= 262144, "must be 0 (no boost) or 2..262144"),
     "keeper_interval": (lambda v: v > 0, "must be positive"),
     "consul_request_timeout": (lambda v: v > 0, "must be positive"),
     "sidecar_ready_timeout": (lambda v: v > 0, "must be positive"),

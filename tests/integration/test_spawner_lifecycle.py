@@ -7,6 +7,7 @@ start step, the crash path and poll.
 import json
 
 import pytest
+from docker.errors import APIError
 
 from consulspawner import sidecarhealth
 
@@ -47,7 +48,8 @@ async def test_start_then_stop(make_spawner, admin, docker_client, user_name):
     # notebook's 127.0.0.1.
     sidecar = docker_client.containers.get(spawner.sidecar_container_id)
     assert sidecar.attrs["HostConfig"]["NetworkMode"] == f"container:{spawner.container_id}"
-    # Ahead of notebooks (Docker's default weight) when the CPU is contended.
+    # Ahead of notebooks (Docker's default weight) when the CPU is contended; once ready, no
+    # longer at the start weight (test_the_sidecar_boots_at_the_start_weight...).
     assert sidecar.attrs["HostConfig"]["CpuShares"] == 4096
     assert docker_client.containers.get(spawner.container_id).attrs["HostConfig"]["CpuShares"] == 0
     code, out = container_exec(
@@ -237,6 +239,91 @@ async def test_a_failure_after_the_mesh_joined_is_the_notebook_steps_and_undoes_
     name = f"jupyter-{user_name}"
     assert await mesh_objects(admin, name) == NOTHING
     await containers_gone(docker_client, name)
+
+
+@pytest.mark.parametrize("start_shares", [65536, 0])
+async def test_the_sidecar_boots_at_the_start_weight_then_runs_at_its_own(
+    make_spawner, admin, docker_client, user_name, start_shares
+):
+    """Ten spawns at once on two cores: at 4096 the mesh's part of a spawn took 2 to 2.5 times
+    a lone spawn's, the sidecars' boot waiting among ten notebooks booting. The sidecar boots
+    at sidecar_start_cpu_shares and runs at sidecar_cpu_shares once ready (its CPU then is its
+    user's traffic, which must not crowd out other users' notebooks); 0: no boost, no update."""
+    spawner = make_spawner(user_name, sidecar_start_cpu_shares=start_shares)
+    at_ready, updates = [], []
+    real_wait, real_docker = spawner._wait_for_sidecar, spawner.sidecar_docker
+
+    async def waiting(mesh):
+        at_ready.append(docker_client.api.inspect_container(spawner.sidecar_container_id)["HostConfig"]["CpuShares"])
+        await real_wait(mesh)
+
+    def counting(method, *args, **kwargs):
+        if method == "update_container":
+            updates.append(kwargs)
+        return real_docker(method, *args, **kwargs)
+
+    spawner._wait_for_sidecar, spawner.sidecar_docker = waiting, counting
+    await spawner.start()
+    assert at_ready == [start_shares or 4096]
+    assert docker_client.api.inspect_container(spawner.sidecar_container_id)["HostConfig"]["CpuShares"] == 4096
+    assert updates == ([{"cpu_shares": 4096}] if start_shares else [])
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_start_weight_docker_did_not_lower_is_lowered_by_the_keeper(
+    make_spawner, admin, docker_client, user_name, caplog
+):
+    """A failed update leaves the server up (a weight is no reason to fail a spawn), is said
+    once as a warning, and the keeper's next round lowers it."""
+    spawner = make_spawner(user_name)
+    real = spawner.sidecar_docker
+    refused = []
+
+    def refusing_once(method, *args, **kwargs):
+        if method == "update_container" and not refused:
+            refused.append(method)
+            raise APIError("500 Server Error: update refused (daemon busy)")
+        return real(method, *args, **kwargs)
+
+    spawner.sidecar_docker = refusing_once
+    await spawner.start()
+    shares = docker_client.api.inspect_container(spawner.sidecar_container_id)["HostConfig"]["CpuShares"]
+    assert refused and shares == 65536
+    [warning] = [r.getMessage() for r in caplog.records if "update_container" in r.getMessage()]
+    assert "the keeper tries again" in warning and r"CPU weight 4096" in warning
+    await spawner.keep_now()
+    assert docker_client.api.inspect_container(spawner.sidecar_container_id)["HostConfig"]["CpuShares"] == 4096
+    await hub_stop(spawner)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
+
+
+async def test_a_hub_that_restarts_lowers_a_start_weight_left_high(make_spawner, admin, docker_client, user_name):
+    """A hub that died between the sidecar's readiness and lowering its weight: the restarted
+    hub's reconcile lowers it (its state cannot say)."""
+    first = make_spawner(user_name)
+    real = first.sidecar_docker
+
+    def refusing(method, *args, **kwargs):
+        if method == "update_container":
+            raise APIError("500 Server Error: update refused")
+        return real(method, *args, **kwargs)
+
+    first.sidecar_docker = refusing
+    await first.start()
+    await first.forget()  # the old hub process is gone
+    sidecar = first.sidecar_container_id
+    assert docker_client.api.inspect_container(sidecar)["HostConfig"]["CpuShares"] == 65536
+    restored = make_spawner(user_name)
+    restored.load_state(json.loads(json.dumps(first.get_state())))
+    assert await restored.poll() is None
+
+    def lowered():
+        return docker_client.api.inspect_container(sidecar)["HostConfig"]["CpuShares"] == 4096
+
+    await wait_for(lowered, message="the restarted hub's keeper to lower the sidecar's weight")
+    await hub_stop(restored)
+    assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
 
 
 async def test_l7_grant_keeps_the_trino_user_across_a_hub_restart(make_spawner, admin, user_name):
