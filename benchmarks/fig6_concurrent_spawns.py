@@ -2,6 +2,7 @@
 against a lone spawn, through a real JupyterHub (benchmarks/hubs.py, jupyterhub-singleuser).
 
     python benchmarks/fig6_concurrent_spawns.py [--users 10] [--lone 3] [--smoke] [--minimal-notebook]
+        [--sidecar-cpu-shares N]
 
 The mesh's own time of a spawn is read from the hub's log: from ConsulSpawner's progress step
 "Registering ... in Consul" (the notebook container is running) to "Connected to the service
@@ -67,6 +68,8 @@ def spawns(kind: str, images: dict, gateway: str, consul_url: str, identity: dic
     hub.env["CSBENCH_START_TIMEOUT"] = "300"  # ten jupyterhub-singleuser on two cores
     if args.minimal_notebook:
         hub.env["CSBENCH_NOTEBOOK_CMD"] = json.dumps(common.MINIMAL_NOTEBOOK)
+    if args.sidecar_cpu_shares is not None:
+        hub.env["CSBENCH_SIDECAR_CPU_SHARES"] = str(args.sidecar_cpu_shares)
     try:
         hub.start()
         lone_users = [f"{common.PREFIX}l{i}" for i in range(lone_runs)]
@@ -94,6 +97,9 @@ def main() -> dict:
         "--minimal-notebook",
         action="store_true",
         help="notebooks that are a minimal HTTP server, not jupyterhub-singleuser (no CPU to start)",
+    )
+    parser.add_argument(
+        "--sidecar-cpu-shares", type=int, help="c.ConsulSpawner.sidecar_cpu_shares (default: the trait's)"
     )
     args = parser.parse_args()
     users, lone_runs = (2, 1) if args.smoke else (args.users, args.lone)
@@ -176,7 +182,13 @@ def main() -> dict:
         title="Figure 6: the mesh's own time per spawn (notebook running -> grant written), real hub",
     )
     targets = {"mesh_median_le_2x_lone": common.target(ratio <= 2.0, ratio, 2.0, "concurrent/lone median mesh time")}
-    run_args = {"users": users, "lone": lone_runs, "smoke": args.smoke, "minimal_notebook": args.minimal_notebook}
+    run_args = {
+        "users": users,
+        "lone": lone_runs,
+        "smoke": args.smoke,
+        "minimal_notebook": args.minimal_notebook,
+        "sidecar_cpu_shares": args.sidecar_cpu_shares,
+    }
     return common.emit("6-concurrent-spawns", run_args, results, targets)
 
 

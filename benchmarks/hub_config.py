@@ -28,6 +28,8 @@ c.ConsulSpawner.consul_token = env("CSBENCH_CONSUL_TOKEN")
 c.ConsulSpawner.hub_instance = "csbench-hub"
 c.ConsulSpawner.sidecar_image = env("CSBENCH_SIDECAR_IMAGE")
 c.ConsulSpawner.sidecar_command = json.loads(env("CSBENCH_SIDECAR_COMMAND"))
+if env("CSBENCH_SIDECAR_CPU_SHARES"):  # figure 6's --sidecar-cpu-shares (else the default)
+    c.ConsulSpawner.sidecar_cpu_shares = int(env("CSBENCH_SIDECAR_CPU_SHARES"))
 c.JupyterHub.services = [{"name": "csbench-admin", "api_token": env("CSBENCH_ADMIN_TOKEN")}]
 c.JupyterHub.load_roles = [
     {"name": "csbench-admin", "scopes": ["admin:users", "admin:servers"], "services": ["csbench-admin"]}
