@@ -19,23 +19,17 @@ def test_a_readiness_deadline_not_within_the_start_timeout_is_refused_naming_bot
         standalone_spawner("alice", start_timeout=60, sidecar_ready_timeout=60)
 
 
+WEIGHTS = ["sidecar_cpu_shares", "sidecar_start_cpu_shares"]
+
+
+@pytest.mark.parametrize("setting", WEIGHTS)
 @pytest.mark.parametrize("shares", [-1, 1, 262145])
-def test_a_sidecar_cpu_weight_docker_cannot_take_is_refused_naming_the_setting(shares):
-    with pytest.raises(TraitError, match=r"c\.ConsulSpawner\.sidecar_cpu_shares must be 0 .* or 2\.\.262144"):
-        standalone_spawner("alice", sidecar_cpu_shares=shares)
+def test_a_sidecar_cpu_weight_docker_cannot_take_is_refused_naming_the_setting(setting, shares):
+    with pytest.raises(TraitError, match=rf"c\.ConsulSpawner\.{setting} must be 0 .* or 2\.\.262144"):
+        standalone_spawner("alice", **{setting: shares})
 
 
-@pytest.mark.parametrize("shares", [0, 2, 4096, 262144])
-def test_a_sidecar_cpu_weight_in_range_is_kept(shares):
-    assert standalone_spawner("alice", sidecar_cpu_shares=shares).sidecar_cpu_shares == shares
-
-
-@pytest.mark.parametrize("shares", [-1, 1, 262145])
-def test_a_start_cpu_weight_docker_cannot_take_is_refused_naming_the_setting(shares):
-    with pytest.raises(TraitError, match=r"c\.ConsulSpawner\.sidecar_start_cpu_shares must be 0 .* or 2\.\.262144"):
-        standalone_spawner("alice", sidecar_start_cpu_shares=shares)
-
-
-@pytest.mark.parametrize("shares", [0, 2, 65536, 262144])
-def test_a_start_cpu_weight_in_range_is_kept(shares):
-    assert standalone_spawner("alice", sidecar_start_cpu_shares=shares).sidecar_start_cpu_shares == shares
+@pytest.mark.parametrize("setting", WEIGHTS)
+@pytest.mark.parametrize("shares", [0, 2, 4096, 65536, 262144])
+def test_a_sidecar_cpu_weight_in_range_is_kept(setting, shares):
+    assert getattr(standalone_spawner("alice", **{setting: shares}), setting) == shares
