@@ -110,7 +110,11 @@ async def test_crash_path_removes_everything(make_spawner, admin, docker_client,
     await spawner.start()
     sidecar_id = spawner.sidecar_container_id
     docker_client.containers.get(spawner.container_id).kill()
-    await wait_for(lambda: spawner.poll(), message="poll to notice the dead notebook")
+    # DockerSpawner's remove=True is Docker's AutoRemove: the dead notebook may be gone before
+    # poll looks, and poll then says 0 (an exit status, as Popen's; falsy). Under load that
+    # was most often the case: wait for it, so this is the path taken every time.
+    await wait_for(lambda: not container_ids(docker_client, id=spawner.container_id), message="Docker to remove it")
+    assert await spawner.poll() is not None
     await hub_stop(spawner)
     assert await mesh_objects(admin, f"jupyter-{user_name}") == NOTHING
     await wait_for(lambda: not container_ids(docker_client, id=sidecar_id), message="the sidecar to be removed")
