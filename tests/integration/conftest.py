@@ -315,6 +315,10 @@ async def close_shared_consul_clients():
     for closer in list(spawner._client_closers):  # as the hub's shutdown cancels its tasks
         closer.cancel()
     spawner._client_closers.clear()
+    # Each test is a hub process of its own, against a fake agent of its own: a later fake
+    # that gets an earlier one's port must not find its once-per-process checks passed.
+    hubwide._hub_token_ok.clear()
+    hubwide._l7_ready.clear()
 
 
 class HeldCreate:
