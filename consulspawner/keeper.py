@@ -2,7 +2,8 @@
 
 Every ``keeper_interval`` (jittered), under the server's lock, it passes the TTL check,
 restores a registration Consul lost, extends the intentions at half-life, rotates the token
-when due, and takes the server down when its sidecar stays dead. A mixin of ConsulSpawner.
+when due, lowers a sidecar's start CPU weight that was left high, and takes the server down
+when its sidecar stays dead. A mixin of ConsulSpawner.
 """
 
 from __future__ import annotations
