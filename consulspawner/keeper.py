@@ -140,7 +140,7 @@ class Keeper(Room):
             if not await self._rotate_token(mesh):
                 return False
         # A weight left high: lowering it failed, or a hub that restarted cannot know.
-        self._sidecar_boosted = self._sidecar_boosted or (reconcile and self.sidecar_start_cpu_shares != 0)
+        self._sidecar_boosted = self._sidecar_boosted or (reconcile and self._start_weight_differs())
         await self._end_start_boost()
         if reconcile or not await self._heartbeat_or_restore(mesh):
             if not await mesh.registered_in_consul():

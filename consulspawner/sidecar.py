@@ -164,12 +164,16 @@ class SidecarContainer(Room):
         )
         # Recorded even when a stop cancels this meanwhile, so that stop's teardown removes it.
         await awaited_to_its_answer(create, lambda container: setattr(self, "sidecar_container_id", container["Id"]))
-        self._sidecar_boosted = self.sidecar_start_cpu_shares not in (0, self.sidecar_cpu_shares)
+        self._sidecar_boosted = self._start_weight_differs()
         self._restart_marks = [(time.monotonic(), 0)]
         # The token goes in as a file copied into this container alone, so it is in no
         # container config (docker inspect), no environment and no mount of the notebook's.
         archive = sidecar_archive(token_secret, ca_pem, self._sidecar_file_owner)
         await self.sidecar_docker("put_archive", self.sidecar_container_id, "/", archive)
+
+    def _start_weight_differs(self) -> bool:
+        """Whether a sidecar is created at a CPU weight other than the one it runs at."""
+        return self.sidecar_start_cpu_shares not in (0, self.sidecar_cpu_shares)
 
     async def _settle_early_sidecar(self) -> None:
         """A start that failed or was cancelled while its sidecar was being made: that creation
