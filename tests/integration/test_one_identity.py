@@ -14,7 +14,7 @@ import time
 import pytest
 from traitlets import TraitError
 
-from consulspawner import ownership
+from consulspawner import ownership, sidecarhealth
 from consulspawner import spawner as spawner_module
 from consulspawner.consul import ConsulClient
 from consulspawner.entries import KIND, L7
@@ -422,17 +422,30 @@ async def reconcile_restored(make_spawner, user_name, state):
 
 
 async def test_a_hub_dead_after_a_rotations_new_sidecar_started_is_reconciled_without_another_login(
-    make_spawner, admin, user_name
+    make_spawner, admin, user_name, monkeypatch
 ):
     """Saved: the new token (after its login), not yet the new sidecar: the restarted hub
     finds the sidecar by name and runs on the token it holds."""
+    # The old sidecar's removal wakes the keeper (Docker's die event); done as the keeper's own
+    # rotation is, under the server's lock, the keeper never sees the gap between the two
+    # sidecars, however long Docker takes (seen in CI: the keeper took the server down). Here
+    # Docker takes a second to start the new one, and a gap the keeper saw is fatal at once.
+    monkeypatch.setattr(sidecarhealth, "SIDECAR_DOWN_GRACE", 0.1)
     first = make_spawner(user_name, **KEPT)
     await first.start()
+    real = first.sidecar_docker
+
+    async def slow_start(*args, **kwargs):
+        await asyncio.sleep(1.0)  # (Docker under load; not a wait for a condition)
+        return await real("start", *args, **kwargs)
+
+    first.sidecar_docker = lambda method, *a, **k: slow_start(*a, **k) if method == "start" else real(method, *a, **k)
     name, old = f"jupyter-{user_name}", first.mesh_state.token_accessor
-    mesh = first._mesh(first._running_plan())
-    secret = await first._login(mesh)
-    saved, new = first.get_state(), first.mesh_state.token_accessor
-    await first._start_sidecar(first._running_plan(), secret)
+    async with first._lock():
+        mesh = first._mesh(first._running_plan())
+        secret = await first._login(mesh)
+        saved, new = first.get_state(), first.mesh_state.token_accessor
+        await first._start_sidecar(first._running_plan(), secret)
     await first.forget()
 
     restored = await reconcile_restored(make_spawner, user_name, saved)
